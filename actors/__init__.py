@@ -1,0 +1,1 @@
+"""actors: see DESIGN.md's layout."""

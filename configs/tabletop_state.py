@@ -1,0 +1,47 @@
+"""Default experiment: tabletop simulator, state observations, local Ray, in-process Reverb."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.run_dir = "runs/tabletop_state"
+  c.max_tasks = 16  # Network / detector slots; a new task takes a free one.
+
+  c.env = ml_collections.ConfigDict()
+  c.env.name = "tabletop"  # tabletop | metaworld
+  c.env.observation = "state"  # state | image
+  c.env.tasks = []  # Task names; empty means every task the env defines.
+  c.env.max_episode_steps = 40
+
+  c.actors = ml_collections.ConfigDict()
+  c.actors.num_actors = 2
+  c.actors.scheduler = "uniform"  # uniform | weighted | underperforming
+  c.actors.task_weights = []  # For `weighted`: one weight per task, in env.tasks order.
+  c.actors.policy = "scripted"  # scripted | random | cem
+  c.actors.gaussian_std = 0.0  # Exploration / data-quality noise knobs.
+  c.actors.epsilon = 0.0
+  c.actors.sticky_prob = 0.0
+
+  c.replay = ml_collections.ConfigDict()
+  c.replay.max_size = 1_000_000  # Items per task table.
+  c.replay.min_size = 256
+  c.replay.samples_per_insert = 0.0  # 0 disables rate limiting.
+  c.replay.sharing = "all"  # none | all | conservative
+  c.replay.success_fraction = 0.5  # Successes per batch, within a task.
+
+  c.detector = ml_collections.ConfigDict()
+  c.detector.threshold = 0.5
+
+  c.learner = ml_collections.ConfigDict()
+  c.learner.batch_size = 256
+  c.learner.learning_rate = 1e-3
+  c.learner.gamma = 0.9
+  c.learner.num_steps = 2000
+
+  c.cem = ml_collections.ConfigDict()
+  c.cem.num_samples = 64
+  c.cem.num_elites = 6
+  c.cem.num_iterations = 2
+  return c

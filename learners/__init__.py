@@ -1,0 +1,1 @@
+"""learners: see DESIGN.md's layout."""

@@ -1,0 +1,1 @@
+"""replay: see DESIGN.md's layout."""

@@ -1,0 +1,1 @@
+"""success_detectors: see DESIGN.md's layout."""
