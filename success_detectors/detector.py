@@ -1,0 +1,324 @@
+"""`SuccessDetector`: the trained multi-task classifier with its examples, quality and files.
+
+Lifecycle: `SuccessDetector.create(spec, max_tasks)` -> `train(examples, names)` (all slots
+given, all parameters) -> `add_task(...)` (one new slot) / `retrain(...)` (new labelled
+data) -> `save(dir)` / `load(dir)`. Calling a detector on episodes labels them (the project's
+labeller interface: float32 [N, max_tasks], one forward pass on the final observations).
+
+Adding a task trains only the new slot's head on the frozen torso: the other slots' outputs
+stay bit-for-bit the same, so their quality cannot drop (the price: the new task must be
+separable from the torso's features plus the raw state, which the heads also see).
+Retraining fine-tunes everything on the new data together with every stored example
+(rehearsal), so old tasks are not forgotten. Every example ever given is kept in the
+detector's directory, split once into training and held-out parts when it arrives.
+
+Files in the detector directory (written to a fresh directory, then swapped in):
+  detector.json      spec, max_tasks, config, version, per-slot names, counts and quality
+  variables.msgpack  the Flax variables (params and state-normalisation statistics)
+  examples.npz       all examples (`ExampleSet`) plus their held-out flags
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Mapping, Sequence
+
+import flax.serialization
+import jax
+import numpy as np
+
+from mtopt.specs import EnvSpec
+from success_detectors import training
+from success_detectors.examples import ExampleSet, ExamplesError, final_observations, \
+    holdout_mask
+from success_detectors.metrics import binary_metrics
+from success_detectors.networks import dummy_observation, make_classifier
+
+FORMAT_VERSION = 1
+META_FILE = "detector.json"
+VARIABLES_FILE = "variables.msgpack"
+EXAMPLES_FILE = "examples.npz"
+
+
+class DetectorError(ValueError):
+  """A detector directory is missing or malformed, or a request does not fit the detector."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorConfig:
+  """Attributes:
+    torso: hidden sizes of the shared MLP.
+    head_hidden: hidden units of each slot's head.
+    conv_channels: image encoder channels (image observations only).
+    threshold: probability at or above which an episode counts as a success.
+    train_steps: Adam steps when training all slots (fresh detector or retrain).
+    add_task_steps: Adam steps when training one new slot's head.
+    batch_size: examples per step.
+    learning_rate: peak Adam learning rate (cosine-decayed).
+    holdout_fraction: share of each task's successes and failures held out for quality.
+    other_task_negatives: use other tasks' successes as failures for a task.
+    seed: initialisation, split and batch-order seed.
+  """
+
+  torso: tuple[int, ...] = (256, 256)
+  head_hidden: int = 64
+  conv_channels: tuple[int, ...] = (16, 32, 32, 64)
+  threshold: float = 0.5
+  train_steps: int = 2000
+  add_task_steps: int = 1500
+  batch_size: int = 256
+  learning_rate: float = 1e-3
+  holdout_fraction: float = 0.2
+  other_task_negatives: bool = True
+  seed: int = 0
+
+  @classmethod
+  def from_dict(cls, d: Mapping) -> "DetectorConfig":
+    """From a dict or a config section; unknown keys are an error naming them."""
+    d = dict(d)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise DetectorError(f"unknown detector config key(s) {unknown}; known: {sorted(names)}")
+    for k in ("torso", "conv_channels"):
+      if k in d:
+        d[k] = tuple(int(x) for x in d[k])
+    return cls(**d)
+
+
+@dataclasses.dataclass
+class SlotInfo:
+  name: str
+  successes: int = 0
+  failures: int = 0
+  metrics: dict = dataclasses.field(default_factory=dict)
+
+
+class SuccessDetector:
+  """A multi-task success classifier: final observation -> p(success) for every slot."""
+
+  def __init__(self, spec: EnvSpec, max_tasks: int, config: DetectorConfig | None = None,
+               variables: dict | None = None):
+    self.spec, self.max_tasks = spec, max_tasks
+    self.config = config or DetectorConfig()
+    self.model = make_classifier(spec, max_tasks, self.config.torso, self.config.head_hidden,
+                                 self.config.conv_channels)
+    if variables is None:
+      variables = self.model.init(jax.random.PRNGKey(self.config.seed),
+                                  dummy_observation(spec))
+      variables = jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(variables))
+    self.variables = variables
+    self.version = 0
+    self.slots: dict[int, SlotInfo] = {}
+    self.examples: ExampleSet | None = None
+    self.heldout: np.ndarray = np.zeros(0, bool)
+
+  @classmethod
+  def create(cls, spec: EnvSpec, max_tasks: int, config: DetectorConfig | None = None
+             ) -> "SuccessDetector":
+    return cls(spec, max_tasks, config)
+
+  # Labelling.
+  def predict(self, observations: Mapping[str, np.ndarray]) -> np.ndarray:
+    """float32 [N, max_tasks] success probabilities for observations name -> [N, ...]."""
+    obs = {}
+    for k, s in self.spec.observation.items():
+      if k not in observations:
+        raise DetectorError(f"observations lack {k!r} (have {sorted(observations)})")
+      v = np.asarray(observations[k])
+      if v.shape[1:] != s.shape:
+        raise DetectorError(f"observations[{k!r}]: expected [N, {s.shape}], got {v.shape}")
+      obs[k] = v.astype(s.dtype, copy=False)
+    return training.predict(self.model, self.variables, obs)
+
+  def __call__(self, episodes: Sequence) -> np.ndarray:
+    """The labeller: float32 [N, max_tasks] from the episodes' final observations."""
+    if len(episodes) == 0:
+      return np.zeros((0, self.max_tasks), np.float32)
+    return self.predict(final_observations(episodes, self.spec.observation))
+
+  @property
+  def task_names(self) -> dict[int, str]:
+    return {s: i.name for s, i in sorted(self.slots.items())}
+
+  # Training.
+  def _add_examples(self, examples: ExampleSet) -> None:
+    """Stores new examples, splitting them into training and held-out parts."""
+    seed = self.config.seed + len(self.heldout)
+    held = holdout_mask(examples, self.config.holdout_fraction, seed)
+    self.examples = examples if self.examples is None else ExampleSet.concat(
+        [self.examples, examples])
+    self.heldout = np.concatenate([self.heldout, held])
+
+  def _check_examples(self, examples: ExampleSet) -> None:
+    for k, s in self.spec.observation.items():
+      v = examples.observations.get(k)
+      if v is None or v.shape[1:] != s.shape:
+        raise ExamplesError(f"examples: observation {k!r} must be [N, {s.shape}], got "
+                            f"{None if v is None else v.shape}")
+    bad = sorted(set(int(x) for x in np.unique(examples.slot))
+                 - set(range(self.max_tasks)))
+    if bad:
+      raise ExamplesError(f"examples: slot(s) {bad} outside [0, {self.max_tasks})")
+
+  def _fit(self, train_slots, mask_fn, steps: int, negative_slots=None) -> list[float]:
+    train = self.examples.take(~self.heldout)
+    labels, weights = training.targets(train, self.max_tasks, train_slots,
+                                       self.config.other_task_negatives, negative_slots)
+    mask = mask_fn(self.variables["params"])
+    self.variables, history = training.fit(
+        self.model, self.variables, train, labels, weights, mask, steps,
+        self.config.batch_size, self.config.learning_rate, self.config.seed + self.version)
+    self.variables = jax.tree_util.tree_map(np.asarray, self.variables)
+    self.version += 1
+    return history
+
+  def train(self, examples: ExampleSet, names: Mapping[int, str],
+            steps: int | None = None) -> dict[int, dict]:
+    """Trains a fresh detector on examples for the slots in `names`; returns quality."""
+    if self.slots:
+      raise DetectorError("train() is for a fresh detector; use add_task() or retrain()")
+    self._check_examples(examples)
+    missing = sorted(set(int(s) for s in np.unique(examples.slot)) - set(names))
+    if missing:
+      raise DetectorError(f"examples for slot(s) {missing} but no task name given")
+    self._add_examples(examples)
+    self.variables["norm"] = training.state_statistics(self.examples,
+                                                       self.model.state_keys)
+    self.slots = {int(s): SlotInfo(n) for s, n in names.items()}
+    history = self._fit(sorted(self.slots), training.full_mask,
+                        steps or self.config.train_steps)
+    self._refresh_quality()
+    return {"history": history, "quality": self.quality()}
+
+  def add_task(self, slot: int, name: str, examples: ExampleSet,
+               steps: int | None = None) -> dict:
+    """Trains slot `slot`'s head alone on `examples` (given for `slot`); others unchanged.
+
+    Other tasks' stored successes are the new task's extra failures (if configured).
+    Returns the quality of every slot after the change.
+    """
+    if slot in self.slots:
+      raise DetectorError(f"slot {slot} is already used by task {self.slots[slot].name!r}")
+    if not 0 <= slot < self.max_tasks:
+      raise DetectorError(f"slot {slot} outside [0, {self.max_tasks})")
+    examples = ExampleSet(examples.observations, np.full(len(examples), slot), examples.success)
+    self._check_examples(examples)
+    if not self.slots:  # The first task of a detector: nothing to keep, train everything.
+      return self.train(examples, {slot: name}, steps)
+    self._add_examples(examples)
+    self.slots[slot] = SlotInfo(name)
+    history = self._fit([slot], lambda p: training.slot_head_mask(p, slot),
+                        steps or self.config.add_task_steps)
+    self._refresh_quality()
+    return {"history": history, "quality": self.quality()}
+
+  def retrain(self, examples: ExampleSet | None = None, steps: int | None = None) -> dict:
+    """Fine-tunes all parameters on new examples plus every stored one (rehearsal)."""
+    if not self.slots:
+      raise DetectorError("retrain() needs a trained detector")
+    if examples is not None and len(examples):
+      self._check_examples(examples)
+      unknown = sorted(set(int(s) for s in np.unique(examples.slot)) - set(self.slots))
+      if unknown:
+        raise DetectorError(f"examples for slot(s) {unknown} that have no task; add_task first")
+      self._add_examples(examples)
+    history = self._fit(sorted(self.slots), training.full_mask,
+                        steps or self.config.train_steps)
+    self._refresh_quality()
+    return {"history": history, "quality": self.quality()}
+
+  # Quality.
+  def evaluate(self, examples: ExampleSet, slots: Sequence[int] | None = None) -> dict[int, dict]:
+    """Per-slot precision / recall / calibration on `examples` (own labels, plus other
+    slots' successes as failures when `other_task_negatives`)."""
+    slots = sorted(self.slots) if slots is None else list(slots)
+    if not len(examples):
+      return {}
+    probs = self.predict(examples.observations)
+    out = {}
+    for s in slots:
+      own = examples.slot == s
+      sel = own | (examples.success & ~own) if self.config.other_task_negatives else own
+      if not sel.any():
+        continue
+      out[s] = binary_metrics(probs[sel, s], examples.success[sel] & own[sel],
+                              self.config.threshold)
+    return out
+
+  def _refresh_quality(self) -> None:
+    counts = self.examples.counts()
+    held = self.evaluate(self.examples.take(self.heldout))
+    for s, info in self.slots.items():
+      info.successes, info.failures = counts.get(s, (0, 0))
+      info.metrics = held.get(s, {})
+
+  def quality(self) -> dict[int, dict]:
+    """slot -> {name, successes, failures, held-out metrics}."""
+    return {s: {"name": i.name, "successes": i.successes, "failures": i.failures, **i.metrics}
+            for s, i in sorted(self.slots.items())}
+
+  # Persistence.
+  def save(self, directory: str) -> str:
+    """Writes the detector to `directory` (replacing an older one there, atomically)."""
+    directory = os.path.abspath(directory)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp, old = directory + ".new", directory + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    meta = {
+        "format": FORMAT_VERSION, "version": self.version, "max_tasks": self.max_tasks,
+        "spec": self.spec.to_json(), "config": dataclasses.asdict(self.config),
+        "slots": {str(s): dataclasses.asdict(i) for s, i in sorted(self.slots.items())},
+    }
+    with open(os.path.join(tmp, META_FILE), "w") as f:
+      json.dump(meta, f, indent=2)
+    with open(os.path.join(tmp, VARIABLES_FILE), "wb") as f:
+      f.write(flax.serialization.msgpack_serialize(
+          jax.tree_util.tree_map(np.asarray, self.variables)))
+    if self.examples is not None:
+      np.savez(os.path.join(tmp, EXAMPLES_FILE), _slot=self.examples.slot,
+               _success=self.examples.success, _heldout=self.heldout,
+               **self.examples.observations)
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(directory):
+      os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+  @classmethod
+  def load(cls, directory: str) -> "SuccessDetector":
+    path = os.path.join(directory, META_FILE)
+    if not os.path.exists(path):
+      raise DetectorError(f"{directory}: no saved detector ({META_FILE} missing)")
+    try:
+      with open(path) as f:
+        meta = json.load(f)
+      if meta.get("format") != FORMAT_VERSION:
+        raise DetectorError(f"{path}: unsupported format {meta.get('format')!r}")
+      det = cls(EnvSpec.from_json(meta["spec"]), int(meta["max_tasks"]),
+                DetectorConfig.from_dict(meta["config"]))
+      with open(os.path.join(directory, VARIABLES_FILE), "rb") as f:
+        variables = flax.serialization.msgpack_restore(f.read())
+    except (OSError, KeyError, TypeError, ValueError) as e:
+      if isinstance(e, DetectorError):
+        raise
+      raise DetectorError(f"{directory}: malformed detector: {type(e).__name__}: {e}") from e
+    shapes = jax.tree_util.tree_map(np.shape, det.variables)
+    if jax.tree_util.tree_map(np.shape, variables) != shapes:
+      raise DetectorError(f"{directory}: saved variables do not match the network's shapes")
+    det.variables = variables
+    det.version = int(meta["version"])
+    det.slots = {int(s): SlotInfo(**i) for s, i in meta["slots"].items()}
+    ex_path = os.path.join(directory, EXAMPLES_FILE)
+    if os.path.exists(ex_path):
+      with np.load(ex_path) as f:
+        obs = {k: f[k] for k in f.files if not k.startswith("_")}
+        det.examples = ExampleSet(obs, f["_slot"], f["_success"])
+        det.heldout = f["_heldout"].astype(bool)
+    return det

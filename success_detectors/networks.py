@@ -1,0 +1,129 @@
+"""The multi-task success classifier: a final observation -> one success logit per task slot.
+
+One forward pass scores an observation for all `max_tasks` slots. The network is a shared
+torso (a small conv net per image plus the state vector, then an MLP) and one small MLP head
+per slot, stored as stacked arrays with the slot as the leading axis. Keeping each slot's
+head separate is what lets `add_task` train only the new slot's parameters while every other
+slot's outputs stay bit-for-bit the same.
+
+State inputs are normalised inside the network with statistics kept in the `norm`
+collection (set from training data once, then fixed), so a saved detector carries them.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtopt.specs import EnvSpec
+
+
+def is_image(shape: Sequence[int], dtype) -> bool:
+  return np.dtype(dtype) == np.uint8 and len(shape) == 3 and shape[-1] in (1, 3)
+
+
+def split_keys(spec: EnvSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(image keys, state keys) of an env spec, sorted; anything else is an error."""
+  images, states = [], []
+  for name, s in sorted(spec.observation.items()):
+    if is_image(s.shape, s.dtype):
+      images.append(name)
+    elif len(s.shape) == 1 and np.issubdtype(s.dtype, np.floating):
+      states.append(name)
+    else:
+      raise ValueError(f"observation {name!r}: the detector takes uint8 images [H, W, C] or "
+                       f"float vectors [D], got {s.dtype} {s.shape}")
+  return tuple(images), tuple(states)
+
+
+class ImageEncoder(nn.Module):
+  """uint8 [B, H, W, C] -> features [B, out]; strided 3x3 convs, small enough for CPU."""
+
+  channels: Sequence[int] = (16, 32, 32, 64)
+  out: int = 256
+
+  @nn.compact
+  def __call__(self, image):
+    x = image.astype(jnp.float32) / 255.0
+    for c in self.channels:
+      x = nn.relu(nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME")(x))
+    x = x.reshape(x.shape[0], -1)
+    return nn.relu(nn.Dense(self.out)(x))
+
+
+class SlotHeads(nn.Module):
+  """features [B, F] -> logits [B, num_slots]; one independent 1-hidden-layer MLP per slot."""
+
+  num_slots: int
+  hidden: int = 64
+
+  @nn.compact
+  def __call__(self, x):
+    f = x.shape[-1]
+    init = nn.initializers.lecun_normal(batch_axis=(0,))
+    w1 = self.param("w1", init, (self.num_slots, f, self.hidden))
+    b1 = self.param("b1", nn.initializers.zeros, (self.num_slots, self.hidden))
+    w2 = self.param("w2", init, (self.num_slots, self.hidden, 1))
+    b2 = self.param("b2", nn.initializers.zeros, (self.num_slots,))
+    h = nn.relu(jnp.einsum("bf,sfh->bsh", x, w1) + b1)
+    return jnp.einsum("bsh,sho->bso", h, w2)[..., 0] + b2
+
+
+class SuccessClassifier(nn.Module):
+  """Observation dict (batched) -> success logits [B, max_tasks].
+
+  Attributes:
+    image_keys: observation names fed through a conv encoder.
+    state_keys: observation names that are float vectors (normalised, then concatenated).
+    max_tasks: number of output slots.
+    torso: hidden sizes of the shared MLP.
+    head_hidden: hidden size of each slot's head.
+    conv_channels: channels of the image encoder's strided convs.
+  """
+
+  image_keys: tuple[str, ...]
+  state_keys: tuple[str, ...]
+  max_tasks: int
+  torso: tuple[int, ...] = (256, 256)
+  head_hidden: int = 64
+  conv_channels: tuple[int, ...] = (16, 32, 32, 64)
+
+  @nn.compact
+  def __call__(self, obs: Mapping[str, jax.Array]) -> jax.Array:
+    parts, states = [], []
+    for k in self.image_keys:
+      parts.append(ImageEncoder(self.conv_channels, name=f"encoder_{k}")(obs[k]))
+    for k in self.state_keys:
+      x = obs[k].astype(jnp.float32)
+      d = x.shape[-1]
+      mean = self.variable("norm", f"{k}_mean", jnp.zeros, (d,), jnp.float32)
+      std = self.variable("norm", f"{k}_std", jnp.ones, (d,), jnp.float32)
+      states.append((x - mean.value) / std.value)
+    h = jnp.concatenate(parts + states, axis=-1)
+    for i, n in enumerate(self.torso):
+      h = nn.relu(nn.Dense(n, name=f"torso_{i}")(h))
+    # The raw (normalised) state skips the torso, so a head trained on a frozen torso can
+    # still read state features that the old tasks never needed.
+    head_in = jnp.concatenate([h] + states, axis=-1)
+    return SlotHeads(self.max_tasks, self.head_hidden, name="heads")(head_in)
+
+
+def make_classifier(spec: EnvSpec, max_tasks: int, torso: Sequence[int] = (256, 256),
+                    head_hidden: int = 64,
+                    conv_channels: Sequence[int] = (16, 32, 32, 64)) -> SuccessClassifier:
+  """The classifier for observations of `spec`, with `max_tasks` slots."""
+  if not isinstance(max_tasks, int) or max_tasks < 1:
+    raise ValueError(f"max_tasks must be a positive int, got {max_tasks!r}")
+  images, states = split_keys(spec)
+  if not images and not states:
+    raise ValueError("the env spec has no observations for the detector")
+  return SuccessClassifier(images, states, max_tasks, tuple(torso), int(head_hidden),
+                           tuple(conv_channels))
+
+
+def dummy_observation(spec: EnvSpec, batch: int = 1) -> dict[str, np.ndarray]:
+  return {k: s.zeros(batch) for k, s in spec.observation.items()}
