@@ -1,0 +1,162 @@
+"""The success classifier: training on separable toy data, adding a task, save/reload."""
+
+import numpy as np
+import pytest
+
+from mtopt.episode import Episode
+from mtopt.specs import ArraySpec, BoundedArraySpec, EnvSpec
+from success_detectors import training
+from success_detectors.detector import DetectorConfig, DetectorError, SuccessDetector
+from success_detectors.examples import ExampleSet, ExamplesError
+from success_detectors.metrics import binary_metrics
+
+D = 8
+MAX_TASKS = 6
+SPEC = EnvSpec({"state": ArraySpec((D,), np.float32, "state")},
+               BoundedArraySpec((4,), np.float32, "action", -1.0, 1.0), max_episode_steps=10)
+FAST = DetectorConfig(torso=(64, 64), head_hidden=32, train_steps=400, add_task_steps=400,
+                      batch_size=128, learning_rate=3e-3)
+
+
+def toy_states(rng, n, succeed_slot=None, distract=True):
+  """States where task s succeeds iff state[s] > 0.25. A failure may be another task's
+  success (a hard negative) when `distract`."""
+  x = rng.uniform(-1.0, 0.0, (n, D)).astype(np.float32)
+  if succeed_slot is not None:
+    x[:, succeed_slot] = rng.uniform(0.5, 1.0, n)
+  elif distract:
+    other = rng.integers(0, 4, n)
+    m = rng.random(n) < 0.5
+    x[m, other[m]] = rng.uniform(0.5, 1.0, m.sum())
+  return x
+
+
+def toy_truth(x):
+  return x[:, :MAX_TASKS] > 0.25
+
+
+def toy_examples(rng, slot, n_pos, n_neg):
+  pos = toy_states(rng, n_pos, slot)
+  neg = toy_states(rng, n_neg)
+  neg = neg[~toy_truth(neg)[:, slot]]  # A failure for `slot` by construction.
+  return ExampleSet({"state": np.concatenate([pos, neg])}, np.full(len(pos) + len(neg), slot),
+                    np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)])
+
+
+@pytest.fixture(scope="module")
+def trained():
+  rng = np.random.default_rng(1)
+  ex = ExampleSet.concat([toy_examples(rng, s, 120, 120) for s in range(3)])
+  det = SuccessDetector.create(SPEC, MAX_TASKS, FAST)
+  det.train(ex, {0: "a", 1: "b", 2: "c"})
+  return det
+
+
+def test_separable_toy_set_is_learned_near_perfectly(trained):
+  rng = np.random.default_rng(7)
+  x = np.concatenate([toy_states(rng, 300, s) for s in range(3)] + [toy_states(rng, 300)])
+  probs = trained.predict({"state": x})
+  assert probs.shape == (len(x), MAX_TASKS) and probs.dtype == np.float32
+  truth = toy_truth(x)
+  for s in range(3):
+    m = binary_metrics(probs[:, s], truth[:, s])
+    assert m["accuracy"] >= 0.98, (s, m)
+    assert m["precision"] >= 0.95 and m["recall"] >= 0.95, (s, m)
+  # Held-out quality is recorded per slot.
+  q = trained.quality()
+  assert set(q) == {0, 1, 2} and all(q[s]["recall"] >= 0.95 for s in q)
+  assert q[0]["successes"] == 120 and q[0]["name"] == "a"
+
+
+def test_labeller_interface_on_episodes(trained):
+  rng = np.random.default_rng(3)
+  eps = []
+  for i in range(5):
+    obs = toy_states(rng, 4, succeed_slot=i % 3)
+    eps.append(Episode({"state": obs}, np.zeros((3, 4), np.float32), task_id=i % 3,
+                       episode_id=i))
+  probs = trained(eps)
+  assert probs.shape == (5, MAX_TASKS) and probs.dtype == np.float32
+  for i, ep in enumerate(eps):
+    ep.with_labels(probs[i]).validate(SPEC, MAX_TASKS)
+    assert probs[i, i % 3] > 0.5
+  assert trained([]).shape == (0, MAX_TASKS)
+
+
+def test_add_task_trains_new_head_and_keeps_old_outputs(trained, tmp_path):
+  det = SuccessDetector.load(trained.save(str(tmp_path / "d")))
+  rng = np.random.default_rng(11)
+  x = np.concatenate([toy_states(rng, 200, s) for s in range(4)] + [toy_states(rng, 200)])
+  before = det.predict({"state": x})
+  det.add_task(3, "d", toy_examples(rng, 3, 120, 120))
+  after = det.predict({"state": x})
+  np.testing.assert_array_equal(before[:, :3], after[:, :3])  # Frozen torso and heads.
+  m = binary_metrics(after[:, 3], toy_truth(x)[:, 3])
+  assert m["precision"] >= 0.95 and m["recall"] >= 0.95, m
+  assert det.task_names == {0: "a", 1: "b", 2: "c", 3: "d"}
+  with pytest.raises(DetectorError, match="already used"):
+    det.add_task(3, "e", toy_examples(rng, 3, 10, 10))
+
+
+def test_retrain_on_new_data_keeps_old_tasks(trained, tmp_path):
+  det = SuccessDetector.load(trained.save(str(tmp_path / "d")))
+  rng = np.random.default_rng(5)
+  det.retrain(toy_examples(rng, 1, 60, 60), steps=200)
+  x = np.concatenate([toy_states(rng, 200, s) for s in range(3)] + [toy_states(rng, 200)])
+  probs = det.predict({"state": x})
+  for s in range(3):
+    assert binary_metrics(probs[:, s], toy_truth(x)[:, s])["accuracy"] >= 0.97
+  assert det.quality()[1]["successes"] == 180
+
+
+def test_saved_detector_reloads_with_identical_outputs(trained, tmp_path):
+  path = trained.save(str(tmp_path / "detector"))
+  back = SuccessDetector.load(path)
+  x = toy_states(np.random.default_rng(2), 64)
+  np.testing.assert_array_equal(back.predict({"state": x}), trained.predict({"state": x}))
+  assert back.version == trained.version and back.task_names == trained.task_names
+  assert back.quality() == trained.quality()
+  np.testing.assert_array_equal(back.heldout, trained.heldout)
+  trained.save(path)  # Saving over an existing detector replaces it.
+  assert SuccessDetector.load(path).version == trained.version
+
+
+def test_load_rejects_missing_or_corrupt_detector(tmp_path):
+  with pytest.raises(DetectorError, match="no saved detector"):
+    SuccessDetector.load(str(tmp_path))
+  (tmp_path / "detector.json").write_text("{not json")
+  with pytest.raises(DetectorError, match="malformed"):
+    SuccessDetector.load(str(tmp_path))
+
+
+def test_targets_balance_classes_and_use_other_tasks_successes_as_failures():
+  ex = ExampleSet({"state": np.zeros((6, D), np.float32)}, [0, 0, 0, 1, 1, 1],
+                  [True, False, False, True, True, False])
+  labels, w = training.targets(ex, MAX_TASKS, [0, 1], other_task_negatives=True)
+  # Slot 0: one success, two own failures plus slot 1's two successes.
+  assert w[0, 0] > 0 and np.all(w[[1, 2, 3, 4], 0] > 0) and w[5, 0] == 0
+  np.testing.assert_allclose(w[labels[:, 0] == 1, 0].sum(), w[(labels[:, 0] == 0) & (w[:, 0] > 0), 0].sum())
+  assert np.all(w[:, 2:] == 0)
+  _, w2 = training.targets(ex, MAX_TASKS, [0], other_task_negatives=False)
+  assert w2[3, 0] == 0 and w2[4, 0] == 0
+  with pytest.raises(ExamplesError, match="slot 2"):
+    training.targets(ex, MAX_TASKS, [2])
+
+
+def test_metrics_count_precision_recall_and_calibration():
+  m = binary_metrics(np.array([0.9, 0.8, 0.2, 0.6]), np.array([True, False, False, True]))
+  assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == 1.0 and m["accuracy"] == 0.75
+  perfect = binary_metrics(np.array([1.0, 0.0]), np.array([True, False]))
+  assert perfect["ece"] == 0.0 and perfect["brier"] == 0.0
+  assert binary_metrics(np.array([0.1]), np.array([True]))["precision"] == 0.0
+
+
+def test_image_detector_shapes():
+  spec = EnvSpec({"image": ArraySpec((64, 64, 3), np.uint8), "state": ArraySpec((5,), np.float32)},
+                 BoundedArraySpec((4,), np.float32, "a", -1, 1), 10)
+  det = SuccessDetector.create(spec, 4, DetectorConfig(torso=(32,), head_hidden=8))
+  probs = det.predict({"image": np.zeros((3, 64, 64, 3), np.uint8),
+                       "state": np.zeros((3, 5), np.float32)})
+  assert probs.shape == (3, 4) and np.all((probs >= 0) & (probs <= 1))
+  with pytest.raises(DetectorError, match="image"):
+    det.predict({"state": np.zeros((3, 5), np.float32)})
