@@ -1,0 +1,191 @@
+"""Rebalanced batches from the per-(task, outcome) tables.
+
+Each batch holds a fixed number of rows per task (from `task_shares`, default equal) and
+within a task a fixed success fraction. One `reverb.TrajectoryDataset` per (task, outcome)
+table samples whole-episode items; a tf.data map picks a random transition inside each
+(items are sampled in proportion to episode length, so transitions are uniform) and sets
+the reward from the table it read: 1 at an episode's final transition in a success table,
+else 0. The per-table datasets are zipped and concatenated, so every batch has exactly the
+planned composition.
+
+The plan is recomputed from the tables' sizes every `refresh_seconds`: a task with no
+successes yet (fewer than `min_size` items in its success table) is filled with failures,
+a task with no data at all gives its share to the others; both are reported in
+`BalancedSampler.report` and logged when they change.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Mapping
+
+import numpy as np
+
+from mtopt.batch import Batch
+from mtopt.tf_setup import tf
+from replay.tables import TableLayout, steps_signature, task_table
+
+import reverb  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# plan[(slot, success)] = rows of the batch taken from that table.
+Plan = dict[tuple[int, bool], int]
+
+
+def _largest_remainder(total: int, weights: Mapping[int, float]) -> dict[int, int]:
+  """Integers proportional to `weights` that sum to `total`."""
+  keys = sorted(weights)
+  w = np.array([weights[k] for k in keys], np.float64)
+  exact = total * w / w.sum()
+  base = np.floor(exact).astype(int)
+  order = np.argsort(-(exact - base), kind="stable")
+  base[order[:total - base.sum()]] += 1
+  return dict(zip(keys, base.tolist()))
+
+
+def make_plan(batch_size: int, task_shares: Mapping[int, float], success_fraction: float,
+              sizes: Mapping[str, int], min_size: int, unit: int = 1) -> tuple[Plan, dict]:
+  """Rows per (task, outcome) table for one batch, given the tables' current sizes.
+
+  Args:
+    batch_size: rows per batch; a multiple of `unit`.
+    task_shares: slot -> weight (> 0).
+    success_fraction: successes per task row, in [0, 1].
+    sizes: table name -> items.
+    min_size: items a table needs before it is sampled.
+    unit: rows per sampled item (rows come in whole items).
+
+  Returns:
+    (plan, report): report lists `no_successes` and `no_data` task slots.
+  """
+  ready = lambda k, s: sizes.get(task_table(k, s), 0) >= min_size
+  no_data = sorted(k for k in task_shares if not ready(k, True) and not ready(k, False))
+  live = {k: w for k, w in task_shares.items() if k not in no_data}
+  report = {"no_data": no_data,
+            "no_successes": sorted(k for k in live if not ready(k, True)),
+            "no_failures": sorted(k for k in live if not ready(k, False))}
+  if not live:
+    return {}, report
+  units = _largest_remainder(batch_size // unit, live)
+  plan: Plan = {}
+  for k, n in units.items():
+    n_succ = int(round(n * success_fraction))
+    if not ready(k, True):
+      n_succ = 0
+    elif not ready(k, False):
+      n_succ = n
+    for success, m in ((True, n_succ), (False, n - n_succ)):
+      if m > 0:
+        plan[(k, success)] = m * unit
+  return plan, report
+
+
+def _transition_picker(slot: int, success: bool, k: int) -> Callable:
+  """Maps one sampled episode item to `k` random transitions of it, labelled for `slot`."""
+  def pick(sample):
+    data = sample.data
+    steps = tf.shape(data["action"])[0] - 1  # T; the last action is padding.
+    t = tf.random.uniform([k], 0, steps, dtype=tf.int32)
+    last = tf.equal(t, steps - 1)
+    obs = data["observation"]
+    return {
+        "observation": {n: tf.gather(v, t) for n, v in obs.items()},
+        "next_observation": {n: tf.gather(v, t + 1) for n, v in obs.items()},
+        "action": tf.gather(data["action"], t),
+        # MT-Opt episodes end with the (sparse) outcome; the final transition is terminal.
+        "reward": tf.cast(last, tf.float32) * (1.0 if success else 0.0),
+        "discount": 1.0 - tf.cast(last, tf.float32),
+        "task": tf.fill([k], tf.constant(slot, tf.int32)),
+    }
+  return pick
+
+
+def make_dataset(address: str, layout: TableLayout, plan: Plan, transitions_per_sample: int = 1,
+                 prefetch: int = 4) -> tf.data.Dataset:
+  """A tf.data pipeline that yields batch dicts with exactly `plan`'s composition."""
+  if not plan:
+    raise ValueError("empty plan: no table has enough items to sample")
+  sig = steps_signature(layout.spec)
+  dtypes = tf.nest.map_structure(lambda s: s.dtype, sig)
+  shapes = tf.nest.map_structure(lambda s: s.shape, sig)
+  k = transitions_per_sample
+  parts = []
+  for (slot, success), rows in sorted(plan.items()):
+    items = rows // k
+    ds = reverb.TrajectoryDataset(address, task_table(slot, success), dtypes, shapes,
+                                  max_in_flight_samples_per_worker=max(2 * items, 8))
+    ds = ds.map(_transition_picker(slot, success, k)).batch(items, drop_remainder=True)
+    ds = ds.map(lambda x: tf.nest.map_structure(
+        lambda v: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)), x))
+    parts.append(ds)
+  if len(parts) == 1:
+    return parts[0].prefetch(prefetch)
+  ds = tf.data.Dataset.zip(tuple(parts))
+  ds = ds.map(lambda *xs: tf.nest.map_structure(lambda *v: tf.concat(v, 0), *xs),
+              num_parallel_calls=2, deterministic=False)
+  return ds.prefetch(prefetch)
+
+
+def to_batch(x: dict) -> Batch:
+  return Batch(observation=x["observation"], action=x["action"], reward=x["reward"],
+               discount=x["discount"], next_observation=x["next_observation"], task=x["task"])
+
+
+class BalancedSampler:
+  """An endless iterator of rebalanced `Batch`es; follows the tables as they fill.
+
+  Attributes:
+    plan: rows per (slot, is_success) table in the current batches.
+    report: task slots with `no_successes`, `no_failures` or `no_data` (left out).
+  """
+
+  def __init__(self, address: str, layout: TableLayout, sizes_fn: Callable[[], dict],
+               batch_size: int, task_shares: Mapping[int, float], success_fraction: float,
+               transitions_per_sample: int = 1, prefetch: int = 4, refresh_seconds: float = 2.0,
+               wait_seconds: float = 60.0, to_jax: bool = False):
+    self._address, self._layout, self._sizes_fn = address, layout, sizes_fn
+    self.batch_size, self.task_shares = batch_size, dict(task_shares)
+    self.success_fraction = success_fraction
+    self._k, self._prefetch, self._refresh = transitions_per_sample, prefetch, refresh_seconds
+    self._wait, self._to_jax = wait_seconds, to_jax
+    self.plan: Plan = {}
+    self.report: dict = {}
+    self._it = None
+    self._checked = 0.0
+
+  def _update_plan(self) -> None:
+    deadline = time.monotonic() + self._wait
+    while True:
+      plan, report = make_plan(self.batch_size, self.task_shares, self.success_fraction,
+                               self._sizes_fn(), self._layout.min_size, self._k)
+      if plan or time.monotonic() > deadline:
+        break
+      time.sleep(0.05)
+    self._checked = time.monotonic()
+    if not plan:
+      raise TimeoutError(f"no task table reached min_size={self._layout.min_size} items within "
+                         f"{self._wait:.0f}s; write episodes first")
+    if report != self.report:
+      if report["no_successes"] or report["no_data"]:
+        log.warning("replay sampler: tasks without successes (filled with failures): %s; "
+                    "tasks without data (share given to others): %s",
+                    report["no_successes"], report["no_data"])
+      self.report = report
+    if plan != self.plan:
+      self.plan = plan
+      ds = make_dataset(self._address, self._layout, plan, self._k, self._prefetch)
+      self._it = ds.as_numpy_iterator()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Batch:
+    if self._it is None or time.monotonic() - self._checked > self._refresh:
+      self._update_plan()
+    batch = to_batch(next(self._it))
+    if self._to_jax:
+      import jax
+      batch = jax.device_put(batch)
+    return batch

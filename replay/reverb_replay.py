@@ -1,0 +1,251 @@
+"""`Replay` on a Reverb server: episodes written once, one item per task that shares them.
+
+A `ReverbReplay` either owns an in-process `reverb.Server` (local runs) or connects to one
+at `address` (e.g. hosted by `replay.server_actor`). Writing an episode appends its T+1
+steps once through a trajectory writer, then creates one item per sharing target in that
+task's success or failure table plus one in the `episodes` table; all of them reference
+the same chunks, so sharing across 10 tasks costs 10 small items, not 10 copies.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from mtopt.episode import Episode
+from mtopt.specs import EnvSpec
+from mtopt.tf_setup import tf  # noqa: F401  (hides GPUs before reverb imports TF)
+from replay import sharing as sharing_rules
+from replay import tables
+from replay.balanced_sampler import BalancedSampler
+from replay.base import Counts, Replay, ReplayError
+from replay.tables import TableLayout
+
+import reverb  # noqa: E402
+
+# labeller(episodes) -> float32 [N, max_tasks] success probabilities.
+Labeller = Callable[[Sequence[Episode]], np.ndarray]
+
+
+def serve(layout: TableLayout, checkpoint_dir: str | None = None,
+          port: int | None = None) -> reverb.Server:
+  """A Reverb server with `layout`'s tables; restores the latest checkpoint in the dir."""
+  checkpointer = None
+  if checkpoint_dir:
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    checkpointer = reverb.platform.checkpointers_lib.DefaultCheckpointer(
+        os.path.abspath(checkpoint_dir))
+  return reverb.Server(tables.make_tables(layout), port=port, checkpointer=checkpointer)
+
+
+class ReverbReplay(Replay):
+  """The replay on Reverb (see module docstring).
+
+  Args:
+    layout: the tables (spec, max_tasks, sizes, rate limiting).
+    slots: active task slots; `all`/`conservative` sharing makes items for these. Defaults
+      to every slot. Episodes collected for another slot are rejected.
+    sharing: `none`, `all` or `conservative` (see `replay.sharing`).
+    threshold: label >= threshold counts as a success.
+    success_fraction: default successes per task in a batch.
+    labeller: fills in missing `Episode.labels`; without one, unlabelled episodes are errors.
+    address: connect to this server instead of starting one.
+    checkpoint_dir: where an owned server checkpoints (and restores from).
+    transitions_per_sample: rows a sampled episode item gives (1 = independent rows).
+  """
+
+  def __init__(self, layout: TableLayout, *, slots: Sequence[int] | None = None,
+               sharing: str = "all", threshold: float = 0.5, success_fraction: float = 0.5,
+               labeller: Labeller | None = None, address: str | None = None,
+               checkpoint_dir: str | None = None, port: int | None = None,
+               transitions_per_sample: int = 1):
+    self.layout = layout
+    self.spec: EnvSpec = layout.spec
+    self.max_tasks = layout.max_tasks
+    self.slots = list(range(layout.max_tasks)) if slots is None else sorted(set(int(s) for s in slots))
+    bad = [s for s in self.slots if not 0 <= s < layout.max_tasks]
+    if bad:
+      raise ReplayError(f"task slots {bad} outside [0, {layout.max_tasks})")
+    try:
+      sharing_rules.get_rule(sharing)
+    except ValueError as e:
+      raise ReplayError(str(e)) from None
+    self.sharing, self.threshold = sharing, float(threshold)
+    _check_fraction(success_fraction)
+    self.success_fraction = float(success_fraction)
+    if transitions_per_sample < 1:
+      raise ReplayError(f"transitions_per_sample must be >= 1, got {transitions_per_sample}")
+    self.transitions_per_sample = int(transitions_per_sample)
+    self.labeller = labeller
+    self._server = None
+    if address is None:
+      self._server = serve(layout, checkpoint_dir, port)
+      address = f"localhost:{self._server.port}"
+    self.address = address
+    self.client = reverb.Client(address)
+    self._writer = None
+    self._lock = threading.Lock()
+    self._seq = 0
+
+  @classmethod
+  def from_config(cls, config, spec: EnvSpec, *, run_dir: str | None = None,
+                  address: str | None = None, labeller: Labeller | None = None,
+                  slots: Sequence[int] | None = None) -> "ReverbReplay":
+    """From an experiment config's `max_tasks`, `replay.*` and `detector.threshold`."""
+    r = config.replay
+    layout = TableLayout(spec, int(config.max_tasks), int(r.max_size),
+                         int(r.get("max_episodes", 0)) or None, int(r.min_size),
+                         float(r.samples_per_insert))
+    ckpt = os.path.join(run_dir, "replay") if run_dir and address is None else None
+    return cls(layout, slots=slots, sharing=r.sharing, threshold=config.detector.threshold,
+               success_fraction=r.success_fraction, labeller=labeller, address=address,
+               checkpoint_dir=ckpt, transitions_per_sample=int(r.get("transitions_per_sample", 1)))
+
+  # Writing.
+  def prepare(self, episodes: Sequence[Episode]) -> list[tuple[Episode, list[sharing_rules.Target]]]:
+    """Validates and labels `episodes`; returns each with its sharing targets. Writes nothing."""
+    episodes = list(episodes)
+    for ep in episodes:
+      if not isinstance(ep, Episode):
+        raise ReplayError(f"expected Episode, got {type(ep).__name__}")
+      ep.validate(self.spec, self.max_tasks)
+      if ep.task_id not in self.slots:
+        raise ReplayError(f"episode {ep.episode_id}: task slot {ep.task_id} is not an active "
+                          f"task (active: {self.slots})")
+    missing = [i for i, ep in enumerate(episodes) if ep.labels is None]
+    if missing:
+      if self.labeller is None:
+        raise ReplayError(f"episode {episodes[missing[0]].episode_id} has no success labels and "
+                          "this replay has no labeller")
+      probs = np.asarray(self.labeller([episodes[i] for i in missing]))
+      if probs.shape != (len(missing), self.max_tasks):
+        raise ReplayError(f"labeller returned shape {probs.shape}, expected "
+                          f"({len(missing)}, {self.max_tasks})")
+      for j, i in enumerate(missing):
+        episodes[i] = episodes[i].with_labels(probs[j]).validate(self.spec, self.max_tasks)
+    return [(ep, sharing_rules.targets(self.sharing, ep.task_id, ep.labels, self.slots, self.threshold))
+            for ep in episodes]
+
+  def write_many(self, episodes: Sequence[Episode]) -> int:
+    prepared = self.prepare(episodes)  # Raises before anything is written.
+    with self._lock:
+      if self._writer is None:
+        self._writer = self.client.trajectory_writer(
+            num_keep_alive_refs=self.spec.max_episode_steps + 1)
+      made = 0
+      for ep, targets in prepared:
+        made += self._append(ep, targets)
+      self._writer.flush()
+    return made
+
+  def _append(self, ep: Episode, targets: list[sharing_rules.Target]) -> int:
+    w, t_len = self._writer, ep.num_steps
+    pad = np.zeros(ep.actions.shape[1:], np.float32)
+    for t in range(t_len + 1):
+      step = {"observation": {k: v[t] for k, v in ep.observations.items()},
+              "action": ep.actions[t] if t < t_len else pad}
+      if t == t_len:
+        step["metadata"] = tables.episode_metadata(ep, self.max_tasks)
+      w.append(step)
+    h = w.history
+    steps = {"observation": {k: h["observation"][k][:] for k in ep.observations},
+             "action": h["action"][:]}
+    for slot, success in targets:
+      w.create_item(tables.task_table(slot, success), float(t_len), steps)
+    meta = {k: h["metadata"][k][-1] for k in tables.metadata_signature(self.max_tasks)}
+    self._seq = (self._seq + 1) % int(tables.EPISODE_ROUND)
+    w.create_item(tables.EPISODES_TABLE, float(self._seq), {**steps, "metadata": meta})
+    w.end_episode()
+    return len(targets)
+
+  # Reading.
+  def table_sizes(self) -> dict[str, int]:
+    return {name: info.current_size for name, info in self.client.server_info().items()}
+
+  def counts(self) -> Counts:
+    sizes = self.table_sizes()
+    return {k: {"success": sizes[tables.task_table(k, True)],
+                "failure": sizes[tables.task_table(k, False)]}
+            for k in range(self.max_tasks)}
+
+  def num_episodes(self) -> int:
+    return self.table_sizes()[tables.EPISODES_TABLE]
+
+  def sampler(self, batch_size: int, task_shares: Mapping[int, float] | None = None,
+              success_fraction: float | None = None, seed: int | None = None,
+              to_jax: bool = False, prefetch: int = 4, wait_seconds: float = 60.0,
+              refresh_seconds: float = 2.0) -> BalancedSampler:
+    """Rebalanced batches; `task_shares` maps slot -> weight (default: equal over `slots`)."""
+    del seed  # Reverb's sampling is not seedable; kept for the interface.
+    k = self.transitions_per_sample
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1 or batch_size % k:
+      raise ReplayError(f"batch_size must be a positive multiple of transitions_per_sample={k}, "
+                        f"got {batch_size!r}")
+    shares = {k_: 1.0 for k_ in self.slots} if task_shares is None else dict(task_shares)
+    bad = [s for s in shares if s not in self.slots]
+    if bad:
+      raise ReplayError(f"task_shares names slots {bad} that are not active ({self.slots})")
+    if not shares or any(not np.isfinite(w) or w <= 0 for w in shares.values()):
+      raise ReplayError(f"task_shares must be positive weights, got {shares}")
+    frac = self.success_fraction if success_fraction is None else success_fraction
+    _check_fraction(frac)
+    return BalancedSampler(self.address, self.layout, self.table_sizes, int(batch_size), shares,
+                           float(frac), k, prefetch, refresh_seconds, wait_seconds, to_jax)
+
+  def episodes(self) -> Iterator[Episode]:
+    """Every episode in the `episodes` table once, oldest first for one writer.
+
+    The table is a min-heap on priority = export round * 2**40 + write sequence. Each visit
+    moves the item to the next round, so a walk ends when the smallest item is already in
+    it; episodes written meanwhile (round 0) are visited too. Only this method samples the
+    table, so moving priorities affects nothing else.
+    """
+    if self.num_episodes() == 0:
+      return
+    first = self._sample_episode()
+    target = (first.info.priority // tables.EPISODE_ROUND + 1) * tables.EPISODE_ROUND
+    sample = first
+    while sample.info.priority < target:
+      yield _to_episode(sample.data)
+      self.client.mutate_priorities(tables.EPISODES_TABLE, updates={
+          sample.info.key: target + sample.info.priority % tables.EPISODE_ROUND})
+      sample = self._sample_episode()
+
+  def _sample_episode(self):
+    return next(self.client.sample(tables.EPISODES_TABLE, 1, emit_timesteps=False,
+                                   unpack_as_table_signature=True))
+
+  # Lifecycle.
+  def checkpoint(self) -> str:
+    if self._writer is not None:
+      with self._lock:
+        self._writer.flush()
+    return self.client.checkpoint()
+
+  def close(self) -> None:
+    with self._lock:
+      if self._writer is not None:
+        self._writer.close()
+        self._writer = None
+    if self._server is not None:
+      self._server.stop()
+      self._server = None
+
+
+def _check_fraction(f) -> None:
+  if not isinstance(f, (int, float, np.floating)) or not 0.0 <= f <= 1.0:
+    raise ReplayError(f"success_fraction must be in [0, 1], got {f!r}")
+
+
+def _to_episode(data: dict) -> Episode:
+  meta = data["metadata"]
+  return Episode(
+      observations={k: np.asarray(v) for k, v in data["observation"].items()},
+      actions=np.asarray(data["action"][:-1], np.float32),
+      task_id=int(meta["task_id"]), robot_id=int(meta["robot_id"]),
+      episode_id=int(meta["episode_id"]),
+      success=np.asarray(meta["success"], bool) if bool(meta["has_success"]) else None,
+      labels=np.asarray(meta["labels"], np.float32), terminated=bool(meta["terminated"]))
