@@ -13,7 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.env.name = "tabletop"  # tabletop | metaworld
   c.env.observation = "state"  # state | image
   c.env.tasks = []  # Task names; empty means every task the env defines.
-  c.env.max_episode_steps = 40
+  c.env.max_episode_steps = 50  # Scripted tabletop experts need <= 30 (push up to ~47).
+  c.env.terminate_action = True  # A 5th action dimension; > 0 ends the episode.
+  c.env.benchmark = "MT10"  # metaworld only: MT10 | MT50 (when env.tasks is empty).
 
   c.actors = ml_collections.ConfigDict()
   c.actors.num_actors = 2
