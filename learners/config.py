@@ -1,0 +1,154 @@
+"""Learner, network and CEM settings, built from a config's `learner` and `cem` sections."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from mtopt.cem import check_cem_sizes
+from mtopt.config import ConfigError
+
+ARCHITECTURES = ("split", "whole")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+  """Shape of the task-conditioned Q-network.
+
+  Attributes:
+    architecture: "split" (ours: the observation torso runs once per state, only a small
+      post-merge head runs per CEM sample) or "whole" (the reference: the whole network,
+      action concatenated to the input, runs per sample).
+    torso_sizes: hidden widths of the MLP over (state features, task embedding).
+    merge_width: width where the action joins the torso's features ("split" only).
+    head_sizes: hidden widths after the merge, evaluated per CEM sample ("split"), or the
+      extra layers after the torso ("whole").
+    task_embedding_dim: width of the learned task-slot embedding (`max_tasks` rows).
+    conv_channels: output channels of the image torso's 3x3 stride-2 convolutions.
+    image_embedding_dim: width of the dense layer after the convolutions.
+  """
+
+  architecture: str = "split"
+  torso_sizes: tuple[int, ...] = (256, 256)
+  merge_width: int = 64
+  head_sizes: tuple[int, ...] = (64,)
+  task_embedding_dim: int = 32
+  conv_channels: tuple[int, ...] = (16, 32, 32)
+  image_embedding_dim: int = 128
+
+  def __post_init__(self):
+    if self.architecture not in ARCHITECTURES:
+      raise ConfigError(f"learner.network.architecture must be one of {ARCHITECTURES}, "
+                        f"got {self.architecture!r}")
+    for name in ("torso_sizes", "head_sizes", "conv_channels"):
+      sizes = tuple(int(s) for s in getattr(self, name))
+      if any(s < 1 for s in sizes):
+        raise ConfigError(f"learner.network.{name} must be positive widths, got {sizes}")
+      object.__setattr__(self, name, sizes)
+    for name in ("merge_width", "task_embedding_dim", "image_embedding_dim"):
+      if int(getattr(self, name)) < 1:
+        raise ConfigError(f"learner.network.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CEMConfig:
+  """How CEM maximises Q (QT-Opt: 64 samples, 6 elites, 2 iterations).
+
+  Attributes:
+    num_samples: candidate actions per state and iteration.
+    num_elites: best samples the next sampling distribution is fitted to.
+    num_iterations: sampling rounds.
+    discrete_dims: indices of binary action dimensions (e.g. gripper open/close).
+  """
+
+  num_samples: int = 64
+  num_elites: int = 6
+  num_iterations: int = 2
+  discrete_dims: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    try:
+      check_cem_sizes(self.num_samples, self.num_elites, self.num_iterations)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    object.__setattr__(self, "discrete_dims", tuple(int(d) for d in self.discrete_dims))
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+  """QT-Opt learner settings.
+
+  Attributes:
+    batch_size: transitions per update (split across devices when there are several).
+    learning_rate: Adam step size.
+    gamma: discount; the batch's per-row discount (0 at episode end) is multiplied by it.
+    num_steps: updates that `mtopt train` runs.
+    grad_clip_norm: global gradient norm clip before Adam.
+    polyak_tau: the first target moves this far towards the online network per step
+      (QT-Opt's averaging constant 0.9999 is tau = 1e-4).
+    lagged_period: every this many steps the second target becomes a copy of the online
+      network (QT-Opt lags it by ~6000 steps).
+    log_every: steps between TensorBoard writes.
+    checkpoint_every: steps between Orbax checkpoints (0: only when asked).
+    publish_every: steps between parameter publications to actors.
+    network: the Q-network's shape.
+    cem: how targets and actions maximise Q.
+  """
+
+  batch_size: int = 256
+  learning_rate: float = 1e-3
+  gamma: float = 0.9
+  num_steps: int = 2000
+  grad_clip_norm: float = 10.0
+  polyak_tau: float = 0.005
+  lagged_period: int = 500
+  log_every: int = 100
+  checkpoint_every: int = 1000
+  publish_every: int = 100
+  network: NetworkConfig = NetworkConfig()
+  cem: CEMConfig = CEMConfig()
+
+  def __post_init__(self):
+    if self.batch_size < 1:
+      raise ConfigError(f"learner.batch_size must be >= 1, got {self.batch_size}")
+    if not 0.0 <= self.gamma < 1.0:
+      raise ConfigError(f"learner.gamma must be in [0, 1), got {self.gamma}")
+    if not 0.0 < self.polyak_tau <= 1.0:
+      raise ConfigError(f"learner.polyak_tau must be in (0, 1], got {self.polyak_tau}")
+    if self.lagged_period < 1:
+      raise ConfigError(f"learner.lagged_period must be >= 1, got {self.lagged_period}")
+    if self.learning_rate <= 0 or self.grad_clip_norm <= 0:
+      raise ConfigError("learner.learning_rate and learner.grad_clip_norm must be > 0")
+    for name in ("log_every", "publish_every"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"learner.{name} must be >= 1, got {getattr(self, name)}")
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> "LearnerConfig":
+    """Builds from an experiment ConfigDict's `learner` (with `network`) and `cem` sections."""
+    learner = _section(config, "learner")
+    network = dict(learner.pop("network", {}) or {})
+    cem = _section(config, "cem")
+    return cls(network=_build(NetworkConfig, network, "learner.network"),
+               cem=_build(CEMConfig, cem, "cem"),
+               **_fields(cls, learner, "learner", exclude=("network", "cem")))
+
+
+def _section(config, name: str) -> dict:
+  if name not in config:
+    raise ConfigError(f"config has no {name!r} section")
+  section = config[name]
+  return dict(section.to_dict() if hasattr(section, "to_dict") else section)
+
+
+def _fields(cls, values: dict, where: str, exclude=()) -> dict:
+  known = {f.name for f in dataclasses.fields(cls)} - set(exclude)
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}; known: "
+                      f"{', '.join(sorted(known))}")
+  return values
+
+
+def _build(cls, values: dict, where: str):
+  return cls(**_fields(cls, values, where))

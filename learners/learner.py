@@ -1,0 +1,152 @@
+"""The Learner: pulls batches, runs the jitted QT-Opt update, logs, checkpoints, publishes."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Iterable, Iterator
+
+import jax
+import numpy as np
+
+from learners import learning, networks
+from learners.checkpointing import Checkpointer
+from learners.config import LearnerConfig
+from mtopt.batch import Batch
+from mtopt.specs import EnvSpec
+
+# publish(params as numpy, step): how parameters reach actors (a parameter server, a queue).
+PublishFn = Callable[[object, int], None]
+
+
+class Learner:
+  """Trains one task-conditioned Q-function from an iterator of `Batch`es.
+
+  With `run_dir`, it writes TensorBoard scalars to `run_dir/learner/` and Orbax
+  checkpoints to `run_dir/checkpoints/`, and resumes from the newest checkpoint there.
+  With several devices (or `devices=`), each batch is split across them.
+  """
+
+  def __init__(self, env_spec: EnvSpec, max_tasks: int, config: LearnerConfig,
+               batches: Iterable[Batch], *, run_dir: str | None = None, seed: int = 0,
+               publish: PublishFn | None = None, devices=None, resume: bool = True):
+    self.env_spec = env_spec
+    self.max_tasks = max_tasks
+    self.config = config
+    self._batches: Iterator[Batch] = iter(batches)
+    self._publish = publish
+    devices = list(devices) if devices is not None else jax.devices()
+    self._mesh = learning.data_mesh(devices) if len(devices) > 1 else None
+    self.network = networks.make_q_network(env_spec, max_tasks, config.network)
+    self._update = learning.make_update_fn(self.network, env_spec, config, max_tasks,
+                                           self._mesh)
+    self._state = learning.init_training_state(self.network, env_spec, config,
+                                               jax.random.PRNGKey(seed))
+    self._checkpointer = self._writer = None
+    if run_dir is not None:
+      self._checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints"))
+      if resume and self._checkpointer.latest_step() is not None:
+        self._state = self._checkpointer.restore(self._state)
+      from tensorboardX import SummaryWriter  # Only runs that log pay for the import.
+      self._writer = SummaryWriter(os.path.join(run_dir, "learner"))
+    if self._mesh is not None:
+      self._state = jax.device_put(self._state, learning.replicated(self._mesh))
+    self._step = int(self._state.step)
+    self._checked_keys = False
+    self._last_log = (time.perf_counter(), self._step)
+
+  # Training.
+  def step(self) -> dict:
+    """One update on the next batch; returns its metrics (device arrays, not synced)."""
+    try:
+      batch = next(self._batches)
+    except StopIteration:
+      raise StopIteration("the learner's batch iterator is exhausted") from None
+    batch = self._prepare(batch)
+    self._state, metrics = self._update(self._state, batch)
+    self._step += 1
+    c = self.config
+    if self._writer is not None and self._step % c.log_every == 0:
+      self._log(metrics)
+    if self._checkpointer is not None and c.checkpoint_every and \
+        self._step % c.checkpoint_every == 0:
+      self._checkpointer.save(self._state, wait=False)
+    if self._publish is not None and self._step % c.publish_every == 0:
+      self._publish(self.get_params(), self._step)
+    return metrics
+
+  def run(self, num_steps: int) -> dict:
+    """Runs `num_steps` updates; returns the last step's metrics as numpy."""
+    metrics = {}
+    for _ in range(num_steps):
+      metrics = self.step()
+    return jax.device_get(metrics)
+
+  # State.
+  @property
+  def state(self) -> learning.TrainingState:
+    return self._state
+
+  @property
+  def steps(self) -> int:
+    return self._step
+
+  def get_params(self):
+    """The online network's parameters as numpy, for actors and serving."""
+    return jax.device_get(self._state.params)
+
+  def save(self) -> int:
+    """Checkpoints now (waits for the write); returns the step."""
+    if self._checkpointer is None:
+      raise RuntimeError("this Learner has no run_dir, so it cannot checkpoint")
+    return self._checkpointer.save(self._state)
+
+  def close(self) -> None:
+    if self._checkpointer is not None:
+      self._checkpointer.close()
+    if self._writer is not None:
+      self._writer.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  # Internals.
+  def _prepare(self, batch: Batch) -> Batch:
+    if not isinstance(batch, Batch):
+      raise TypeError(f"the learner takes mtopt.batch.Batch, got {type(batch).__name__}")
+    if not self._checked_keys:  # The layout does not change between batches.
+      want = set(self.env_spec.observation)
+      for name in ("observation", "next_observation"):
+        got = set(getattr(batch, name))
+        if got != want:
+          raise ValueError(f"batch.{name} has keys {sorted(got)}, the env spec {sorted(want)}")
+      if self._mesh is not None and batch.size % self._mesh.size:
+        raise ValueError(f"batch size {batch.size} does not split over "
+                         f"{self._mesh.size} devices")
+      self._checked_keys = True
+    task = batch.task
+    if isinstance(task, np.ndarray) and task.size and \
+        (task.min() < 0 or task.max() >= self.max_tasks):
+      raise ValueError(f"batch.task has slots outside [0, {self.max_tasks}): "
+                       f"{task.min()}..{task.max()}")
+    if self._mesh is not None:
+      return jax.device_put(batch, learning.batch_sharding(self._mesh))
+    return batch
+
+  def _log(self, metrics: dict) -> None:
+    m = jax.device_get(metrics)
+    now = time.perf_counter()
+    t0, s0 = self._last_log
+    self._last_log = (now, self._step)
+    w = self._writer
+    for k, v in m.items():
+      if np.ndim(v) == 0:
+        w.add_scalar(f"learner/{k}", float(v), self._step)
+    w.add_scalar("learner/steps_per_second", (self._step - s0) / max(now - t0, 1e-9),
+                 self._step)
+    for slot in np.flatnonzero(m["task_count"]):  # Only tasks present in this batch.
+      w.add_scalar(f"td_abs/task_{slot}", float(m["task_td_abs"][slot]), self._step)
+    w.flush()

@@ -1,0 +1,161 @@
+"""The QT-Opt update: Bellman targets with CEM and clipped double Q, cross-entropy loss.
+
+    target = r + gamma * discount * min(Q1(s', a*), Q2(s', a*)),  a* = CEM_a Q1(s', a)
+
+Q1 is a Polyak average of the online network, Q2 a lagged copy of it (refreshed every
+`lagged_period` steps). Q = sigmoid(logit), trained with sigmoid cross-entropy against
+the target clipped to [0, 1]. One jitted `update_step`; with several devices the batch is
+split across them (GSPMD inserts the gradient all-reduce) and the state is replicated.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from learners import networks
+from learners.config import CEMConfig, LearnerConfig
+from mtopt.batch import Batch
+from mtopt.cem import cem_maximize
+from mtopt.specs import EnvSpec
+
+Params = Any
+
+
+class TrainingState(NamedTuple):
+  """Everything an update changes, and all a checkpoint needs to resume exactly.
+
+  Attributes:
+    params: the online network.
+    target_params: Q1, the Polyak-averaged target (also what CEM maximises).
+    lagged_params: Q2, a copy of the online network refreshed every `lagged_period` steps.
+    opt_state: the optimiser's state.
+    step: int32 scalar, updates done.
+    key: uint32[2] PRNG key for CEM.
+  """
+
+  params: Params
+  target_params: Params
+  lagged_params: Params
+  opt_state: Any
+  step: jax.Array
+  key: jax.Array
+
+
+def make_optimizer(config: LearnerConfig) -> optax.GradientTransformation:
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
+                     optax.adam(config.learning_rate))
+
+
+def init_training_state(network: networks.QNetwork, env_spec: EnvSpec, config: LearnerConfig,
+                        key: jax.Array) -> TrainingState:
+  """Fresh online parameters; both targets start as copies of them."""
+  init_key, train_key = jax.random.split(key)
+  params = networks.init_params(network, env_spec, init_key)
+  return TrainingState(params=params, target_params=params, lagged_params=params,
+                       opt_state=make_optimizer(config).init(params),
+                       step=jnp.zeros((), jnp.int32), key=train_key)
+
+
+def cem_best_actions(network: networks.QNetwork, params: Params, observation: dict,
+                     task: jax.Array, key: jax.Array, minimum, maximum,
+                     cem: CEMConfig) -> tuple[jax.Array, jax.Array]:
+  """argmax_a Q(s, a, task) by CEM: (actions [B, A], logits [B]). Encodes s only once."""
+  features = networks.encode(network, params, observation, task)
+  return cem_maximize(functools.partial(_score_actions, network), key, task.shape[0],
+                      minimum, maximum, score_args=(params, features),
+                      num_samples=cem.num_samples, num_elites=cem.num_elites,
+                      num_iterations=cem.num_iterations, discrete_dims=cem.discrete_dims)
+
+
+def _score_actions(network, actions, params, features):
+  return networks.head_logits(network, params, features, actions)
+
+
+def bellman_targets(network: networks.QNetwork, config: LearnerConfig, target_params: Params,
+                    lagged_params: Params, batch: Batch, key: jax.Array, minimum,
+                    maximum) -> dict:
+  """Clipped double-Q targets. Returns targets [B] and, for inspection, a*, Q1, Q2 at a*."""
+  next_action, q1_logit = cem_best_actions(network, target_params, batch.next_observation,
+                                           batch.task, key, minimum, maximum, config.cem)
+  q2_logit = networks.q_logits(network, lagged_params, batch.next_observation, batch.task,
+                               next_action)
+  q1, q2 = jax.nn.sigmoid(q1_logit), jax.nn.sigmoid(q2_logit)
+  discount = config.gamma * batch.discount
+  # r + gamma * q can pass 1 when a reward arrives mid-episode; the CE label must be in [0, 1].
+  targets = jnp.clip(batch.reward + discount * jnp.minimum(q1, q2), 0.0, 1.0)
+  return {"targets": jax.lax.stop_gradient(targets), "next_action": next_action,
+          "q1": q1, "q2": q2}
+
+
+def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwork,
+                config: LearnerConfig, optimizer: optax.GradientTransformation,
+                minimum: np.ndarray, maximum: np.ndarray,
+                max_tasks: int) -> tuple[TrainingState, dict]:
+  """One QT-Opt gradient step; pure, meant to be jitted (see `make_update_fn`)."""
+  key, cem_key = jax.random.split(state.key)
+  t = bellman_targets(network, config, state.target_params, state.lagged_params, batch,
+                      cem_key, minimum, maximum)
+  targets = t["targets"]
+
+  def loss_fn(params):
+    logits = networks.q_logits(network, params, batch.observation, batch.task, batch.action)
+    return optax.sigmoid_binary_cross_entropy(logits, targets).mean(), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  step = state.step + 1
+  target_params = optax.incremental_update(params, state.target_params, config.polyak_tau)
+  refresh = step % config.lagged_period == 0
+  lagged_params = jax.tree.map(lambda new, old: jnp.where(refresh, new, old), params,
+                               state.lagged_params)
+
+  q = jax.nn.sigmoid(logits)
+  td = jnp.abs(q - targets)
+  task_count = jax.ops.segment_sum(jnp.ones_like(td), batch.task, num_segments=max_tasks)
+  task_td = jax.ops.segment_sum(td, batch.task, num_segments=max_tasks)
+  metrics = {
+      "loss": loss, "q_mean": q.mean(), "q_min": q.min(), "q_max": q.max(),
+      "target_mean": targets.mean(), "next_q1_mean": t["q1"].mean(),
+      "next_q2_mean": t["q2"].mean(), "td_abs_mean": td.mean(),
+      "grad_norm": optax.global_norm(grads),
+      "task_td_abs": task_td / jnp.maximum(task_count, 1.0), "task_count": task_count,
+  }
+  return TrainingState(params, target_params, lagged_params, opt_state, step, key), metrics
+
+
+def data_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named "data" over `devices` (default: all)."""
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole value (the training state)."""
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """The leading (batch) axis is split across the mesh's "data" axis."""
+  return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def make_update_fn(network: networks.QNetwork, env_spec: EnvSpec, config: LearnerConfig,
+                   max_tasks: int, mesh: Mesh | None = None
+                   ) -> Callable[[TrainingState, Batch], tuple[TrainingState, dict]]:
+  """The jitted update; data-parallel over `mesh` (batch split, state replicated)."""
+  fn = functools.partial(update_step, network=network, config=config,
+                         optimizer=make_optimizer(config),
+                         minimum=np.asarray(env_spec.action.minimum, np.float32),
+                         maximum=np.asarray(env_spec.action.maximum, np.float32),
+                         max_tasks=max_tasks)
+  if mesh is None or mesh.size == 1:
+    return jax.jit(fn)
+  return jax.jit(fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                 out_shardings=(replicated(mesh), replicated(mesh)))

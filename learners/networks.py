@@ -1,0 +1,170 @@
+"""Task-conditioned Q-networks Q(s, a, task) -> logit, for state and image observations.
+
+Every network has two halves so that CEM, which scores many actions per state, pays for
+the observation only once:
+
+- `torso(observation, task) -> features`: runs once per state.
+- `head(features, action) -> logit`: runs per action; `action` is [B, A] or [B, N, A].
+
+In the "split" architecture (ours) the torso encodes the observation and task and ends in
+the observation's half of the merge layer; the head adds the action's half (QT-Opt merges
+the action into the torso's features), then a small MLP. Per CEM sample that costs about
+merge_width * (A + head widths) multiply-adds instead of the whole network.
+
+In the "whole" architecture (the reference) the torso only gathers the inputs and the
+head runs the whole network, convolutions included, on (observation, action) per sample.
+
+Q = sigmoid(logit) lies in [0, 1]. Task slots index a learned embedding with `max_tasks`
+rows, so a new task needs no new network shape.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from learners.config import NetworkConfig
+from mtopt.specs import EnvSpec
+
+IMAGE_KEY = "image"
+
+
+class ImageEncoder(nn.Module):
+  """uint8 images [..., H, W, C] -> features [..., image_embedding_dim]; small for CPU."""
+
+  channels: Sequence[int]
+  embedding_dim: int
+
+  @nn.compact
+  def __call__(self, image: jax.Array) -> jax.Array:
+    lead = image.shape[:-3]
+    x = image.reshape((-1, *image.shape[-3:])).astype(jnp.float32) / 255.0
+    for c in self.channels:
+      x = nn.relu(nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME")(x))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.embedding_dim)(x))
+    return x.reshape((*lead, self.embedding_dim))
+
+
+def _mlp(sizes: Sequence[int], x: jax.Array, name: str) -> jax.Array:
+  for i, size in enumerate(sizes):
+    x = nn.relu(nn.Dense(size, name=f"{name}_{i}")(x))
+  return x
+
+
+class QNetwork(nn.Module):
+  """Q(s, a, task) as a logit; see the module docstring for the split."""
+
+  state_keys: tuple[str, ...]
+  has_image: bool
+  max_tasks: int
+  config: NetworkConfig
+
+  def setup(self):
+    c = self.config
+    self.task_embedding = nn.Embed(self.max_tasks, c.task_embedding_dim)
+    if self.has_image:
+      self.image_encoder = ImageEncoder(c.conv_channels, c.image_embedding_dim)
+    if c.architecture == "split":
+      self.torso_layers = [nn.Dense(s) for s in c.torso_sizes]
+      self.merge_observation = nn.Dense(c.merge_width)
+      self.merge_action = nn.Dense(c.merge_width, use_bias=False)
+      self.head_layers = [nn.Dense(s) for s in c.head_sizes]
+    else:
+      sizes = (*c.torso_sizes, c.merge_width, *c.head_sizes)
+      self.whole_layers = [nn.Dense(s) for s in sizes]
+    self.output = nn.Dense(1)
+
+  def _vector(self, observation: dict) -> list[jax.Array]:
+    parts = []
+    for k in self.state_keys:
+      v = jnp.asarray(observation[k], jnp.float32)
+      parts.append(v.reshape((v.shape[0], -1)))
+    return parts
+
+  def torso(self, observation: dict, task: jax.Array):
+    """Per-state features: [B, merge_width] ("split") or the gathered inputs ("whole")."""
+    embedding = self.task_embedding(task)
+    vector = jnp.concatenate([*self._vector(observation), embedding], axis=-1)
+    if self.config.architecture == "whole":
+      features = {"vector": vector}
+      if self.has_image:
+        features["image"] = observation[IMAGE_KEY]
+      return features
+    parts = [vector]
+    if self.has_image:
+      parts.append(self.image_encoder(observation[IMAGE_KEY]))
+    x = jnp.concatenate(parts, axis=-1)
+    for layer in self.torso_layers:
+      x = nn.relu(layer(x))
+    return self.merge_observation(x)  # Pre-activation: the head adds the action's half.
+
+  def head(self, features, action: jax.Array) -> jax.Array:
+    """Logits [B] for action [B, A], or [B, N] for action [B, N, A]."""
+    per_sample = action.ndim == 3
+    if self.config.architecture == "split":
+      if per_sample:
+        features = features[:, None, :]
+      x = nn.relu(features + self.merge_action(action))
+      for layer in self.head_layers:
+        x = nn.relu(layer(x))
+      return self.output(x)[..., 0]
+    # Reference: the whole network, convolutions included, per (state, action).
+    def tile(x):
+      return jnp.broadcast_to(x[:, None], (x.shape[0], action.shape[1], *x.shape[1:])) \
+          if per_sample else x
+    parts = [tile(features["vector"]), action]
+    if self.has_image:
+      parts.append(self.image_encoder(tile(features["image"])))
+    x = jnp.concatenate(parts, axis=-1)
+    for layer in self.whole_layers:
+      x = nn.relu(layer(x))
+    return self.output(x)[..., 0]
+
+  def __call__(self, observation: dict, task: jax.Array, action: jax.Array) -> jax.Array:
+    return self.head(self.torso(observation, task), action)
+
+
+def make_q_network(env_spec: EnvSpec, max_tasks: int, config: NetworkConfig) -> QNetwork:
+  """Builds the Q-network for `env_spec`'s observations: an image (if any) plus vectors."""
+  if max_tasks < 1:
+    raise ValueError(f"max_tasks must be >= 1, got {max_tasks}")
+  obs = dict(env_spec.observation)
+  has_image = IMAGE_KEY in obs
+  if has_image and len(obs[IMAGE_KEY].shape) != 3:
+    raise ValueError(f"observation {IMAGE_KEY!r} must be [H, W, C], got {obs[IMAGE_KEY].shape}")
+  state_keys = tuple(sorted(k for k in obs if k != IMAGE_KEY))
+  if not state_keys and not has_image:
+    raise ValueError("env spec has no observations")
+  return QNetwork(state_keys=state_keys, has_image=has_image, max_tasks=max_tasks,
+                  config=config)
+
+
+def dummy_inputs(env_spec: EnvSpec, batch_size: int = 1):
+  """Zero (observation, task, action) with a batch axis, for `init`."""
+  obs = {k: jnp.zeros((batch_size, *s.shape), s.dtype) for k, s in env_spec.observation.items()}
+  return (obs, jnp.zeros((batch_size,), jnp.int32),
+          jnp.zeros((batch_size, *env_spec.action.shape), jnp.float32))
+
+
+def init_params(network: QNetwork, env_spec: EnvSpec, key: jax.Array):
+  """Fresh parameters for `network`."""
+  return network.init(key, *dummy_inputs(env_spec))
+
+
+def q_logits(network: QNetwork, params, observation: dict, task, action) -> jax.Array:
+  """Logits [B] for one action per state."""
+  return network.apply(params, observation, task, action)
+
+
+def encode(network: QNetwork, params, observation: dict, task):
+  """Per-state features (run once per state)."""
+  return network.apply(params, observation, task, method=QNetwork.torso)
+
+
+def head_logits(network: QNetwork, params, features, action) -> jax.Array:
+  """Logits for actions [B, A] or [B, N, A] from encoded features."""
+  return network.apply(params, features, action, method=QNetwork.head)
