@@ -105,6 +105,10 @@ class TabletopEnv(Env):
     if self._done:
       raise EnvError("tabletop: step() after the episode ended; call reset(task) first")
     a = check_action(action, self._spec)
+    terminated = self._terminate_action and bool(a[4] > 0)
+    if terminated:  # Terminate means stop: the final state is the one the robot judged.
+      a = np.zeros_like(a)
+      a[3] = 1.0 if self._closed else -1.0
     m, d = self.model, self.data
     start = d.mocap_pos[0].copy()
     target = np.clip(start + a[:3] * scene.MAX_DELTA, scene.WORKSPACE_LOW, scene.WORKSPACE_HIGH)
@@ -130,7 +134,6 @@ class TabletopEnv(Env):
     if self._observation == "image":
       self._set_fingers()
       mujoco.mj_forward(m, d)
-    terminated = self._terminate_action and bool(a[4] > 0)
     self._done = terminated or self._t >= self._max_steps
     success = self.success()
     return self._observe(), self._done, {"success": success, "terminated": terminated,

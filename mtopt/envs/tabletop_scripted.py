@@ -18,6 +18,8 @@ CARRY_Z = 0.13  # Tip height for carrying an object over the bin's walls (m).
 RELEASE_GAP = 0.006  # Object's bottom above the target surface when letting go (m).
 PUSH_STEP = 0.015  # Metres per step while pushing (slow keeps the cube from spinning).
 AT = 0.004  # "Close enough" to a waypoint (m).
+ZONE_AT = 0.015  # Release this near the bin's or plate's centre.
+GRASP_AT = 0.008  # Close the gripper this near the grasp point (inside the env's grasp zone).
 
 
 def _move(tip: np.ndarray, target: np.ndarray, grip: float, terminate: bool = False,
@@ -30,7 +32,7 @@ def _move(tip: np.ndarray, target: np.ndarray, grip: float, terminate: bool = Fa
 def _travel(tip: np.ndarray, xy: np.ndarray, height: float, grip: float) -> np.ndarray:
   """Goes to (xy, height), first climbing if the tip is low and far from xy."""
   far = np.linalg.norm(tip[:2] - xy) > AT
-  if far and tip[2] < height - 0.01:
+  if far and tip[2] < height - 0.02:
     return _move(tip, np.array([tip[0], tip[1], height]), grip)
   return _move(tip, np.array([xy[0], xy[1], height]), grip)
 
@@ -46,15 +48,14 @@ def _pick(tip, closed, held, obj_pos, i) -> np.ndarray | None:
   if held >= 0:  # Holding the wrong object: let go and climb.
     return _move(tip, np.array([tip[0], tip[1], APPROACH_Z]), -1.0)
   g = _grasp_point(obj_pos, i)
-  if np.linalg.norm(tip[:2] - g[:2]) > AT or tip[2] > g[2] + 0.06:
-    if closed:  # Open before approaching, or the next close would not grasp.
-      return _move(tip, tip, -1.0)
-    if np.linalg.norm(tip[:2] - g[:2]) <= AT:
-      return _move(tip, g, -1.0)
+  xy_err = np.linalg.norm(tip[:2] - g[:2])
+  if closed:  # Open before approaching, or the next close would not grasp.
+    return _move(tip, np.array([tip[0], tip[1], max(tip[2], g[2] + 0.01)]), -1.0)
+  if xy_err <= GRASP_AT and -0.002 <= tip[2] - g[2] <= GRASP_AT:
+    return _move(tip, tip, 1.0)  # Inside the grasp zone, open: close now.
+  if xy_err > GRASP_AT and tip[2] < g[2] + 0.015:
     return _travel(tip, g[:2], max(APPROACH_Z, g[2] + 0.02), -1.0)
-  if abs(tip[2] - g[2]) > AT or closed:
-    return _move(tip, g, -1.0)
-  return _move(tip, g, 1.0)  # At the grasp point, open: close now.
+  return _move(tip, g, -1.0)
 
 
 def _place(tip, closed, held, obj_pos, i, zone, success) -> np.ndarray:
@@ -66,9 +67,9 @@ def _place(tip, closed, held, obj_pos, i, zone, success) -> np.ndarray:
   hang = tip[2] - obj_pos[i, 2]  # Tip height above the held object's centre.
   release_z = zone.top + RELEASE_GAP + tasks.HALF[i] + hang
   target_xy = np.asarray(zone.center)
-  if np.linalg.norm(tip[:2] - target_xy) > AT:
+  if np.linalg.norm(tip[:2] - target_xy) > ZONE_AT:
     return _travel(tip, target_xy, CARRY_Z, 1.0)
-  if tip[2] > release_z + AT:
+  if tip[2] > release_z + 0.006:
     return _move(tip, np.array([*target_xy, release_z]), 1.0)
   return _move(tip, tip, -1.0)  # Let go.
 
