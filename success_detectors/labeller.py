@@ -118,19 +118,21 @@ def relabel_dataset(data_dir: str, detector_dir: str, num_slices: int = 4,
   """Labels every episode of the RLDS dataset `data_dir` for every slot, in parallel with
   Ray Data (Ray must be initialised), and writes DATA_DIR/labels.npz. Returns its path."""
   import ray
-  import tensorflow_datasets as tfds
   from mtopt import rlds_format
 
-  rlds_format.load_builder(data_dir)  # A clear error for a directory that is not a dataset.
+  builder = rlds_format.load_builder(data_dir)  # A clear error for a non-dataset directory.
   detector = SuccessDetector.load(detector_dir)
   ctx = ray.data.DataContext.get_current()
   ctx.enable_progress_bars = False
-  splits = tfds.even_splits(rlds_format.SPLIT, n=max(1, num_slices))
+  n = builder.info.splits[rlds_format.SPLIT].num_examples
+  bounds = np.linspace(0, n, min(max(1, num_slices), max(n, 1)) + 1).astype(int)
+  splits = [f"{rlds_format.SPLIT}[{a}:{b}]" for a, b in zip(bounds[:-1], bounds[1:])]
   ds = ray.data.from_items([{"split": s} for s in splits], override_num_blocks=len(splits))
   ds = ds.map_batches(_read_slices, fn_kwargs={"data_dir": data_dir}, batch_size=1,
                       num_cpus=1)
   ds = ds.map_batches(_DetectorBatches, fn_constructor_kwargs={"detector_dir": detector_dir},
-                      batch_size=batch_size, concurrency=max(1, num_labellers), num_cpus=1)
+                      batch_size=batch_size, num_cpus=1,
+                      compute=ray.data.ActorPoolStrategy(size=max(1, num_labellers)))
   ids, labels = [], []
   for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
     ids.append(batch["episode_id"])

@@ -1,0 +1,67 @@
+"""The labeller inline, as a Ray actor, and in bulk over an RLDS dataset with Ray Data."""
+
+import numpy as np
+import pytest
+
+from mtopt import rlds_format
+from mtopt.episode import Episode
+from success_detectors import label_store
+from success_detectors.detector import SuccessDetector
+from success_detectors.examples import ExampleSet
+from success_detectors.labeller import (RemoteLabeller, labeller_actor, load_labeller,
+                                        relabel_dataset)
+from tests.test_success_detector import FAST, MAX_TASKS, SPEC, toy_examples, toy_states
+
+
+@pytest.fixture(scope="module")
+def detector_dir(tmp_path_factory):
+  rng = np.random.default_rng(4)
+  det = SuccessDetector.create(SPEC, MAX_TASKS, FAST)
+  det.train(ExampleSet.concat([toy_examples(rng, s, 80, 80) for s in range(2)]),
+            {0: "a", 1: "b"}, steps=200)
+  return det.save(str(tmp_path_factory.mktemp("run") / "detector"))
+
+
+def episodes(rng, n, start=0):
+  out = []
+  for i in range(n):
+    t = int(rng.integers(1, 6))
+    obs = toy_states(rng, t + 1, succeed_slot=int(rng.integers(0, 3)))
+    out.append(Episode({"state": obs}, rng.uniform(-1, 1, (t, 4)).astype(np.float32),
+                       task_id=i % 2, episode_id=start + i))
+  return out
+
+
+@pytest.mark.slow
+def test_ray_actor_labels_like_the_inline_labeller(ray_session, detector_dir):
+  inline = load_labeller(detector_dir)
+  eps = episodes(np.random.default_rng(0), 9)
+  remote = RemoteLabeller(labeller_actor(detector_dir))
+  np.testing.assert_array_equal(remote(eps), inline(eps))
+  assert ray_session.get(remote.actor.version.remote()) == inline.version
+  assert ray_session.get(remote.actor.task_names.remote()) == {0: "a", 1: "b"}
+  ray_session.kill(remote.actor)
+
+
+@pytest.mark.slow
+def test_bulk_relabel_writes_labels_next_to_the_data(ray_session, detector_dir, tmp_path):
+  rng = np.random.default_rng(1)
+  eps = episodes(rng, 37, start=100)
+  data = str(tmp_path / "data")
+  with rlds_format.DatasetWriter(data, SPEC, MAX_TASKS, ["a", "b"], episodes_per_shard=10) as w:
+    for ep in eps:
+      w.write(ep)
+  before = sorted(p.name for p in (tmp_path / "data").rglob("*"))
+  path = relabel_dataset(data, detector_dir, num_slices=3)
+  stored = label_store.read_labels(data)
+  assert path == label_store.labels_path(data)
+  want = load_labeller(detector_dir)(eps)
+  got = stored.by_episode()
+  assert sorted(got) == [ep.episode_id for ep in eps]
+  for ep, row in zip(eps, want):
+    np.testing.assert_allclose(got[ep.episode_id], row, atol=1e-6)
+  assert stored.detector_version == load_labeller(detector_dir).version
+  assert stored.task_names[:3] == ["a", "b", ""]
+  # The dataset itself is untouched: only labels.npz was added.
+  after = sorted(p.name for p in (tmp_path / "data").rglob("*"))
+  assert sorted(set(after) - set(before)) == ["labels.npz"]
