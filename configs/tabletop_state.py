@@ -27,11 +27,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.actors.sticky_prob = 0.0
 
   c.replay = ml_collections.ConfigDict()
-  c.replay.max_size = 1_000_000  # Items per task table.
-  c.replay.min_size = 256
-  c.replay.samples_per_insert = 0.0  # 0 disables rate limiting.
+  c.replay.max_size = 100_000  # Episodes per (task, outcome) table; FIFO removal.
+  c.replay.max_episodes = 0  # Episodes kept for export (0: same as max_size).
+  c.replay.min_size = 16  # Episodes a (task, outcome) table needs before it is sampled.
+  c.replay.samples_per_insert = 0.0  # Sampled items per inserted episode; 0: no rate limit.
   c.replay.sharing = "all"  # none | all | conservative
   c.replay.success_fraction = 0.5  # Successes per batch, within a task.
+  c.replay.transitions_per_sample = 1  # Rows taken from each sampled episode.
 
   c.detector = ml_collections.ConfigDict()
   c.detector.threshold = 0.5

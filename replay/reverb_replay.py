@@ -196,23 +196,29 @@ class ReverbReplay(Replay):
                            float(frac), k, prefetch, refresh_seconds, wait_seconds, to_jax)
 
   def episodes(self) -> Iterator[Episode]:
-    """Every episode in the `episodes` table once, oldest first for one writer.
+    """Every episode in the `episodes` table once (oldest first for one writer).
 
-    The table is a min-heap on priority = export round * 2**40 + write sequence. Each visit
-    moves the item to the next round, so a walk ends when the smallest item is already in
-    it; episodes written meanwhile (round 0) are visited too. Only this method samples the
-    table, so moving priorities affects nothing else.
+    The table is a min-heap on priority = write sequence (< 2**40). A walk samples the
+    smallest item, yields it and moves it past all others (priority + 2**40), until the
+    smallest item is one already moved; episodes written meanwhile are visited too. It then
+    moves every visited item back, also when the walk is abandoned early. Only this method
+    samples the table, so moving priorities affects nothing else; run one walk at a time.
     """
     if self.num_episodes() == 0:
       return
-    first = self._sample_episode()
-    target = (first.info.priority // tables.EPISODE_ROUND + 1) * tables.EPISODE_ROUND
-    sample = first
-    while sample.info.priority < target:
-      yield _to_episode(sample.data)
-      self.client.mutate_priorities(tables.EPISODES_TABLE, updates={
-          sample.info.key: target + sample.info.priority % tables.EPISODE_ROUND})
-      sample = self._sample_episode()
+    visited: dict[int, float] = {}
+    try:
+      while True:
+        sample = self._sample_episode()
+        if sample.info.priority >= tables.EPISODE_ROUND:
+          break
+        self.client.mutate_priorities(tables.EPISODES_TABLE, updates={
+            sample.info.key: sample.info.priority + tables.EPISODE_ROUND})
+        visited[sample.info.key] = sample.info.priority
+        yield _to_episode(sample.data)
+    finally:
+      if visited:  # Keys removed by FIFO meanwhile are ignored by Reverb.
+        self.client.mutate_priorities(tables.EPISODES_TABLE, updates=visited)
 
   def _sample_episode(self):
     return next(self.client.sample(tables.EPISODES_TABLE, 1, emit_timesteps=False,

@@ -22,7 +22,7 @@ import reverb  # noqa: E402  (after tf_setup hides GPUs)
 
 OUTCOMES = ("success", "failure")
 EPISODES_TABLE = "episodes"
-# The episodes table is a min-heap on "export round"; this leaves room for many rounds.
+# The episodes table is a min-heap on write sequence (< EPISODE_ROUND); see ReverbReplay.episodes.
 EPISODE_ROUND = float(2 ** 40)
 
 
