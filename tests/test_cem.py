@@ -1,0 +1,111 @@
+"""CEM finds the maxima of known functions, respects bounds, handles discrete dimensions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtopt.cem import cem_maximize
+
+LO3, HI3 = -np.ones(3, np.float32), np.ones(3, np.float32)
+
+
+def _quadratic(actions, centers):
+  return -jnp.sum((actions - centers[:, None]) ** 2, axis=-1)
+
+
+@pytest.mark.parametrize("num_samples,num_elites,num_iterations,tol", [
+    (64, 6, 2, 0.3),  # QT-Opt's setting: coarse but in the right place.
+    (256, 16, 6, 0.03),  # More iterations: tight.
+])
+def test_finds_per_row_maximum_of_quadratic(rng, num_samples, num_elites, num_iterations, tol):
+  centers = rng.uniform(-0.8, 0.8, (32, 3)).astype(np.float32)
+  actions, scores = cem_maximize(_quadratic, jax.random.PRNGKey(0), 32, LO3, HI3,
+                                 score_args=(centers,), num_samples=num_samples,
+                                 num_elites=num_elites, num_iterations=num_iterations)
+  assert actions.shape == (32, 3) and scores.shape == (32,)
+  assert np.abs(np.asarray(actions) - centers).max() < tol
+  # The returned score is the score of the returned action.
+  np.testing.assert_allclose(scores, -np.sum((np.asarray(actions) - centers) ** 2, -1),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_more_iterations_never_worse(rng):
+  centers = rng.uniform(-0.8, 0.8, (64, 3)).astype(np.float32)
+  key = jax.random.PRNGKey(3)
+  _, s1 = cem_maximize(_quadratic, key, 64, LO3, HI3, score_args=(centers,), num_iterations=1)
+  _, s4 = cem_maximize(_quadratic, key, 64, LO3, HI3, score_args=(centers,), num_iterations=4)
+  # Same key: iteration 0 draws the same samples, and the best seen is kept.
+  assert np.all(np.asarray(s4) >= np.asarray(s1))
+
+
+def test_multimodal_1d_picks_global_maximum():
+  # Two maxima at +-1/sqrt(2); the tilt makes the positive one global (0.0707 vs -0.0707).
+  def f(a):
+    x = a[..., 0]
+    return -(x ** 2 - 0.5) ** 2 + 0.1 * x
+
+  actions, _ = cem_maximize(f, jax.random.PRNGKey(1), 64, np.float32([-1]), np.float32([1]),
+                            num_iterations=3)
+  assert np.all(np.abs(np.asarray(actions)[:, 0] - np.sqrt(0.5)) < 0.05)
+
+
+def test_multimodal_2d_prefers_higher_peak():
+  # A local mode (height 0.8) and the global one (height 1.0), equally wide. (With 64
+  # samples CEM can miss a global peak much narrower than a local one: it is a sampler.)
+  c_global, c_local = np.float32([0.6, -0.5]), np.float32([-0.5, 0.5])
+
+  def f(a):
+    g = jnp.exp(-jnp.sum((a - c_global) ** 2, -1) / (2 * 0.25 ** 2))
+    l = 0.8 * jnp.exp(-jnp.sum((a - c_local) ** 2, -1) / (2 * 0.25 ** 2))
+    return g + l
+
+  lo, hi = -np.ones(2, np.float32), np.ones(2, np.float32)
+  # 512 independent rows; measured here: 94% of rows end in the global basin with QT-Opt's
+  # (64, 6, 2), 99.6% within 0.2 of the peak with (128, 10, 3).
+  for (n, k, it), radius, rate in [((64, 6, 2), 0.5, 0.85), ((128, 10, 3), 0.2, 0.97)]:
+    actions, _ = cem_maximize(f, jax.random.PRNGKey(2), 512, lo, hi, num_samples=n,
+                              num_elites=k, num_iterations=it)
+    found = np.mean(np.linalg.norm(np.asarray(actions) - c_global, axis=-1) < radius)
+    assert found >= rate, f"CEM{(n, k, it)} found the global peak in {found:.1%} of rows"
+
+
+def test_bounds_and_discrete_dims():
+  # dim 0 continuous, optimum 0.3; dim 1 binary, higher is better; dim 2's optimum (2.0) is
+  # outside the bounds, so the best is the upper bound.
+  lo, hi = np.float32([-1, -0.5, -1]), np.float32([1, 0.5, 1])
+
+  def f(a):
+    return -(a[..., 0] - 0.3) ** 2 + a[..., 1] - (a[..., 2] - 2.0) ** 2
+
+  actions, _ = cem_maximize(f, jax.random.PRNGKey(0), 16, lo, hi, num_iterations=4,
+                            discrete_dims=(1,))
+  actions = np.asarray(actions)
+  assert np.all(actions >= lo) and np.all(actions <= hi)
+  assert np.all(actions[:, 1] == 0.5)  # Exactly the maximum, never in between.
+  assert np.all(np.abs(actions[:, 0] - 0.3) < 0.1)
+  assert np.all(actions[:, 2] > 0.9)
+
+
+def test_discrete_dim_takes_only_its_two_values():
+  seen = []
+
+  def f(a):
+    seen.append(None)
+    return -a[..., 0] ** 2 - (a[..., 1] + 0.5) ** 2  # Discrete dim 1 prefers its minimum.
+
+  actions, _ = cem_maximize(f, jax.random.PRNGKey(5), 8, np.float32([-1, -1]),
+                            np.float32([1, 1]), discrete_dims=(1,))
+  assert set(np.asarray(actions)[:, 1].tolist()) <= {-1.0, 1.0}
+  assert np.all(np.asarray(actions)[:, 1] == -1.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_samples=0), "num_samples"),
+    (dict(num_samples=4, num_elites=5), "num_elites"),
+    (dict(num_iterations=0), "num_iterations"),
+    (dict(discrete_dims=(3,)), "discrete dim"),
+])
+def test_bad_sizes_raise(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    cem_maximize(lambda a: a.sum(-1), jax.random.PRNGKey(0), 2, LO3, HI3, **kwargs)
