@@ -104,12 +104,13 @@ class MetaWorldEnv(Env):
     a = check_action(action, self._spec)
     obs, _, _, _, info = self._env.step(a[:4])
     self._obs = obs
-    self._succeeded = self._succeeded or bool(info.get("success", False))
+    success_now = bool(info.get("success", False))
+    self._succeeded = self._succeeded or success_now
     self._t += 1
     terminated = self._terminate_action and bool(a[4] > 0)
     self._done = terminated or self._t >= self._max_steps
     return ({"state": obs.astype(np.float32)}, self._done,
-            {"success": self.success(), "terminated": terminated})
+            {"success": self.success(), "terminated": terminated, "success_now": success_now})
 
   def success(self) -> np.ndarray:
     out = np.zeros(len(self._names), bool)
