@@ -43,9 +43,24 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.learning_rate = 1e-3
   c.learner.gamma = 0.9
   c.learner.num_steps = 2000
+  c.learner.grad_clip_norm = 10.0
+  c.learner.polyak_tau = 0.005  # Q1 target: Polyak average (QT-Opt: 1e-4).
+  c.learner.lagged_period = 500  # Q2 target: copy of the online net every N steps.
+  c.learner.log_every = 100
+  c.learner.checkpoint_every = 1000  # 0: only on request.
+  c.learner.publish_every = 100  # Steps between parameter publications to actors.
+  c.learner.network = ml_collections.ConfigDict()
+  c.learner.network.architecture = "split"  # split (torso once, head per CEM sample) | whole
+  c.learner.network.torso_sizes = (256, 256)
+  c.learner.network.merge_width = 64
+  c.learner.network.head_sizes = (64,)
+  c.learner.network.task_embedding_dim = 32
+  c.learner.network.conv_channels = (16, 32, 32)  # Image observations only.
+  c.learner.network.image_embedding_dim = 128
 
   c.cem = ml_collections.ConfigDict()
   c.cem.num_samples = 64
   c.cem.num_elites = 6
   c.cem.num_iterations = 2
+  c.cem.discrete_dims = ()  # Binary action dims (gripper open/close, terminate).
   return c

@@ -43,11 +43,12 @@ def test_targets_use_min_of_both_targets_at_cem_action_of_first(rng):
       q1_params, q2_params, jax.random.PRNGKey(3))
   a_star = np.asarray(t["next_action"])
 
+  @jax.jit
   def q(params, action):
-    return np.asarray(jax.nn.sigmoid(networks.q_logits(net, params, batch.next_observation,
-                                                       batch.task, action)))
+    return jax.nn.sigmoid(networks.q_logits(net, params, batch.next_observation, batch.task,
+                                            action))
 
-  q1, q2 = q(q1_params, a_star), q(q2_params, a_star)
+  q1, q2 = np.asarray(q(q1_params, a_star)), np.asarray(q(q2_params, a_star))
   np.testing.assert_allclose(t["q1"], q1, atol=1e-5)
   np.testing.assert_allclose(t["q2"], q2, atol=1e-5)
   want = np.clip(batch.reward + 0.8 * batch.discount * np.minimum(q1, q2), 0, 1)
