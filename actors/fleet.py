@@ -77,11 +77,24 @@ class Fleet:
         state["unrequested"] += n
         if self.failures[i] > self.max_failures:
           raise FleetError(f"robot {i} failed {self.failures[i]} times; last error: {e}") from e
-        time.sleep(0.1)  # Give Ray a moment to restart it; calls queue until it is back.
+        self._wait_alive(i)
         submit(i)
         continue
       submit(i)  # Keep the actor busy while the caller handles these.
       yield from episodes
+
+  def _wait_alive(self, i: int, timeout: float = 120.0) -> None:
+    """Waits for Ray to restart actor i (calls sent while it restarts would fail too)."""
+    from ray.exceptions import GetTimeoutError, RayActorError
+    deadline = time.monotonic() + timeout
+    while True:
+      try:
+        self._ray.get(self.actors[i].pid.remote(), timeout=max(1.0, deadline - time.monotonic()))
+        return
+      except (RayActorError, GetTimeoutError) as e:
+        if time.monotonic() > deadline:
+          raise FleetError(f"robot {i} did not come back within {timeout:.0f} s: {e}") from e
+        time.sleep(0.2)
 
   def call_all(self, method: str, *args, **kwargs) -> list:
     """Calls a RobotActor method on every actor and waits for the results."""
