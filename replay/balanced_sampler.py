@@ -24,7 +24,8 @@ import numpy as np
 
 from mtopt.batch import Batch
 from mtopt.tf_setup import tf
-from replay.tables import TableLayout, steps_signature, task_table
+from replay.tables import (SHARED_TABLE, TableLayout, shared_signature, steps_signature,
+                          task_table)
 
 import reverb  # noqa: E402
 
@@ -46,21 +47,22 @@ def _largest_remainder(total: int, weights: Mapping[int, float]) -> dict[int, in
 
 
 def make_plan(batch_size: int, task_shares: Mapping[int, float], success_fraction: float,
-              sizes: Mapping[str, int], min_size: int, unit: int = 1) -> tuple[Plan, dict]:
+              counts: Mapping[int, Mapping[str, int]], min_size: int,
+              unit: int = 1) -> tuple[Plan, dict]:
   """Rows per (task, outcome) table for one batch, given the tables' current sizes.
 
   Args:
     batch_size: rows per batch; a multiple of `unit`.
     task_shares: slot -> weight (> 0).
     success_fraction: successes per task row, in [0, 1].
-    sizes: table name -> items.
+    counts: slot -> {"success": items, "failure": items}.
     min_size: items a table needs before it is sampled.
     unit: rows per sampled item (rows come in whole items).
 
   Returns:
     (plan, report): report lists `no_successes` and `no_data` task slots.
   """
-  ready = lambda k, s: sizes.get(task_table(k, s), 0) >= min_size
+  ready = lambda k, s: counts[k]["success" if s else "failure"] >= min_size
   no_data = sorted(k for k in task_shares if not ready(k, True) and not ready(k, False))
   live = {k: w for k, w in task_shares.items() if k not in no_data}
   report = {"no_data": no_data,
@@ -102,20 +104,33 @@ def _transition_picker(slot: int, success: bool, k: int) -> Callable:
   return pick
 
 
+def _trajectories(address: str, table: str, signature: dict, items: int) -> tf.data.Dataset:
+  dtypes = tf.nest.map_structure(lambda s: s.dtype, signature)
+  shapes = tf.nest.map_structure(lambda s: s.shape, signature)
+  return reverb.TrajectoryDataset(address, table, dtypes, shapes,
+                                  max_in_flight_samples_per_worker=max(2 * items, 8))
+
+
 def make_dataset(address: str, layout: TableLayout, plan: Plan, transitions_per_sample: int = 1,
-                 prefetch: int = 4) -> tf.data.Dataset:
-  """A tf.data pipeline that yields batch dicts with exactly `plan`'s composition."""
+                 prefetch: int = 4, pooled_failures: bool = False,
+                 threshold: float = 0.5) -> tf.data.Dataset:
+  """A tf.data pipeline that yields batch dicts with exactly `plan`'s composition.
+
+  With `pooled_failures`, task k's failure rows come from the shared table, keeping the
+  episodes whose label for k is below `threshold`.
+  """
   if not plan:
     raise ValueError("empty plan: no table has enough items to sample")
-  sig = steps_signature(layout.spec)
-  dtypes = tf.nest.map_structure(lambda s: s.dtype, sig)
-  shapes = tf.nest.map_structure(lambda s: s.shape, sig)
   k = transitions_per_sample
   parts = []
   for (slot, success), rows in sorted(plan.items()):
     items = rows // k
-    ds = reverb.TrajectoryDataset(address, task_table(slot, success), dtypes, shapes,
-                                  max_in_flight_samples_per_worker=max(2 * items, 8))
+    if success or not pooled_failures:
+      ds = _trajectories(address, task_table(slot, success), steps_signature(layout.spec), items)
+    else:
+      ds = _trajectories(address, SHARED_TABLE, shared_signature(layout.spec, layout.max_tasks),
+                         4 * items)
+      ds = ds.filter(lambda x, slot=slot: x.data["labels"][slot] < threshold)
     ds = ds.map(_transition_picker(slot, success, k)).batch(items, drop_remainder=True)
     ds = ds.map(lambda x: tf.nest.map_structure(
         lambda v: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)), x))
@@ -141,11 +156,13 @@ class BalancedSampler:
     report: task slots with `no_successes`, `no_failures` or `no_data` (left out).
   """
 
-  def __init__(self, address: str, layout: TableLayout, sizes_fn: Callable[[], dict],
+  def __init__(self, address: str, layout: TableLayout, counts_fn: Callable[[], dict],
                batch_size: int, task_shares: Mapping[int, float], success_fraction: float,
                transitions_per_sample: int = 1, prefetch: int = 4, refresh_seconds: float = 2.0,
-               wait_seconds: float = 60.0, to_jax: bool = False):
-    self._address, self._layout, self._sizes_fn = address, layout, sizes_fn
+               wait_seconds: float = 60.0, to_jax: bool = False, pooled_failures: bool = False,
+               threshold: float = 0.5):
+    self._address, self._layout, self._counts_fn = address, layout, counts_fn
+    self._pooled, self._threshold = pooled_failures, threshold
     self.batch_size, self.task_shares = batch_size, dict(task_shares)
     self.success_fraction = success_fraction
     self._k, self._prefetch, self._refresh = transitions_per_sample, prefetch, refresh_seconds
@@ -159,7 +176,7 @@ class BalancedSampler:
     deadline = time.monotonic() + self._wait
     while True:
       plan, report = make_plan(self.batch_size, self.task_shares, self.success_fraction,
-                               self._sizes_fn(), self._layout.min_size, self._k)
+                               self._counts_fn(), self._layout.min_size, self._k)
       if plan or time.monotonic() > deadline:
         break
       time.sleep(0.05)
@@ -175,7 +192,8 @@ class BalancedSampler:
       self.report = report
     if plan != self.plan:
       self.plan = plan
-      ds = make_dataset(self._address, self._layout, plan, self._k, self._prefetch)
+      ds = make_dataset(self._address, self._layout, plan, self._k, self._prefetch,
+                        self._pooled, self._threshold)
       self._it = ds.as_numpy_iterator()
 
   def __iter__(self):

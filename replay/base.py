@@ -25,7 +25,8 @@ class Replay(abc.ABC):
 
   @abc.abstractmethod
   def write_many(self, episodes: Sequence[Episode]) -> int:
-    """Validates every episode, then stores them all; returns the number of task items made.
+    """Validates every episode, then stores them all; returns how many (task, outcome)
+    entries they were shared into (what `counts()` grows by).
 
     Raises EpisodeError / ReplayError before anything is stored if any episode is bad.
     """

@@ -74,6 +74,7 @@ class ReverbReplay(Replay):
     except ValueError as e:
       raise ReplayError(str(e)) from None
     self.sharing, self.threshold = sharing, float(threshold)
+    self.pooled_failures = sharing == "all"
     _check_fraction(success_fraction)
     self.success_fraction = float(success_fraction)
     if transitions_per_sample < 1:
@@ -133,13 +134,20 @@ class ReverbReplay(Replay):
     prepared = self.prepare(episodes)  # Raises before anything is written.
     with self._lock:
       if self._writer is None:
-        self._writer = self.client.trajectory_writer(
-            num_keep_alive_refs=self.spec.max_episode_steps + 1)
+        self._writer = self._new_writer()
       made = 0
       for ep, targets in prepared:
         made += self._append(ep, targets)
       self._writer.flush()
     return made
+
+  def _new_writer(self):
+    # One chunk per column per episode: per-step chunks cost ~4x the data in overhead.
+    n = self.spec.max_episode_steps + 1
+    w = self.client.trajectory_writer(num_keep_alive_refs=n)
+    for path in [("observation", k) for k in self.spec.observation] + [("action",)]:
+      w.configure(path, num_keep_alive_refs=n, max_chunk_length=n)
+    return w
 
   def _append(self, ep: Episode, targets: list[sharing_rules.Target]) -> int:
     w, t_len = self._writer, ep.num_steps
@@ -153,9 +161,12 @@ class ReverbReplay(Replay):
     h = w.history
     steps = {"observation": {k: h["observation"][k][:] for k in ep.observations},
              "action": h["action"][:]}
-    for slot, success in targets:
-      w.create_item(tables.task_table(slot, success), float(t_len), steps)
     meta = {k: h["metadata"][k][-1] for k in tables.metadata_signature(self.max_tasks)}
+    for slot, success in targets:
+      if success or not self.pooled_failures:
+        w.create_item(tables.task_table(slot, success), float(t_len), steps)
+    if self.pooled_failures:  # Every task's failures come from here (see replay.tables).
+      w.create_item(tables.SHARED_TABLE, float(t_len), {**steps, "labels": meta["labels"]})
     self._seq = (self._seq + 1) % int(tables.EPISODE_ROUND)
     w.create_item(tables.EPISODES_TABLE, float(self._seq), {**steps, "metadata": meta})
     w.end_episode()
@@ -166,10 +177,10 @@ class ReverbReplay(Replay):
     return {name: info.current_size for name, info in self.client.server_info().items()}
 
   def counts(self) -> Counts:
-    sizes = self.table_sizes()
-    return {k: {"success": sizes[tables.task_table(k, True)],
-                "failure": sizes[tables.task_table(k, False)]}
-            for k in range(self.max_tasks)}
+    """Items per task and outcome; under `all` sharing a task's failures are the shared
+    table's episodes less its successes (exact until the shared table starts evicting)."""
+    return counts_from_sizes(self.table_sizes(), self.max_tasks,
+                             self.slots if self.pooled_failures else None)
 
   def num_episodes(self) -> int:
     return self.table_sizes()[tables.EPISODES_TABLE]
@@ -192,8 +203,9 @@ class ReverbReplay(Replay):
       raise ReplayError(f"task_shares must be positive weights, got {shares}")
     frac = self.success_fraction if success_fraction is None else success_fraction
     _check_fraction(frac)
-    return BalancedSampler(self.address, self.layout, self.table_sizes, int(batch_size), shares,
-                           float(frac), k, prefetch, refresh_seconds, wait_seconds, to_jax)
+    return BalancedSampler(self.address, self.layout, self.counts, int(batch_size), shares,
+                           float(frac), k, prefetch, refresh_seconds, wait_seconds, to_jax,
+                           pooled_failures=self.pooled_failures, threshold=self.threshold)
 
   def episodes(self) -> Iterator[Episode]:
     """Every episode in the `episodes` table once (oldest first for one writer).
@@ -239,6 +251,19 @@ class ReverbReplay(Replay):
     if self._server is not None:
       self._server.stop()
       self._server = None
+
+
+def counts_from_sizes(sizes: Mapping[str, int], max_tasks: int,
+                      pooled_slots: Sequence[int] | None = None) -> Counts:
+  """Per-task counts from table sizes; `pooled_slots` take failures from the shared table."""
+  out = {}
+  for k in range(max_tasks):
+    succ = sizes[tables.task_table(k, True)]
+    fail = sizes[tables.task_table(k, False)]
+    if pooled_slots is not None and k in pooled_slots:
+      fail += max(0, sizes[tables.SHARED_TABLE] - succ)
+    out[k] = {"success": succ, "failure": fail}
+  return out
 
 
 def _check_fraction(f) -> None:

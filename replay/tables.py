@@ -7,6 +7,13 @@ and shared by every table's items. Items are sampled in proportion to their epis
 length (priority T, exponent 1), i.e. uniformly over transitions. One more table,
 `episodes`, holds one item per episode with its metadata (ids, labels, ground truth) over
 the same steps, so the replay can enumerate its episodes for RLDS export.
+
+Under `all` sharing nearly every episode is a failure for nearly every task, so failure
+items would be most of the items (~1 KB each in Reverb, several times an episode's state
+data per task). Instead every episode gets one item in the `shared` table with its label
+vector, and a task's failures are sampled from it, keeping rows labelled failure for that
+task; only successes get per-task items. Then storing an episode for 10 tasks costs 2 items
+plus one per task it succeeded at.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import reverb  # noqa: E402  (after tf_setup hides GPUs)
 
 OUTCOMES = ("success", "failure")
 EPISODES_TABLE = "episodes"
+SHARED_TABLE = "shared"
 # The episodes table is a min-heap on write sequence (< EPISODE_ROUND); see ReverbReplay.episodes.
 EPISODE_ROUND = float(2 ** 40)
 
@@ -73,6 +81,10 @@ def steps_signature(spec: EnvSpec) -> dict:
   }
 
 
+def shared_signature(spec: EnvSpec, max_tasks: int) -> dict:
+  return {**steps_signature(spec), "labels": tf.TensorSpec([max_tasks], tf.float32)}
+
+
 def metadata_signature(max_tasks: int) -> dict:
   return {
       "task_id": tf.TensorSpec([], tf.int32), "robot_id": tf.TensorSpec([], tf.int32),
@@ -115,6 +127,10 @@ def make_tables(layout: TableLayout) -> list:
                          remover=reverb.selectors.Fifo(), max_size=layout.max_size,
                          rate_limiter=_rate_limiter(layout), signature=sig)
             for name in task_tables(layout)]
+  tables.append(reverb.Table(SHARED_TABLE, sampler=reverb.selectors.Prioritized(1.0),
+                             remover=reverb.selectors.Fifo(), max_size=layout.max_size,
+                             rate_limiter=_rate_limiter(layout),
+                             signature=shared_signature(layout.spec, layout.max_tasks)))
   # Export walks this table by min-heap priority (see ReverbReplay.episodes); FIFO removal.
   tables.append(reverb.Table(EPISODES_TABLE, sampler=reverb.selectors.MinHeap(),
                              remover=reverb.selectors.Fifo(), max_size=layout.max_episodes,
