@@ -35,8 +35,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.replay.success_fraction = 0.5  # Successes per batch, within a task.
   c.replay.transitions_per_sample = 1  # Rows taken from each sampled episode.
 
-  c.detector = ml_collections.ConfigDict()
+  c.detector = ml_collections.ConfigDict()  # success_detectors.detector.DetectorConfig
   c.detector.threshold = 0.5
+  c.detector.torso = (256, 256)
+  c.detector.head_hidden = 32
+  c.detector.conv_channels = (16, 32, 32, 64)
+  c.detector.train_steps = 3000
+  c.detector.add_task_steps = 2000
+  c.detector.batch_size = 256
+  c.detector.learning_rate = 1e-3
+  c.detector.holdout_fraction = 0.2
+  # Tabletop predicates overlap (a cube on the plate may also be next to another), so other
+  # tasks' successes are not assumed to be failures; example folders carry real failures.
+  c.detector.other_task_negatives = False
+  c.detector.seed = 0
 
   c.learner = ml_collections.ConfigDict()
   c.learner.batch_size = 256
