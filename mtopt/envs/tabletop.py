@@ -111,19 +111,23 @@ class TabletopEnv(Env):
       a[3] = 1.0 if self._closed else -1.0
     m, d = self.model, self.data
     start = d.mocap_pos[0].copy()
-    target = np.clip(start + a[:3] * scene.MAX_DELTA, scene.WORKSPACE_LOW, scene.WORKSPACE_HIGH)
+    target = np.minimum(np.maximum(start + a[:3] * scene.MAX_DELTA, scene.WORKSPACE_LOW),
+                        scene.WORKSPACE_HIGH)
     # Move the mocap in equal parts per substep, so a pushed object follows smoothly.
-    increment = (target - start) / scene.SUBSTEPS
-    velocity = increment / m.opt.timestep
-    pos = start
-    for _ in range(scene.SUBSTEPS):
-      pos = pos + increment
-      d.mocap_pos[0] = pos
-      if self._held >= 0:
-        self._carry(velocity)
-      mujoco.mj_step(m, d)
+    increment = (target - start) * (1.0 / scene.SUBSTEPS)
     if self._held >= 0:
+      velocity = increment * (1.0 / m.opt.timestep)
+      for k in range(1, scene.SUBSTEPS + 1):
+        d.mocap_pos[0] = start + k * increment
+        self._carry(velocity)
+        mujoco.mj_step(m, d)
       self._carry(velocity)
+    elif increment.any():
+      for k in range(1, scene.SUBSTEPS + 1):
+        d.mocap_pos[0] = start + k * increment
+        mujoco.mj_step(m, d)
+    else:
+      mujoco.mj_step(m, d, scene.SUBSTEPS)
     close = bool(a[3] > 0)
     if close and not self._closed:
       self._grasp()
