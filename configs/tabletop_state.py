@@ -24,7 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.actors.policy = "scripted"  # scripted | random | cem
   c.actors.gaussian_std = 0.0  # Exploration / data-quality noise knobs.
   c.actors.epsilon = 0.0
-  c.actors.sticky_prob = 0.0
+  c.actors.sticky_prob = 0.0  # Chance per step to start a sticky random segment...
+  c.actors.sticky_steps = 5  # ...held for this many steps.
 
   c.replay = ml_collections.ConfigDict()
   c.replay.max_size = 100_000  # Episodes per (task, outcome) table; FIFO removal.
