@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.detector.torso = (256, 256)
   c.detector.head_hidden = 32
   c.detector.conv_channels = (16, 32, 32, 64)
+  c.detector.state_pairs = True  # (x_i - x_j)^2 features: distance predicates become easy.
   c.detector.train_steps = 3000
   c.detector.add_task_steps = 2000
   c.detector.batch_size = 256
@@ -66,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.network.architecture = "split"  # split (torso once, head per CEM sample) | whole
   c.learner.network.torso_sizes = (256, 256)
   c.learner.network.merge_width = 64
-  c.learner.network.head_sizes = (64,)
+  c.learner.network.head_sizes = (32,)  # Per CEM sample: keep it small.
   c.learner.network.task_embedding_dim = 32
   c.learner.network.conv_channels = (16, 32, 32)  # Image observations only.
   c.learner.network.image_embedding_dim = 128
@@ -76,4 +77,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.cem.num_elites = 6
   c.cem.num_iterations = 2
   c.cem.discrete_dims = ()  # Binary action dims (gripper open/close, terminate).
+
+  c.train = ml_collections.ConfigDict()  # mtopt train (see mtopt/launch.py).
+  c.train.mode = "offline"  # offline | online | mixed
+  c.train.dataset_dir = ""  # RLDS dataset for offline/mixed; empty: collect one first.
+  c.train.offline_episodes = 400  # Scripted noisy episodes collected when no dataset_dir.
+  c.train.labels = "learned"  # learned (success detector) | ground_truth (simulator)
+  c.train.detector_episodes_per_task = 100  # Simulated examples when no detector exists.
+  c.train.eval_every = 500  # Learner steps between evaluations (and checkpoints).
+  c.train.wait_for_data_seconds = 600.0  # How long the sampler waits for enough episodes.
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_actors = 2
+  c.eval.episodes_per_task = 10
   return c

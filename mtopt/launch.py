@@ -1,0 +1,373 @@
+"""Program assembly: one MT-Opt training run from a config, on local Ray or a cluster.
+
+    driver (this process)                       Ray actors
+    ─────────────────────                       ──────────
+    Reverb replay (in-process server) ◄─ episodes ── K RobotActors (CEM over latest Q,
+      ▲ labels from the success detector              exploration; or scripted noisy
+      │                                               experts for offline data)
+    Learner (jitted QT-Opt update) ── params ──► ParameterServer ──► actors, evaluators
+      │                                                               │
+      └── every eval_every steps ◄── per-task success ── Evaluator actors (greedy CEM)
+                                          └──► TaskScheduler of the collecting actors
+
+Modes (`train.mode`): `offline` trains only from an RLDS dataset (given, or collected
+first by scripted noisy experts); `online` collects with the current Q while training;
+`mixed` does both: the offline dataset first, then on-policy episodes into the same replay.
+
+A run directory holds everything needed to resume: config, task registry, detector,
+Reverb checkpoint, Orbax checkpoints and `progress.json` (what was imported, evaluations).
+Re-running the same command continues where a killed run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from mtopt import envs, rlds_format
+from mtopt.config import ConfigDict, ConfigError
+from mtopt.parameter_server import ParameterServer
+from mtopt.policy_client import PulledCEMPolicy
+from mtopt.tasks import TaskRegistry
+
+MODES = ("offline", "online", "mixed")
+
+
+# Run-directory bookkeeping.
+def _progress_path(run_dir: str) -> str:
+  return os.path.join(run_dir, "progress.json")
+
+
+def load_progress(run_dir: str) -> dict:
+  path = _progress_path(run_dir)
+  if not os.path.exists(path):
+    return {"imported_episodes": 0, "collected_episodes": 0, "evaluations": []}
+  with open(path) as f:
+    return json.load(f)
+
+
+def save_progress(run_dir: str, progress: dict) -> None:
+  tmp = _progress_path(run_dir) + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(progress, f, indent=1)
+  os.replace(tmp, _progress_path(run_dir))
+
+
+def save_config(run_dir: str, config: ConfigDict) -> None:
+  with open(os.path.join(run_dir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f, indent=2, default=list)
+
+
+def load_run_config(run_dir: str) -> ConfigDict:
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"{run_dir}: not a run directory (no config.json)")
+  with open(path) as f:
+    return ConfigDict(json.load(f))
+
+
+def init_ray(config: ConfigDict):
+  """Joins the cluster named by RAY_ADDRESS / `ray job submit`, else starts a local Ray."""
+  import ray
+  if not ray.is_initialized():
+    env_vars = {"TF_CPP_MIN_LOG_LEVEL": "2", "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+    kwargs: dict[str, Any] = dict(runtime_env={"env_vars": env_vars}, log_to_driver=False)
+    if not os.environ.get("RAY_ADDRESS"):
+      kwargs.update(include_dashboard=False)
+    ray.init(**kwargs)
+  return ray
+
+
+# Pieces.
+def make_labeller(config: ConfigDict, env, registry: TaskRegistry, run_dir: str, log=print):
+  """The success labeller the replay applies to every episode.
+
+  `train.labels`: `ground_truth` labels with the simulator's own success (an upper
+  bound, for ablations); `learned` uses the detector in run_dir/detector, training it
+  first from simulated examples (the simulator playing the person who gives examples).
+  """
+  source = config.train.labels
+  if source == "ground_truth":
+    def ground_truth(episodes):
+      return np.stack([np.asarray(ep.success, np.float32) for ep in episodes])
+    return ground_truth
+  if source != "learned":
+    raise ConfigError(f"train.labels must be learned or ground_truth, got {source!r}")
+  from success_detectors.detector import DetectorConfig, SuccessDetector
+  path = os.path.join(run_dir, "detector")
+  if os.path.exists(path):
+    return SuccessDetector.load(path)
+  from success_detectors import examples_from_sim
+  from success_detectors.examples import ExampleSet
+  n = int(config.train.detector_episodes_per_task)
+  log(f"training the success detector from {n} simulated episodes per task")
+  rollouts = examples_from_sim.collect_rollouts(env, n, registry.names, seed=config.seed)
+  sets = []
+  for task in registry.names:
+    pos, neg = examples_from_sim.select_examples(rollouts, task, seed=config.seed)
+    idx = np.concatenate([pos, neg])
+    sets.append(ExampleSet(rollouts.take(idx).observations,
+                           np.full(len(idx), registry.slot(task)),
+                           np.arange(len(idx)) < len(pos)))
+  dcfg = DetectorConfig.from_dict(config.detector)
+  detector = SuccessDetector.create(env.spec(), registry.max_tasks, dcfg)
+  detector.train(ExampleSet.concat(sets), {t.slot: t.name for t in registry.active()})
+  detector.save(path)
+  q = detector.quality()
+  worst = min(min(v.get("precision", 1.0), v.get("recall", 1.0)) for v in q.values())
+  log(f"detector trained: worst held-out precision/recall {worst:.3f}")
+  return detector
+
+
+def actor_kwargs(config: ConfigDict, registry: TaskRegistry, policy, seed_offset: int = 0,
+                 **knobs) -> dict:
+  a = config.actors
+  kwargs = dict(env_config=config.env.to_dict(), registry=registry.to_json(), policy=policy,
+                scheduler=a.scheduler, task_weights=list(a.task_weights),
+                tasks=registry.names, seed=config.seed + seed_offset)
+  kwargs.update(knobs)
+  return kwargs
+
+
+def offline_dataset(config: ConfigDict, ray, registry: TaskRegistry, run_dir: str, log=print
+                    ) -> str:
+  """`train.dataset_dir`, or a dataset of scripted noisy experts collected into the run."""
+  if config.train.dataset_dir:
+    return config.train.dataset_dir
+  out = os.path.join(run_dir, "data", "offline")
+  if os.path.exists(os.path.join(out, "dataset_info.json")):
+    return out
+  from actors.fleet import Fleet
+  a, n = config.actors, int(config.train.offline_episodes)
+  log(f"collecting {n} offline episodes with {a.num_actors} scripted, noisy actors")
+  kwargs = actor_kwargs(config, registry, "scripted", gaussian_std=a.gaussian_std,
+                        epsilon=a.epsilon, sticky_prob=a.sticky_prob)
+  fleet = Fleet(ray, int(a.num_actors), kwargs)
+  spec = envs.make(config.env).spec()
+  tmp = out + ".partial"
+  with rlds_format.DatasetWriter(tmp, spec, registry.max_tasks, registry.names,
+                                 overwrite=True) as w:
+    for ep in fleet.collect(n):
+      w.write(ep)
+  fleet.shutdown()
+  os.replace(tmp, out)  # Only a finished dataset gets the final name.
+  return out
+
+
+class Collector:
+  """Online collection in a background thread: a fleet acting by CEM over the latest
+  params with exploration, its episodes written (labelled) into the replay."""
+
+  def __init__(self, ray, fleet, replay, progress: dict):
+    self._fleet, self._replay, self._progress = fleet, replay, progress
+    self._stop = threading.Event()
+    self.error: BaseException | None = None
+    self.successes: dict[int, list[bool]] = {}
+    self._thread = threading.Thread(target=self._run, daemon=True)
+    self._thread.start()
+
+  def _run(self):
+    try:
+      first = int(self._progress.get("collected_episodes", 0))
+      batch = []
+      for ep in self._fleet.collect(1 << 40, first_episode_id=(1 << 40) + first):
+        batch.append(ep)
+        if len(batch) >= 8:
+          self._replay.write_many(batch)
+          self._progress["collected_episodes"] += len(batch)
+          batch = []
+        if self._stop.is_set():
+          break
+    except BaseException as e:  # Surfaced by the driver loop.
+      self.error = e
+
+  def stop(self):
+    self._stop.set()
+    self._thread.join(timeout=30)
+
+
+# The run.
+def train(config: ConfigDict, log=print) -> dict:
+  """Trains from `config` until `learner.num_steps`; returns the final per-task success."""
+  from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+  from actors.evaluator import evaluate
+  from actors.fleet import Fleet
+  from actors.robot_actor import remote_robot_actor
+  from learners.config import LearnerConfig
+  from learners.learner import Learner
+  from replay.reverb_replay import ReverbReplay
+
+  t = config.train
+  if t.mode not in MODES:
+    raise ConfigError(f"train.mode must be one of {MODES}, got {t.mode!r}")
+  run_dir = os.path.abspath(config.run_dir)
+  os.makedirs(run_dir, exist_ok=True)
+  save_config(run_dir, config)
+  env = envs.make(config.env)
+  spec = env.spec()
+  registry = TaskRegistry.load_or_create(run_dir, int(config.max_tasks),
+                                         list(config.env.tasks) or env.task_names())
+  progress = load_progress(run_dir)
+  ray = init_ray(config)
+  lcfg = LearnerConfig.from_config(config)
+
+  labeller = make_labeller(config, env, registry, run_dir, log)
+  replay = ReverbReplay.from_config(config, spec, run_dir=run_dir, labeller=labeller,
+                                    slots=registry.slots)
+  if t.mode in ("offline", "mixed") and not progress["imported_episodes"]:
+    data = offline_dataset(config, ray, registry, run_dir, log)
+    chunk, n = [], 0
+    for ep in rlds_format.read_episodes(data):
+      chunk.append(ep)
+      if len(chunk) == 256:
+        replay.write_many(chunk)
+        n, chunk = n + len(chunk), []
+    if chunk:
+      replay.write_many(chunk)
+      n += len(chunk)
+    progress["imported_episodes"] = n
+    replay.checkpoint()
+    save_progress(run_dir, progress)
+    log(f"imported {n} episodes from {data}; replay holds {replay.counts()}")
+
+  ps = ray.remote(ParameterServer).remote()
+  publish = lambda params, step: ps.publish.remote(params, step)  # noqa: E731
+  a = config.actors
+  collector = None
+  if t.mode in ("online", "mixed"):
+    policy = PulledCEMPolicy(ps, spec, registry.max_tasks, lcfg.network, lcfg.cem,
+                             gaussian_std=a.gaussian_std, epsilon=a.epsilon, seed=config.seed)
+    fleet = Fleet(ray, int(a.num_actors), actor_kwargs(config, registry, policy),
+                  episodes_per_call=1)
+    collector = Collector(ray, fleet, replay, progress)
+  evaluator_cls = remote_robot_actor(ray, num_cpus=0)
+  greedy = PulledCEMPolicy(ps, spec, registry.max_tasks, lcfg.network, lcfg.cem)
+  evaluators = [evaluator_cls.remote(robot_id=1000 + i, **actor_kwargs(config, registry, greedy))
+                for i in range(int(config.eval.num_actors))]
+
+  sampler = replay.sampler(lcfg.batch_size, success_fraction=config.replay.success_fraction,
+                           wait_seconds=float(t.wait_for_data_seconds))
+  learner = Learner(spec, registry.max_tasks, lcfg, sampler, run_dir=run_dir,
+                    seed=config.seed, publish=publish)
+  from tensorboardX import SummaryWriter
+  tb = SummaryWriter(os.path.join(run_dir, "eval"))
+
+  def run_eval():
+    ray.get(ps.publish.remote(learner.get_params(), learner.steps))
+    rates = evaluate(ray, evaluators, registry.names, int(config.eval.episodes_per_task))
+    progress["evaluations"].append({"step": learner.steps, "success": rates,
+                                    "time": time.time()})
+    for task, r in rates.items():
+      tb.add_scalar(f"success/{task}", r, learner.steps)
+    tb.add_scalar("success/mean", float(np.mean(list(rates.values()))), learner.steps)
+    if collector is not None:  # Underperforming tasks get more attempts.
+      fleet.call_all("set_success_estimates", rates)
+    learner.save()
+    replay.checkpoint()
+    save_progress(run_dir, progress)
+    return rates
+
+  total, every = int(lcfg.num_steps), int(t.eval_every)
+  last_rates = progress["evaluations"][-1]["success"] if progress["evaluations"] else {}
+  if learner.steps and learner.steps < total:
+    log(f"resuming from step {learner.steps}")
+  with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                transient=False) as bar:
+    job = bar.add_task("train", total=total, completed=learner.steps, info="")
+    while learner.steps < total:
+      n = min(every - learner.steps % every, total - learner.steps)
+      metrics = learner.run(n)
+      if collector is not None and collector.error is not None:
+        raise RuntimeError(f"online collection failed: {collector.error}") from collector.error
+      last_rates = run_eval()
+      info = (f"loss {float(metrics.get('loss', np.nan)):.3f}  success "
+              f"{np.mean(list(last_rates.values())):.2f}  episodes "
+              f"{progress['imported_episodes'] + progress['collected_episodes']}")
+      bar.update(job, completed=learner.steps, info=info)
+  if not progress["evaluations"] or progress["evaluations"][-1]["step"] != learner.steps:
+    last_rates = run_eval()
+  if collector is not None:
+    collector.stop()
+  learner.close()
+  tb.close()
+  replay.close()
+  results = {"step": learner.steps, "success": last_rates,
+             "mean_success": float(np.mean(list(last_rates.values()))),
+             "evaluations": progress["evaluations"]}
+  with open(os.path.join(run_dir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  plot_success(progress["evaluations"], os.path.join(run_dir, "success.png"))
+  return results
+
+
+def evaluate_checkpoint(run_dir: str, episodes_per_task: int | None = None,
+                        step: int | None = None) -> dict:
+  """Per-task success of a run's checkpoint (greedy CEM, ground truth)."""
+  import jax
+  from actors.evaluator import evaluate
+  from actors.robot_actor import remote_robot_actor
+  from learners import learning, networks
+  from learners.checkpointing import Checkpointer
+  from learners.config import LearnerConfig
+
+  config = load_run_config(run_dir)
+  registry = TaskRegistry.load(run_dir)
+  spec = envs.make(config.env).spec()
+  lcfg = LearnerConfig.from_config(config)
+  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"))
+  if ckpt.latest_step() is None:
+    raise ConfigError(f"{run_dir}: no checkpoint to evaluate")
+  net = networks.make_q_network(spec, registry.max_tasks, lcfg.network)
+  like = learning.init_training_state(net, spec, lcfg, jax.random.PRNGKey(0))
+  state = ckpt.restore(like, step)
+  ckpt.close()
+  ray = init_ray(config)
+  ps = ray.remote(ParameterServer).remote()
+  ray.get(ps.publish.remote(jax.device_get(state.params), int(state.step)))
+  greedy = PulledCEMPolicy(ps, spec, registry.max_tasks, lcfg.network, lcfg.cem)
+  cls = remote_robot_actor(ray, num_cpus=0)
+  actors = [cls.remote(robot_id=1000 + i, **actor_kwargs(config, registry, greedy))
+            for i in range(int(config.eval.num_actors))]
+  n = episodes_per_task or int(config.eval.episodes_per_task)
+  rates = evaluate(ray, actors, registry.names, n)
+  return {"step": int(state.step), "success": rates,
+          "mean_success": float(np.mean(list(rates.values())))}
+
+
+def plot_success(evaluations: list[dict], path: str) -> None:
+  """Success over training steps, one line per task, and the mean in black."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  if not evaluations:
+    return
+  steps = [e["step"] for e in evaluations]
+  tasks = list(evaluations[-1]["success"])
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for task in tasks:
+    ax.plot(steps, [e["success"].get(task, np.nan) for e in evaluations], label=task, lw=1)
+  ax.plot(steps, [np.mean(list(e["success"].values())) for e in evaluations], "k", lw=2.5,
+          label="mean")
+  ax.set(xlabel="learner step", ylabel="success rate", ylim=(-0.02, 1.02),
+         title="per-task success over training")
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def success_table(results: dict, title: str = "per-task success"):
+  from rich.table import Table
+  table = Table(title=f"{title} (step {results['step']})")
+  table.add_column("task")
+  table.add_column("success", justify="right")
+  for task, r in results["success"].items():
+    table.add_row(task, f"{r:.2f}")
+  table.add_row("[bold]mean", f"[bold]{results['mean_success']:.2f}")
+  return table
