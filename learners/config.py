@@ -31,7 +31,7 @@ class NetworkConfig:
   architecture: str = "split"
   torso_sizes: tuple[int, ...] = (256, 256)
   merge_width: int = 64
-  head_sizes: tuple[int, ...] = (64,)
+  head_sizes: tuple[int, ...] = (32,)
   task_embedding_dim: int = 32
   conv_channels: tuple[int, ...] = (16, 32, 32)
   image_embedding_dim: int = 128

@@ -1,0 +1,225 @@
+"""Learner throughput: QT-Opt updates with CEM targets, ours (split) vs whole-network reference.
+
+For the state network (batch 256) and the 64x64 image network (batch 64) it measures:
+steps/s of a plain supervised step on the same network; steps/s of the full update
+(CEM 64/6/2 targets, clipped double Q) for the split design and for the reference that
+runs the whole network per CEM sample; their ratio; achieved GFLOP/s of the state update
+(XLA's cost analysis) against a large f32 matmul measured in the same run; and the
+latency of one CEMPolicy action for a single state.
+
+  .venv/bin/python -m benchmarks.learner [--quick]
+
+The last line printed is one JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from learners import learning, networks
+from learners.config import LearnerConfig, NetworkConfig
+from learners.policy import CEMPolicy
+from mtopt.batch import Batch
+from mtopt.specs import ArraySpec, BoundedArraySpec, EnvSpec
+
+MAX_TASKS = 16
+ACTION = BoundedArraySpec((4,), np.float32, "action", -1.0, 1.0)
+STATE_SPEC = EnvSpec({"state": ArraySpec((32,), np.float32)}, ACTION, 40)
+IMAGE_SPEC = EnvSpec({"image": ArraySpec((64, 64, 3), np.uint8),
+                      "state": ArraySpec((8,), np.float32)}, ACTION, 40)
+
+
+def _batch(spec: EnvSpec, size: int, rng: np.random.Generator) -> Batch:
+  def obs():
+    out = {}
+    for k, s in spec.observation.items():
+      if s.dtype == np.uint8:
+        out[k] = rng.integers(0, 256, (size, *s.shape)).astype(np.uint8)
+      else:
+        out[k] = rng.normal(size=(size, *s.shape)).astype(np.float32)
+    return out
+
+  return Batch(obs(), rng.uniform(-1, 1, (size, 4)).astype(np.float32),
+               (rng.random(size) < 0.3).astype(np.float32),
+               (rng.random(size) < 0.9).astype(np.float32), obs(),
+               rng.integers(0, MAX_TASKS, size).astype(np.int32))
+
+
+class _Timer:
+  """Steps/s of `state = fn(state, batch)[0]`, best of several windows.
+
+  Other processes share this machine's cores, so one figure is the best window (the least
+  disturbed) and windows of the things compared are interleaved (see `measure`).
+  """
+
+  def __init__(self, fn, state, batch):
+    self.fn, self.batch = fn, batch
+    self.state = fn(state, batch)[0]  # Compile and warm up.
+    jax.block_until_ready(self.state)
+    self.best = 0.0
+    self.best_per_cpu_s = 0.0
+
+  def window(self, seconds: float, min_steps: int = 2) -> None:
+    steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
+    while steps < min_steps or time.perf_counter() - start < seconds:
+      self.state = self.fn(self.state, self.batch)[0]
+      jax.block_until_ready(self.state)  # Per step: async dispatch would overrun windows.
+      steps += 1
+    self.best = max(self.best, steps / (time.perf_counter() - start))
+    # Steps per CPU-second of this process (all its threads): less sensitive than wall time
+    # to other processes on the same cores, so a steadier ratio on a shared machine.
+    self.best_per_cpu_s = max(self.best_per_cpu_s,
+                              steps / max(time.process_time() - cpu_start, 1e-9))
+
+
+def _supervised_step(network, optimizer):
+  """A plain supervised step on the same network: fit Q(s, a) to the batch's reward."""
+
+  def step(state, batch):
+    def loss_fn(params):
+      logits = networks.q_logits(network, params, batch.observation, batch.task, batch.action)
+      return optax.sigmoid_binary_cross_entropy(logits, batch.reward).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return state._replace(params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state, step=state.step + 1), loss
+
+  return jax.jit(step)
+
+
+def _flops(jitted, *args) -> float:
+  analysis = jitted.lower(*args).compile().cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, list) else analysis
+  return float(analysis["flops"])
+
+
+def matmul_peak_gflops(n: int, budget_s: float, rounds: int = 3) -> float:
+  """GFLOP/s of a large f32 matmul (best of `rounds` windows): this device's practical peak."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32) / np.sqrt(n)
+  step = jax.jit(lambda x, _: (x @ a, None))
+  timer = _Timer(step, a, None)
+  for _ in range(rounds):
+    timer.window(budget_s / rounds)
+  return 2 * n ** 3 * timer.best / 1e9
+
+
+def act_latency_ms(spec: EnvSpec, config: LearnerConfig, params, calls: int) -> tuple:
+  policy = CEMPolicy(spec, MAX_TASKS, config.network, params, config.cem)
+  obs = {k: v[0] for k, v in _batch(spec, 1, np.random.default_rng(1)).observation.items()}
+  for _ in range(5):
+    policy(obs, 3)
+  times = []
+  for i in range(calls):
+    t = time.perf_counter()
+    policy(obs, i % MAX_TASKS)
+    times.append((time.perf_counter() - t) * 1e3)
+  return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def measure(name: str, spec: EnvSpec, batch_size: int, budget_s: float, act_calls: int,
+            rounds: int = 3, reference_rounds: int = 3) -> dict:
+  """One network's figures; the steps' timing windows are interleaved `rounds` times (the
+  slow reference's only in the last `reference_rounds`)."""
+  rng = np.random.default_rng(0)
+  batch = jax.device_put(_batch(spec, batch_size, rng))
+  row = {"network": name, "batch": batch_size}
+  timers = {}
+  for arch in ("split", "whole"):
+    config = LearnerConfig(batch_size=batch_size, network=NetworkConfig(architecture=arch))
+    net = networks.make_q_network(spec, MAX_TASKS, config.network)
+    state = learning.init_training_state(net, spec, config, jax.random.PRNGKey(0))
+    update = learning.make_update_fn(net, spec, config, MAX_TASKS)
+    flops_key = "update_flops" if arch == "split" else "reference_update_flops"
+    row[flops_key] = _flops(update, state, batch)
+    timers[arch] = _Timer(update, state, batch)
+    if arch == "split":
+      timers["supervised"] = _Timer(_supervised_step(net, learning.make_optimizer(config)),
+                                    state, batch)
+      row["act_p50_ms"], row["act_p99_ms"] = act_latency_ms(spec, config, state.params,
+                                                            act_calls)
+  for i in range(rounds):
+    timers["supervised"].window(budget_s / rounds)
+    timers["split"].window(budget_s / rounds)
+    if i >= rounds - reference_rounds:
+      timers["whole"].window(budget_s / rounds, min_steps=1)
+  row["supervised_steps_per_s"] = timers["supervised"].best
+  row["update_steps_per_s"] = timers["split"].best
+  row["reference_steps_per_s"] = timers["whole"].best
+  row["speedup_vs_reference"] = row["update_steps_per_s"] / row["reference_steps_per_s"]
+  row["speedup_vs_reference_cpu_time"] = (timers["split"].best_per_cpu_s
+                                          / timers["whole"].best_per_cpu_s)
+  row["update_gflops_per_s"] = row["update_flops"] * row["update_steps_per_s"] / 1e9
+  return row
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="short timings (under a minute)")
+  args = parser.parse_args(argv)
+  q = args.quick
+  device = jax.devices()[0]
+  peak = matmul_peak_gflops(2048, 1.0 if q else 4.0)
+  rows = [measure("state", STATE_SPEC, 256, 2.0 if q else 12.0, 200 if q else 1000),
+          # The image reference takes seconds per step on a CPU: one window when quick.
+          measure("image64", IMAGE_SPEC, 64, 1.0 if q else 8.0, 100 if q else 500,
+                  reference_rounds=1 if q else 3)]
+  state_row, image_row = rows
+
+  print(f"device: {device.platform} {device.device_kind} x{jax.device_count()}; "
+        f"f32 matmul peak {peak:.1f} GFLOP/s; CEM 64 samples / 6 elites / 2 iterations")
+  header = ("network", "batch", "supervised/s", "update/s", "reference/s", "ours/ref",
+            "GFLOP/s", "of peak", "act p50 ms", "act p99 ms")
+  print(" | ".join(f"{h:>12}" for h in header))
+  for r in rows:
+    cells = (r["network"], r["batch"], f"{r['supervised_steps_per_s']:.1f}",
+             f"{r['update_steps_per_s']:.1f}", f"{r['reference_steps_per_s']:.2f}",
+             f"{r['speedup_vs_reference']:.1f}x", f"{r['update_gflops_per_s']:.1f}",
+             f"{r['update_gflops_per_s'] / peak:.2f}", f"{r['act_p50_ms']:.3f}",
+             f"{r['act_p99_ms']:.3f}")
+    print(" | ".join(f"{c:>12}" for c in cells))
+  print(f"ours/reference in steps per CPU-second of this process (steadier under load): "
+        f"state {state_row['speedup_vs_reference_cpu_time']:.1f}x, image "
+        f"{image_row['speedup_vs_reference_cpu_time']:.1f}x")
+  print(f"FLOPs per update (XLA cost analysis): state ours {state_row['update_flops']:.3g}, "
+        f"reference {state_row['reference_update_flops']:.3g}; image ours "
+        f"{image_row['update_flops']:.3g}, reference {image_row['reference_update_flops']:.3g}")
+
+  figures = {
+      "device": f"{device.platform}:{device.device_kind}",
+      "quick": args.quick,
+      "matmul_peak_gflops": round(peak, 2),
+      "supervised_steps_per_s_state": round(state_row["supervised_steps_per_s"], 2),
+      "update_steps_per_s_state": round(state_row["update_steps_per_s"], 2),
+      "reference_steps_per_s_state": round(state_row["reference_steps_per_s"], 3),
+      "cem_speedup_vs_reference_state": round(state_row["speedup_vs_reference"], 2),
+      "cem_speedup_vs_reference_state_cpu_time": round(
+          state_row["speedup_vs_reference_cpu_time"], 2),
+      "update_gflops_per_s_state": round(state_row["update_gflops_per_s"], 2),
+      "flops_vs_peak": round(state_row["update_gflops_per_s"] / peak, 3),
+      "supervised_steps_per_s_image": round(image_row["supervised_steps_per_s"], 2),
+      "update_steps_per_s_image": round(image_row["update_steps_per_s"], 2),
+      "reference_steps_per_s_image": round(image_row["reference_steps_per_s"], 3),
+      "cem_speedup_vs_reference_image": round(image_row["speedup_vs_reference"], 2),
+      "cem_speedup_vs_reference_image_cpu_time": round(
+          image_row["speedup_vs_reference_cpu_time"], 2),
+      "flops_vs_peak_image": round(image_row["update_gflops_per_s"] / peak, 3),
+      "act_latency_p50_ms_state": round(state_row["act_p50_ms"], 3),
+      "act_latency_p99_ms_state": round(state_row["act_p99_ms"], 3),
+      "act_latency_p50_ms_image": round(image_row["act_p50_ms"], 3),
+      "act_latency_p99_ms_image": round(image_row["act_p99_ms"], 3),
+  }
+  print(json.dumps(figures))
+  return figures
+
+
+if __name__ == "__main__":
+  main()
