@@ -53,6 +53,8 @@ class DetectorConfig:
     torso: hidden sizes of the shared MLP.
     head_hidden: hidden units of each slot's head.
     conv_channels: image encoder channels (image observations only).
+    state_pairs: add pairwise squared differences of state entries as inputs (see
+      networks.SuccessClassifier).
     threshold: probability at or above which an episode counts as a success.
     train_steps: Adam steps when training all slots (fresh detector or retrain).
     add_task_steps: Adam steps when training one new slot's head.
@@ -66,6 +68,7 @@ class DetectorConfig:
   torso: tuple[int, ...] = (256, 256)
   head_hidden: int = 64
   conv_channels: tuple[int, ...] = (16, 32, 32, 64)
+  state_pairs: bool = True
   threshold: float = 0.5
   train_steps: int = 2000
   add_task_steps: int = 1500
@@ -105,7 +108,7 @@ class SuccessDetector:
     self.spec, self.max_tasks = spec, max_tasks
     self.config = config or DetectorConfig()
     self.model = make_classifier(spec, max_tasks, self.config.torso, self.config.head_hidden,
-                                 self.config.conv_channels)
+                                 self.config.conv_channels, self.config.state_pairs)
     if variables is None:
       variables = self.model.init(jax.random.PRNGKey(self.config.seed),
                                   dummy_observation(spec))
@@ -186,8 +189,7 @@ class SuccessDetector:
     if missing:
       raise DetectorError(f"examples for slot(s) {missing} but no task name given")
     self._add_examples(examples)
-    self.variables["norm"] = training.state_statistics(self.examples,
-                                                       self.model.state_keys)
+    self.variables["norm"] = training.state_statistics(self.examples, self.variables["norm"])
     self.slots = {int(s): SlotInfo(n) for s, n in names.items()}
     history = self._fit(sorted(self.slots), training.full_mask,
                         steps or self.config.train_steps)

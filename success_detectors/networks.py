@@ -83,6 +83,10 @@ class SuccessClassifier(nn.Module):
     torso: hidden sizes of the shared MLP.
     head_hidden: hidden size of each slot's head.
     conv_channels: channels of the image encoder's strided convs.
+    state_pairs: also feed (x_i - x_j)^2 for every pair of a state vector's entries.
+      Success predicates are mostly thresholds on distances (gripper to object, object to
+      object); with these features such a threshold is nearly linear, which the few
+      examples per task are enough to learn.
   """
 
   image_keys: tuple[str, ...]
@@ -91,6 +95,7 @@ class SuccessClassifier(nn.Module):
   torso: tuple[int, ...] = (256, 256)
   head_hidden: int = 64
   conv_channels: tuple[int, ...] = (16, 32, 32, 64)
+  state_pairs: bool = False
 
   @nn.compact
   def __call__(self, obs: Mapping[str, jax.Array]) -> jax.Array:
@@ -99,10 +104,14 @@ class SuccessClassifier(nn.Module):
       parts.append(ImageEncoder(self.conv_channels, name=f"encoder_{k}")(obs[k]))
     for k in self.state_keys:
       x = obs[k].astype(jnp.float32)
-      d = x.shape[-1]
-      mean = self.variable("norm", f"{k}_mean", jnp.zeros, (d,), jnp.float32)
-      std = self.variable("norm", f"{k}_std", jnp.ones, (d,), jnp.float32)
-      states.append((x - mean.value) / std.value)
+      feats = {k: x}
+      if self.state_pairs:
+        feats[f"{k}_pairs"] = pairwise_squared_differences(x)
+      for name, f in feats.items():
+        d = f.shape[-1]
+        mean = self.variable("norm", f"{name}_mean", jnp.zeros, (d,), jnp.float32)
+        std = self.variable("norm", f"{name}_std", jnp.ones, (d,), jnp.float32)
+        states.append((f - mean.value) / std.value)
     h = jnp.concatenate(parts + states, axis=-1)
     for i, n in enumerate(self.torso):
       h = nn.relu(nn.Dense(n, name=f"torso_{i}")(h))
@@ -112,9 +121,16 @@ class SuccessClassifier(nn.Module):
     return SlotHeads(self.max_tasks, self.head_hidden, name="heads")(head_in)
 
 
+def pairwise_squared_differences(x: jax.Array) -> jax.Array:
+  """[..., D] -> [..., D(D-1)/2]: (x_i - x_j)^2 for i < j."""
+  i, j = np.triu_indices(x.shape[-1], k=1)
+  return jnp.abs(x[..., i] - x[..., j])
+
+
 def make_classifier(spec: EnvSpec, max_tasks: int, torso: Sequence[int] = (256, 256),
                     head_hidden: int = 64,
-                    conv_channels: Sequence[int] = (16, 32, 32, 64)) -> SuccessClassifier:
+                    conv_channels: Sequence[int] = (16, 32, 32, 64),
+                    state_pairs: bool = False) -> SuccessClassifier:
   """The classifier for observations of `spec`, with `max_tasks` slots."""
   if not isinstance(max_tasks, int) or max_tasks < 1:
     raise ValueError(f"max_tasks must be a positive int, got {max_tasks!r}")
@@ -122,7 +138,7 @@ def make_classifier(spec: EnvSpec, max_tasks: int, torso: Sequence[int] = (256, 
   if not images and not states:
     raise ValueError("the env spec has no observations for the detector")
   return SuccessClassifier(images, states, max_tasks, tuple(torso), int(head_hidden),
-                           tuple(conv_channels))
+                           tuple(conv_channels), bool(state_pairs))
 
 
 def dummy_observation(spec: EnvSpec, batch: int = 1) -> dict[str, np.ndarray]:

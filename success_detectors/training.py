@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from success_detectors.examples import ExampleSet, ExamplesError
+from success_detectors.networks import pairwise_squared_differences
 
 # Adam with the learning rate in its state, so one compiled update serves any rate.
 OPTIMIZER = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
@@ -64,14 +65,22 @@ def targets(examples: ExampleSet, max_tasks: int, train_slots: Iterable[int],
   return labels, weights
 
 
-def state_statistics(examples: ExampleSet, state_keys: Sequence[str]) -> dict:
-  """The `norm` collection for the classifier: per-key mean and std (floored at 1e-2)."""
-  norm = {}
-  for k in state_keys:
-    x = examples.observations[k].astype(np.float64)
-    norm[f"{k}_mean"] = jnp.asarray(x.mean(0), jnp.float32)
-    norm[f"{k}_std"] = jnp.asarray(np.maximum(x.std(0), 1e-2), jnp.float32)
-  return norm
+def state_statistics(examples: ExampleSet, norm: Mapping) -> dict:
+  """The classifier's `norm` collection (same keys as `norm`) from the examples: mean and
+  std (floored at 1e-3) of each state vector and of its pairwise features."""
+  out = {}
+  for name in norm:
+    if not name.endswith("_mean"):
+      continue
+    base = name[:-len("_mean")]
+    if base in examples.observations:
+      x = examples.observations[base].astype(np.float64)
+    else:  # "{key}_pairs"
+      x = np.asarray(pairwise_squared_differences(
+          examples.observations[base[:-len("_pairs")]].astype(np.float64)))
+    out[f"{base}_mean"] = jnp.asarray(x.mean(0), jnp.float32)
+    out[f"{base}_std"] = jnp.asarray(np.maximum(x.std(0), 1e-3), jnp.float32)
+  return out
 
 
 def full_mask(params) -> dict:

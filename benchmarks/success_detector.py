@@ -1,0 +1,182 @@
+"""Success detector quality and labelling speed on tabletop, from ground-truth examples.
+
+For each observation kind (state; 64x64 image plus proprioception):
+  1. runs noisy scripted episodes of every task and writes one example folder per task from
+     ground truth (at most --max-successes successes per task; the on-disk format);
+  2. trains the detector on all tasks but the last, from those folders;
+  3. adds the last task with `mtopt tasks add` (a fresh slot, only its head trained);
+  4. measures per-task precision / recall on held-out episodes (fresh seeds, every task's
+     episodes, labelled for every task by ground truth), before and after the add;
+  5. measures labelling throughput: episodes/s of `detector(episodes)` (one forward pass).
+
+  .venv/bin/python -m benchmarks.success_detector [--quick] [--observation state|image|both]
+
+The last line printed is one JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+import mtopt.envs
+from mtopt import cli
+from mtopt.episode import Episode
+from mtopt.tasks import TaskRegistry
+from success_detectors.detector import DetectorConfig, SuccessDetector
+from success_detectors.examples import ExampleSet, read_example_folder
+from success_detectors.examples_from_sim import collect_rollouts, write_task_examples
+from success_detectors.metrics import binary_metrics
+
+MAX_TASKS = 16
+IMAGE_TASKS = ["lift_red", "place_green_in_bin", "place_blue_on_plate", "lift_blue",
+               "place_red_in_bin"]
+
+
+def settings(observation: str, quick: bool) -> dict:
+  if observation == "state":
+    return dict(tasks=None, train_eps=60 if quick else 400, test_eps=20 if quick else 60,
+                config=DetectorConfig(train_steps=600 if quick else 3000,
+                                      add_task_steps=400 if quick else 2000, head_hidden=32,
+                                      other_task_negatives=False))
+  return dict(tasks=IMAGE_TASKS[:3] if quick else IMAGE_TASKS,
+              train_eps=25 if quick else 250, test_eps=10 if quick else 60,
+              config=DetectorConfig(train_steps=150 if quick else 2000,
+                                    add_task_steps=100 if quick else 1000, batch_size=64,
+                                    head_hidden=32, torso=(256,), other_task_negatives=False))
+
+
+def evaluate(det, test, slots: dict[str, int]) -> dict[str, dict]:
+  probs = det.predict(test.observations)
+  return {n: binary_metrics(probs[:, s], test.truth[:, test.task_names.index(n)],
+                            det.config.threshold) for n, s in slots.items()}
+
+
+def label_rate(det, test, n: int, budget_s: float = 3.0) -> float:
+  """Episodes/s of the labeller on `n` two-step episodes built from final observations."""
+  idx = np.arange(n) % len(test)
+  eps = [Episode({k: np.stack([v[i], v[i]]) for k, v in test.observations.items()},
+                 np.zeros((1, 5), np.float32), task_id=0, episode_id=j)
+         for j, i in enumerate(idx)]
+  det(eps)  # Compile.
+  count, start = 0, time.perf_counter()
+  while time.perf_counter() - start < budget_s or count == 0:
+    det(eps)
+    count += n
+  return count / (time.perf_counter() - start)
+
+
+def run(observation: str, quick: bool, max_successes: int, seed: int, work: str) -> dict:
+  s = settings(observation, quick)
+  t0 = time.perf_counter()
+  with mtopt.envs.make("tabletop", observation=observation, seed=seed) as env:
+    spec = env.spec()
+    train = collect_rollouts(env, s["train_eps"], s["tasks"], seed=seed)
+    test = collect_rollouts(env, s["test_eps"], s["tasks"], seed=seed + 1000)
+  collect_s = time.perf_counter() - t0
+  names = s["tasks"] or train.task_names
+  root = os.path.join(work, observation, "examples")
+  counts = {}
+  for i, n in enumerate(names):
+    counts[n] = write_task_examples(train, n, os.path.join(root, n), max_successes,
+                                    max_failures=4 * max_successes, seed=seed + i)
+  *base, new = names
+  slots = {n: i for i, n in enumerate(base)}
+  examples = ExampleSet.concat([read_example_folder(os.path.join(root, n), spec, slots[n])
+                                for n in base])
+  det = SuccessDetector.create(spec, MAX_TASKS, s["config"])
+  t0 = time.perf_counter()
+  det.train(examples, {i: n for n, i in slots.items()})
+  train_s = time.perf_counter() - t0
+  before = evaluate(det, test, slots)
+
+  run_dir = os.path.join(work, observation, "run")
+  det.save(os.path.join(run_dir, "detector"))
+  TaskRegistry.from_names(MAX_TASKS, base).save(run_dir)
+  c = s["config"]
+  t0 = time.perf_counter()
+  rc = cli.main(["tasks", "add", new, "--examples", os.path.join(root, new), "--no-relabel",
+                 "--run-dir", run_dir, f"--config.max_tasks={MAX_TASKS}",
+                 f"--config.detector.add_task_steps={c.add_task_steps}",
+                 f"--config.detector.batch_size={c.batch_size}",
+                 f"--config.detector.other_task_negatives={c.other_task_negatives}"])
+  add_s = time.perf_counter() - t0
+  if rc != 0:
+    raise SystemExit(f"mtopt tasks add failed with exit code {rc}")
+  det = SuccessDetector.load(os.path.join(run_dir, "detector"))
+  slots[new] = TaskRegistry.load(run_dir).slot(new)
+  after = evaluate(det, test, slots)
+  rate = label_rate(det, test, 4096 if observation == "state" else 512,
+                    budget_s=2.0 if quick else 5.0)
+  return dict(names=names, new=new, counts=counts, before=before, after=after,
+              label_rate=rate, collect_s=collect_s, train_s=train_s, add_s=add_s,
+              test_episodes=len(test))
+
+
+def report(observation: str, r: dict) -> dict:
+  print(f"\n== {observation}: {len(r['names'])} tasks, {r['test_episodes']} held-out episodes; "
+        f"'{r['new']}' added last with `mtopt tasks add` ==")
+  head = f"{'task':24s} {'succ':>4s} {'fail':>4s} {'pos':>4s} {'prec':>6s} {'recall':>6s}" \
+         f" {'ece':>6s} {'d_prec':>7s} {'d_rec':>7s}"
+  print(head)
+  print("-" * len(head))
+  deltas = []
+  for n in r["names"]:
+    a, b = r["after"][n], r["before"].get(n)
+    d = ("", "")
+    if b is not None:
+      dp, dr = a["precision"] - b["precision"], a["recall"] - b["recall"]
+      deltas.append(max(abs(dp), abs(dr)))
+      d = (f"{dp:+.3f}", f"{dr:+.3f}")
+    succ, fail = r["counts"][n]
+    print(f"{n:24s} {succ:4d} {fail:4d} {a['positives']:4d} {a['precision']:6.3f} "
+          f"{a['recall']:6.3f} {a['ece']:6.3f} {d[0]:>7s} {d[1]:>7s}")
+  prec = [r["after"][n]["precision"] for n in r["names"]]
+  rec = [r["after"][n]["recall"] for n in r["names"]]
+  worst = min(r["names"], key=lambda n: min(r["after"][n]["precision"], r["after"][n]["recall"]))
+  print(f"min precision {min(prec):.3f}, min recall {min(rec):.3f} (worst: {worst}); "
+        f"new task {r['new']}: P {r['after'][r['new']]['precision']:.3f} "
+        f"R {r['after'][r['new']]['recall']:.3f}; max |change| of old tasks after add "
+        f"{max(deltas, default=0):.3f}")
+  print(f"labelling: {r['label_rate']:.0f} episodes/s; collect {r['collect_s']:.1f} s, "
+        f"train {r['train_s']:.1f} s, tasks add {r['add_s']:.1f} s")
+  return {"min_precision": round(min(prec), 4), "min_recall": round(min(rec), 4),
+          "mean_precision": round(float(np.mean(prec)), 4),
+          "mean_recall": round(float(np.mean(rec)), 4),
+          "label_episodes_per_s": round(r["label_rate"], 1),
+          "new_task_precision": round(r["after"][r["new"]]["precision"], 4),
+          "new_task_recall": round(r["after"][r["new"]]["recall"], 4),
+          "max_old_task_change_after_add": round(max(deltas, default=0.0), 4),
+          "num_tasks": len(r["names"]), "train_s": round(r["train_s"], 1)}
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--quick", action="store_true", help="small run, under a minute")
+  p.add_argument("--observation", choices=["state", "image", "both"], default=None,
+                 help="default: both, or state with --quick")
+  p.add_argument("--max-successes", type=int, default=200)
+  p.add_argument("--seed", type=int, default=0)
+  args = p.parse_args(argv)
+  kinds = {"state": ["state"], "image": ["image"], "both": ["state", "image"]}[
+      args.observation or ("state" if args.quick else "both")]
+  figures = {}
+  with tempfile.TemporaryDirectory() as work:
+    for kind in kinds:
+      figures[kind] = report(kind, run(kind, args.quick, args.max_successes, args.seed, work))
+  first = figures[kinds[0]]
+  out = {"min_precision": min(f["min_precision"] for f in figures.values()),
+         "min_recall": min(f["min_recall"] for f in figures.values()),
+         "label_episodes_per_s": first["label_episodes_per_s"], "quick": args.quick}
+  for kind, f in figures.items():
+    out.update({f"{kind}_{k}": v for k, v in f.items()})
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()
