@@ -71,6 +71,10 @@ class RobotActor:
   def pid(self) -> int:
     return os.getpid()
 
+  def stats(self) -> dict[str, float]:
+    """Episodes run and CPU seconds used by this process (for monitoring, benchmarks)."""
+    return {"episodes": self.episodes_run, "cpu_s": time.process_time(), "pid": os.getpid()}
+
   def run_episode(self, task: str | None = None, episode_id: int | None = None) -> Episode:
     """One complete episode; `task` defaults to the scheduler's choice."""
     task = task or self.scheduler.next_task()
