@@ -85,30 +85,54 @@ def make_plan(batch_size: int, task_shares: Mapping[int, float], success_fractio
 
 
 def _transition_picker(slot: int, success: bool, k: int) -> Callable:
-  """Maps one sampled episode item to `k` random transitions of it, labelled for `slot`."""
-  def pick(sample):
-    data = sample.data
-    steps = tf.shape(data["action"])[0] - 1  # T; the last action is padding.
-    t = tf.random.uniform([k], 0, steps, dtype=tf.int32)
-    last = tf.equal(t, steps - 1)
+  """Maps a padded batch of episode items [B, L, ...] to B*k random transitions of them.
+
+  Actions are padded with NaN, so an item's T is its count of non-NaN action rows minus the
+  final (zero) pad row. Vectorised over the batch: tf.data's per-element maps cost more than
+  the gathers themselves.
+  """
+  def pick(data):
+    act = data["action"]
+    steps = tf.reduce_sum(tf.cast(~tf.math.is_nan(act[:, :, 0]), tf.int32), 1) - 1  # [B]
+    b = tf.shape(act)[0]
+    u = tf.random.uniform([b, k])
+    t = tf.minimum(tf.cast(u * tf.cast(steps[:, None], tf.float32), tf.int32),
+                   steps[:, None] - 1)  # [B, k]
+    last = tf.reshape(tf.equal(t, steps[:, None] - 1), [-1])
+    take = lambda v, i: tf.reshape(tf.gather(v, i, batch_dims=1),
+                                   tf.concat([[-1], tf.shape(v)[2:]], 0))
     obs = data["observation"]
     return {
-        "observation": {n: tf.gather(v, t) for n, v in obs.items()},
-        "next_observation": {n: tf.gather(v, t + 1) for n, v in obs.items()},
-        "action": tf.gather(data["action"], t),
+        "observation": {n: take(v, t) for n, v in obs.items()},
+        "next_observation": {n: take(v, t + 1) for n, v in obs.items()},
+        "action": take(act, t),
         # MT-Opt episodes end with the (sparse) outcome; the final transition is terminal.
         "reward": tf.cast(last, tf.float32) * (1.0 if success else 0.0),
         "discount": 1.0 - tf.cast(last, tf.float32),
-        "task": tf.fill([k], tf.constant(slot, tf.int32)),
+        "task": tf.fill([b * k], tf.constant(slot, tf.int32)),
     }
   return pick
 
 
-def _trajectories(address: str, table: str, signature: dict, items: int) -> tf.data.Dataset:
+def _padded_episodes(address: str, table: str, signature: dict, items: int,
+                     length: int) -> tf.data.Dataset:
+  """Batches of `items` sampled episode items, steps padded to `length`: [items, length, ...].
+
+  No per-element map or filter: on this CPU each costs more than the sampling itself.
+  """
   dtypes = tf.nest.map_structure(lambda s: s.dtype, signature)
   shapes = tf.nest.map_structure(lambda s: s.shape, signature)
-  return reverb.TrajectoryDataset(address, table, dtypes, shapes,
-                                  max_in_flight_samples_per_worker=max(2 * items, 8))
+  ds = reverb.TrajectoryDataset(address, table, dtypes, shapes,
+                                max_in_flight_samples_per_worker=max(2 * items, 8))
+  pad = tf.nest.map_structure(lambda s: tf.constant(0, s.dtype), ds.element_spec)
+  pad.data["action"] = tf.constant(float("nan"), tf.float32)
+  # A fixed length, so that batches from different draws can be regrouped (rebatch).
+  padded = tf.nest.map_structure(lambda s: s.shape, ds.element_spec)
+  padded = padded._replace(data=tf.nest.map_structure(
+      lambda s: tf.TensorShape([length, *s[1:]]) if s.rank and s[0] is None else s,
+      padded.data))
+  ds = ds.padded_batch(items, padded_shapes=padded, padding_values=pad, drop_remainder=True)
+  return ds.map(lambda sample: sample.data)
 
 
 def make_dataset(address: str, layout: TableLayout, plan: Plan, transitions_per_sample: int = 1,
@@ -122,18 +146,23 @@ def make_dataset(address: str, layout: TableLayout, plan: Plan, transitions_per_
   if not plan:
     raise ValueError("empty plan: no table has enough items to sample")
   k = transitions_per_sample
+  length = layout.spec.max_episode_steps + 1
   parts = []
   for (slot, success), rows in sorted(plan.items()):
     items = rows // k
     if success or not pooled_failures:
-      ds = _trajectories(address, task_table(slot, success), steps_signature(layout.spec), items)
+      ds = _padded_episodes(address, task_table(slot, success), steps_signature(layout.spec),
+                            items, length)
     else:
-      ds = _trajectories(address, SHARED_TABLE, shared_signature(layout.spec, layout.max_tasks),
-                         4 * items)
-      ds = ds.filter(lambda x, slot=slot: x.data["labels"][slot] < threshold)
-    ds = ds.map(_transition_picker(slot, success, k)).batch(items, drop_remainder=True)
-    ds = ds.map(lambda x: tf.nest.map_structure(
-        lambda v: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)), x))
+      # Oversample the shared table, keep this task's failures, regroup into `items`.
+      ds = _padded_episodes(address, SHARED_TABLE,
+                            shared_signature(layout.spec, layout.max_tasks), 2 * items + 8,
+                            length)
+      ds = ds.map(lambda x, slot=slot: tf.nest.map_structure(
+          lambda v: tf.boolean_mask(v, x["labels"][:, slot] < threshold),
+          {"observation": x["observation"], "action": x["action"]}))
+      ds = ds.rebatch(items, drop_remainder=True)
+    ds = ds.map(_transition_picker(slot, success, k))
     parts.append(ds)
   if len(parts) == 1:
     return parts[0].prefetch(prefetch)

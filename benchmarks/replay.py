@@ -1,0 +1,235 @@
+"""Replay benchmark: our writer and sampler against raw Reverb, memory with sharing, learner feed.
+
+Run: `python -m benchmarks.replay [--quick]`. Prints a table, then one JSON line.
+
+- writer: episodes/s through `ReverbReplay.write_many` (validation, sharing, labels) vs a raw
+  trajectory writer appending the same steps and creating the same items on the same tables.
+- sampler: rebalanced batches of 256 over 10 tasks vs raw `client.sample` of 256 items.
+- memory: server RSS growth per stored transition, `all` sharing over 10 tasks vs `none`
+  (each episode counts for one task), measured in child processes.
+- learner: steps/s of a jitted ~2 ms MLP train step fed by the sampler vs on one fixed batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from mtopt.episode import Episode  # noqa: E402
+from mtopt.specs import ArraySpec, BoundedArraySpec, EnvSpec  # noqa: E402
+
+TASKS, STATE_DIM, ACTION_DIM, STEPS, P_SUCCESS = 10, 39, 4, 40, 0.2
+SPEC = EnvSpec({"state": ArraySpec((STATE_DIM,), np.float32, "state")},
+               BoundedArraySpec((ACTION_DIM,), np.float32, "action", -1.0, 1.0), STEPS)
+
+
+def episodes(n: int, seed: int = 0) -> list[Episode]:
+  rng = np.random.default_rng(seed)
+  return [Episode({"state": rng.normal(size=(STEPS + 1, STATE_DIM)).astype(np.float32)},
+                  rng.uniform(-1, 1, (STEPS, ACTION_DIM)).astype(np.float32),
+                  task_id=i % TASKS, episode_id=i,
+                  labels=(rng.random(TASKS) < P_SUCCESS).astype(np.float32))
+          for i in range(n)]
+
+
+def new_replay(sharing: str = "all"):
+  from replay.reverb_replay import ReverbReplay
+  from replay.tables import TableLayout
+  return ReverbReplay(TableLayout(SPEC, TASKS, max_size=100_000), sharing=sharing)
+
+
+def write_ours(replay, eps, group: int) -> float:
+  t0 = time.perf_counter()
+  for i in range(0, len(eps), group):
+    replay.write_many(eps[i:i + group])
+  return time.perf_counter() - t0
+
+
+def write_raw(replay, eps, group: int) -> float:
+  """The same items as ReverbReplay makes, written by a bare trajectory writer."""
+  from replay import tables
+  plans = []
+  for ep in eps:  # Precomputed: only the Reverb work is timed.
+    succ = [k for k in range(TASKS) if ep.labels[k] >= 0.5]
+    plans.append((ep, succ, tables.episode_metadata(ep, TASKS)))
+  w = replay._new_writer()
+  pad = np.zeros(ACTION_DIM, np.float32)
+  t0 = time.perf_counter()
+  for i, (ep, succ, meta) in enumerate(plans):
+    for t in range(STEPS + 1):
+      step = {"observation": {"state": ep.observations["state"][t]},
+              "action": ep.actions[t] if t < STEPS else pad}
+      if t == STEPS:
+        step["metadata"] = meta
+      w.append(step)
+    h = w.history
+    steps = {"observation": {"state": h["observation"]["state"][:]}, "action": h["action"][:]}
+    m = {k: h["metadata"][k][-1] for k in meta}
+    for k in succ:
+      w.create_item(tables.task_table(k, True), float(STEPS), steps)
+    w.create_item(tables.SHARED_TABLE, float(STEPS), {**steps, "labels": m["labels"]})
+    w.create_item(tables.EPISODES_TABLE, float(i), {**steps, "metadata": m})
+    w.end_episode()
+    if (i + 1) % group == 0:
+      w.flush()
+  w.flush()
+  dt = time.perf_counter() - t0
+  w.close()
+  return dt
+
+
+def bench_writer(n: int, repeats: int, group: int = 10) -> dict:
+  eps = episodes(n)
+  ours, raw = [], []
+  for _ in range(repeats):  # Interleaved, best of each: the machine is shared.
+    with new_replay() as r:
+      raw.append(write_raw(r, eps, group))
+    with new_replay() as r:
+      ours.append(write_ours(r, eps, group))
+  return {"ours_eps_per_s": n / min(ours), "raw_eps_per_s": n / min(raw),
+          "ours_transitions_per_s": n * STEPS / min(ours),
+          "raw_transitions_per_s": n * STEPS / min(raw)}
+
+
+def bench_sampler(replay, batches: int) -> dict:
+  from replay import tables
+  sampler = replay.sampler(256)
+  for _ in range(5):
+    next(sampler)
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(sampler)
+  ours = batches / (time.perf_counter() - t0)
+  raw_batches = max(3, batches // 4)
+  t0 = time.perf_counter()
+  for _ in range(raw_batches):
+    list(replay.client.sample(tables.SHARED_TABLE, 256, emit_timesteps=False))
+  raw = raw_batches / (time.perf_counter() - t0)
+  return {"sampler_batches_per_s": ours, "raw_sample_batches_per_s": raw}
+
+
+def memory_child(sharing: str, n: int) -> None:
+  """Prints the RSS growth per transition of an in-process server storing n episodes."""
+  def rss():
+    with open("/proc/self/status") as f:
+      return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+  eps = episodes(n + 100, seed=1)
+  r = new_replay(sharing)
+  r.write_many(eps[:100])  # Warm up allocators and writer buffers.
+  gc.collect()
+  before = rss()
+  for i in range(100, n + 100, 100):
+    r.write_many(eps[i:i + 100])
+  gc.collect()
+  print(json.dumps({"bytes_per_transition": (rss() - before) / (n * STEPS)}))
+
+
+def bench_memory(n: int) -> dict:
+  out = {}
+  for sharing in ("none", "all"):
+    res = subprocess.run([sys.executable, "-m", "benchmarks.replay", "--memory-child", sharing,
+                          str(n)], capture_output=True, text=True, check=True)
+    out[sharing] = json.loads(res.stdout.strip().splitlines()[-1])["bytes_per_transition"]
+  return {"bytes_per_transition_1task": out["none"], "bytes_per_transition_shared10": out["all"]}
+
+
+def bench_learner(replay, steps: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  def init(key):
+    sizes = [STATE_DIM + ACTION_DIM + TASKS, 256, 256, 256, 1]
+    keys = jax.random.split(key, len(sizes))
+    return [(jax.random.normal(k, (a, b)) / np.sqrt(a), jnp.zeros(b))
+            for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+
+  def loss(params, obs, act, task, reward):
+    x = jnp.concatenate([obs, act, jax.nn.one_hot(task, TASKS)], -1)
+    for w, b in params[:-1]:
+      x = jax.nn.relu(x @ w + b)
+    logits = (x @ params[-1][0] + params[-1][1])[:, 0]
+    return optax.sigmoid_binary_cross_entropy(logits, reward).mean()
+
+  opt = optax.adam(1e-3)
+
+  @jax.jit
+  def step(params, state, obs, act, task, reward):
+    g = jax.grad(loss)(params, obs, act, task, reward)
+    updates, state = opt.update(g, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = init(jax.random.PRNGKey(0))
+  state = opt.init(params)
+  sampler = replay.sampler(256, prefetch=8)
+  b = next(sampler)
+  args = lambda b: (b.observation["state"], b.action, b.task, b.reward)
+  fixed = jax.device_put(args(b))
+  for _ in range(20):
+    params, state = step(params, state, *fixed)
+  jax.block_until_ready(params)
+
+  def run(feed):
+    nonlocal params, state
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      params, state = step(params, state, *feed())
+    jax.block_until_ready(params)
+    return steps / (time.perf_counter() - t0)
+
+  alone = run(lambda: fixed)
+  fed = run(lambda: args(next(sampler)))
+  alone2 = run(lambda: fixed)  # Bracket the fed run: load on the machine drifts.
+  alone = max(alone, alone2)
+  return {"learner_steps_per_s_alone": alone, "learner_steps_per_s_fed": fed,
+          "learner_step_ms": 1000 / alone}
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="smaller sizes, under a minute")
+  parser.add_argument("--memory-child", nargs=2, metavar=("SHARING", "N"), help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.memory_child:
+    memory_child(args.memory_child[0], int(args.memory_child[1]))
+    return
+  n, repeats, batches, mem_n, learn = ((300, 2, 30, 1000, 300) if args.quick
+                                       else (1500, 3, 150, 4000, 1500))
+  r = {}
+  r.update(bench_writer(n, repeats))
+  r.update(bench_memory(mem_n))
+  with new_replay() as replay:
+    replay.write_many(episodes(max(n, 500), seed=2))
+    r.update(bench_sampler(replay, batches))
+    r.update(bench_learner(replay, learn))
+  r["writer_vs_raw"] = r["ours_eps_per_s"] / r["raw_eps_per_s"]
+  r["memory_shared10_vs_1"] = r["bytes_per_transition_shared10"] / r["bytes_per_transition_1task"]
+  r["sampler_vs_raw_sample"] = r["sampler_batches_per_s"] / r["raw_sample_batches_per_s"]
+  r["learner_fed_vs_alone"] = r["learner_steps_per_s_fed"] / r["learner_steps_per_s_alone"]
+  r["quick"] = bool(args.quick)
+  rows = [
+      ("writer episodes/s (ours | raw)", r["ours_eps_per_s"], r["raw_eps_per_s"], r["writer_vs_raw"], ">= 0.8"),
+      ("writer transitions/s (ours | raw)", r["ours_transitions_per_s"], r["raw_transitions_per_s"], r["writer_vs_raw"], ""),
+      ("batches/s @256 (balanced | client.sample)", r["sampler_batches_per_s"], r["raw_sample_batches_per_s"], r["sampler_vs_raw_sample"], ""),
+      ("bytes/transition (10 tasks | 1 task)", r["bytes_per_transition_shared10"], r["bytes_per_transition_1task"], r["memory_shared10_vs_1"], "<= 1.2"),
+      ("learner steps/s (fed | alone)", r["learner_steps_per_s_fed"], r["learner_steps_per_s_alone"], r["learner_fed_vs_alone"], ">= 0.9"),
+  ]
+  print(f"replay benchmark ({'quick' if args.quick else 'full'}; {TASKS} tasks, T={STEPS}, "
+        f"state {STATE_DIM}, success rate {P_SUCCESS}, learner step {r['learner_step_ms']:.2f} ms)")
+  print(f"{'measure':44s} {'ours':>12s} {'baseline':>12s} {'ratio':>7s}  goal")
+  for name, a, b, ratio, goal in rows:
+    print(f"{name:44s} {a:12.1f} {b:12.1f} {ratio:7.2f}  {goal}")
+  print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+
+
+if __name__ == "__main__":
+  main()
