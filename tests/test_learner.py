@@ -114,9 +114,10 @@ def test_config_from_experiment_file():
 
 def test_policy_acts_greedily_within_bounds_and_explores():
   spec = mdp.env_spec()
-  learner = Learner(spec, 4, CONFIG, mdp.batches(0, 32))
-  learner.run(2)
-  policy = CEMPolicy(spec, 4, CONFIG.network, learner.get_params(),
+  from learners import networks
+  params = networks.init_params(networks.make_q_network(spec, 4, CONFIG.network), spec,
+                                jax.random.PRNGKey(0))
+  policy = CEMPolicy(spec, 4, CONFIG.network, params,
                      CEMConfig(num_samples=64, num_elites=6, num_iterations=3))
   obs = {"state": np.eye(mdp.N, dtype=np.float32)[2]}
   action = policy(obs, 1)
@@ -124,18 +125,17 @@ def test_policy_acts_greedily_within_bounds_and_explores():
   assert -1 <= action[0] <= 1
   # The greedy action's Q is (nearly) the best on a grid of actions.
   import jax.numpy as jnp
-  from learners import networks
   grid = np.linspace(-1, 1, 101, dtype=np.float32)[:, None]
   q_grid = jax.nn.sigmoid(networks.q_logits(
-      policy.network, learner.get_params(), {"state": np.repeat(obs["state"][None], 101, 0)},
+      policy.network, params, {"state": np.repeat(obs["state"][None], 101, 0)},
       jnp.full((101,), 1, jnp.int32), grid))
   assert policy.last_q >= float(q_grid.max()) - 1e-3
 
-  explorer = CEMPolicy(spec, 4, CONFIG.network, learner.get_params(), epsilon=1.0, seed=1)
+  explorer = CEMPolicy(spec, 4, CONFIG.network, params, epsilon=1.0, seed=1)
   random_actions = np.array([explorer(obs, 0)[0] for _ in range(200)])
   assert random_actions.min() < -0.8 and random_actions.max() > 0.8  # Uniform over bounds.
-  noisy = CEMPolicy(spec, 4, CONFIG.network, learner.get_params(), gaussian_std=0.3, seed=2)
-  noisy_actions = np.array([noisy(obs, 1)[0] for _ in range(50)])
+  policy.gaussian_std = 0.3  # Same jitted act, noise added after it.
+  noisy_actions = np.array([policy(obs, 1)[0] for _ in range(50)])
   assert np.all(np.abs(noisy_actions) <= 1) and noisy_actions.std() > 0.05
 
   with pytest.raises(ValueError, match="task slot"):
