@@ -158,6 +158,8 @@ def measure(name: str, spec: EnvSpec, batch_size: int, budget_s: float, act_call
   row["speedup_vs_reference_cpu_time"] = (timers["split"].best_per_cpu_s
                                           / timers["whole"].best_per_cpu_s)
   row["update_gflops_per_s"] = row["update_flops"] * row["update_steps_per_s"] / 1e9
+  row["reference_gflops_per_s"] = (row["reference_update_flops"]
+                                   * row["reference_steps_per_s"] / 1e9)
   return row
 
 
@@ -189,6 +191,9 @@ def main(argv=None) -> dict:
   print(f"ours/reference in steps per CPU-second of this process (steadier under load): "
         f"state {state_row['speedup_vs_reference_cpu_time']:.1f}x, image "
         f"{image_row['speedup_vs_reference_cpu_time']:.1f}x")
+  print(f"reference GFLOP/s: state {state_row['reference_gflops_per_s']:.1f} "
+        f"({state_row['reference_gflops_per_s'] / peak:.2f} of peak), image "
+        f"{image_row['reference_gflops_per_s']:.1f}")
   print(f"FLOPs per update (XLA cost analysis): state ours {state_row['update_flops']:.3g}, "
         f"reference {state_row['reference_update_flops']:.3g}; image ours "
         f"{image_row['update_flops']:.3g}, reference {image_row['reference_update_flops']:.3g}")
@@ -205,6 +210,8 @@ def main(argv=None) -> dict:
           state_row["speedup_vs_reference_cpu_time"], 2),
       "update_gflops_per_s_state": round(state_row["update_gflops_per_s"], 2),
       "flops_vs_peak": round(state_row["update_gflops_per_s"] / peak, 3),
+      # The same ratio for the FLOP-heavy reference: how far dense work of these shapes gets.
+      "flops_vs_peak_reference_state": round(state_row["reference_gflops_per_s"] / peak, 3),
       "supervised_steps_per_s_image": round(image_row["supervised_steps_per_s"], 2),
       "update_steps_per_s_image": round(image_row["update_steps_per_s"], 2),
       "reference_steps_per_s_image": round(image_row["reference_steps_per_s"], 3),
