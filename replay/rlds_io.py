@@ -1,0 +1,252 @@
+"""RLDS datasets in and out of the replay.
+
+Import: an RLDS (or other TFDS) dataset on disk, read with `tfds.builder_from_directory`,
+goes through a `FieldMapping` (its fields -> our Episode), a success labeller (any callable
+`labeller(episodes) -> float32 [N, max_tasks]`) and into the replay. An mtopt dataset
+(written by `export_rlds` / `mtopt.rlds_format.DatasetWriter`) needs no mapping and keeps
+its labels. Export: the replay's stored episodes, labels included, back out as a
+TFDS-loadable dataset through `mtopt.rlds_format.DatasetWriter`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from mtopt import rlds_format
+from mtopt.episode import Episode
+from mtopt.specs import ArraySpec, BoundedArraySpec, EnvSpec
+from mtopt.tf_setup import tf
+
+import tensorflow_datasets as tfds  # noqa: E402
+
+Labeller = Callable[[Sequence[Episode]], np.ndarray]
+
+
+class MappingError(ValueError):
+  """A field mapping does not fit a dataset; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldMapping:
+  """Where an external dataset keeps what an Episode needs.
+
+  Paths are '/'-joined keys into one example; fields under `steps/` are per step (stacked
+  over time), other sequence fields (e.g. RoboNet's `video`) are per episode [L, ...].
+
+  Attributes:
+    observation: our observation name -> path, e.g. {"image": "steps/observation/image"}.
+    action: paths concatenated (flattened, cast to float32) into our action vector.
+    task: a constant task slot, or a path to a per-episode field (string or int) looked up
+      in `task_slots`.
+    task_slots: task field value -> slot (strings as str, ints as int).
+    episode_id: optional path to an int (or string: hashed) per-episode id.
+    terminated: whether imported episodes end in a terminal state.
+    trim: cut observation fields to a common length L and actions to L-1 (datasets whose
+      fields differ in length); otherwise mismatched lengths are an error.
+    action_bounds: (minimum, maximum) for the action spec.
+  """
+
+  observation: Mapping[str, str]
+  action: Sequence[str]
+  task: int | str = 0
+  task_slots: Mapping = dataclasses.field(default_factory=dict)
+  episode_id: str | None = None
+  terminated: bool = True
+  trim: bool = False
+  action_bounds: tuple[float, float] = (-np.inf, np.inf)
+
+
+def _feature_at(features, path: str):
+  """The TFDS feature at `path`, and whether it is a per-step field."""
+  node, per_step = features, False
+  for key in path.split("/"):
+    if isinstance(node, tfds.features.Dataset):
+      node, per_step = node.feature, True
+    try:
+      node = node[key]
+    except (KeyError, TypeError):
+      raise MappingError(f"{path}: no field {key!r} in the dataset's features") from None
+  if isinstance(node, tfds.features.Dataset):
+    raise MappingError(f"{path}: is a nested dataset, not a tensor")
+  return node, per_step
+
+
+def _step_shape(feature, per_step: bool, path: str) -> tuple[tuple[int, ...], np.dtype]:
+  shape, dtype = tuple(feature.shape), np.dtype(feature.np_dtype)
+  if not per_step:  # A per-episode sequence: drop its time axis.
+    if not shape or shape[0] is not None:
+      raise MappingError(f"{path}: expected a per-step field or a sequence [None, ...], "
+                         f"got shape {shape}")
+    shape = shape[1:]
+  if any(d is None for d in shape):
+    raise MappingError(f"{path}: variable shape {shape} per step; need a fixed shape")
+  return shape, dtype
+
+
+def mapped_spec(features, mapping: FieldMapping, max_episode_steps: int) -> EnvSpec:
+  """The EnvSpec that `mapping` yields for a dataset with TFDS `features`.
+
+  Checks every mapped path against the dataset's own feature spec.
+  """
+  obs = {}
+  for name, path in mapping.observation.items():
+    shape, dtype = _step_shape(*_feature_at(features, path), path)
+    obs[name] = ArraySpec(shape, dtype, name)
+  dim = 0
+  for path in mapping.action:
+    shape, dtype = _step_shape(*_feature_at(features, path), path)
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+      raise MappingError(f"{path}: action fields must be numeric or bool, got {dtype}")
+    dim += int(np.prod(shape, dtype=int))
+  if not mapping.action or dim == 0:
+    raise MappingError("action: map at least one non-empty field")
+  if isinstance(mapping.task, str):
+    _feature_at(features, mapping.task)
+  if mapping.episode_id:
+    _feature_at(features, mapping.episode_id)
+  lo, hi = mapping.action_bounds
+  return EnvSpec(obs, BoundedArraySpec((dim,), np.float32, "action", lo, hi), max_episode_steps)
+
+
+def _get(ex: Mapping, path: str):
+  node = ex
+  for key in path.split("/"):
+    node = node[key]
+  return node
+
+
+def _stack_steps(ex):
+  """Stacks an example's nested `steps` dataset into tensors [T, ...] inside tf.data."""
+  if "steps" in ex and isinstance(ex["steps"], tf.data.Dataset):
+    return {**ex, "steps": ex["steps"].batch(1 << 20).get_single_element()}
+  return ex
+
+
+def _scalar(v):
+  v = np.asarray(v)
+  if v.dtype.kind in "SO":
+    return v.item().decode() if isinstance(v.item(), bytes) else str(v.item())
+  return v.item()
+
+
+def example_to_episode(ex: Mapping, mapping: FieldMapping, index: int = 0) -> Episode:
+  """One decoded (numpy) example, steps stacked, as an Episode (without labels)."""
+  obs = {name: np.asarray(_get(ex, path)) for name, path in mapping.observation.items()}
+  parts = [np.asarray(_get(ex, p)) for p in mapping.action]
+  parts = [p.reshape(p.shape[0], -1).astype(np.float32) for p in parts]
+  lengths = {len(v) for v in obs.values()}
+  act_lengths = {len(p) for p in parts}
+  if mapping.trim:
+    n = min(lengths | {a + 1 for a in act_lengths})
+    obs = {k: v[:n] for k, v in obs.items()}
+    parts = [p[:n - 1] for p in parts]
+  elif len(lengths) != 1 or len(act_lengths) != 1:
+    raise MappingError(f"example {index}: observation lengths {sorted(lengths)} and action "
+                       f"lengths {sorted(act_lengths)} differ; set trim=True to cut them")
+  n_obs = len(next(iter(obs.values())))
+  actions = np.concatenate(parts, axis=1)
+  if len(actions) == n_obs:  # RLDS: the last step's action is not taken.
+    actions = actions[:-1]
+  if len(actions) != n_obs - 1:
+    raise MappingError(f"example {index}: {len(actions)} actions for {n_obs} observations")
+  if isinstance(mapping.task, str):
+    key = _scalar(_get(ex, mapping.task))
+    if key not in mapping.task_slots:
+      raise MappingError(f"example {index}: task {key!r} has no slot in task_slots")
+    task = int(mapping.task_slots[key])
+  else:
+    task = int(mapping.task)
+  episode_id = index
+  if mapping.episode_id:
+    v = _scalar(_get(ex, mapping.episode_id))
+    episode_id = int(v) if isinstance(v, (int, np.integer)) else \
+        int.from_bytes(str(v).encode()[-7:].rjust(7, b"\0"), "big")
+  return Episode(observations=obs, actions=actions, task_id=task, episode_id=episode_id,
+                 terminated=mapping.terminated)
+
+
+def examples(source, split: str = "train") -> Iterator[dict]:
+  """Decoded numpy examples with `steps` stacked, from a dataset dir or a tf.data.Dataset."""
+  if isinstance(source, (str, os.PathLike)):
+    source = rlds_format.load_builder(os.fspath(source)).as_dataset(split=split)
+  ds = source.map(_stack_steps, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  yield from tfds.as_numpy(ds.prefetch(2))
+
+
+def read_mapped(source, mapping: FieldMapping, split: str = "train",
+                limit: int | None = None) -> Iterator[Episode]:
+  for i, ex in enumerate(examples(source, split)):
+    if limit is not None and i >= limit:
+      return
+    yield example_to_episode(ex, mapping, i)
+
+
+def _grouped(items: Iterable, n: int) -> Iterator[list]:
+  group = []
+  for x in items:
+    group.append(x)
+    if len(group) == n:
+      yield group
+      group = []
+  if group:
+    yield group
+
+
+def import_rlds(replay, source, mapping: FieldMapping | None = None,
+                labeller: Labeller | None = None, split: str = "train",
+                limit: int | None = None, group: int = 32) -> int:
+  """Writes a dataset's episodes into `replay`; returns how many.
+
+  Args:
+    replay: a `replay.base.Replay`.
+    source: a dataset directory (or a tf.data.Dataset of examples, with a mapping).
+    mapping: for external datasets; None reads an mtopt dataset as written by `export_rlds`.
+    labeller: success probabilities for every task; applied to episodes without labels
+      (all of them for an external dataset). Without it, the replay's own labeller is used.
+    group: episodes per `write_many`. A bad episode raises and stops the import; its group
+      is not written, earlier groups stay.
+  """
+  if mapping is None:
+    if not isinstance(source, (str, os.PathLike)):
+      raise MappingError("a tf.data source needs a FieldMapping")
+    spec, max_tasks, _ = rlds_format.read_metadata(os.fspath(source))
+    if spec is None:
+      raise MappingError(f"{source}: not an mtopt dataset (no env_spec in metadata.json); "
+                         "pass a FieldMapping")
+    if max_tasks != replay.max_tasks:
+      raise MappingError(f"{source}: written with max_tasks={max_tasks}, "
+                         f"replay has {replay.max_tasks}")
+    episodes = rlds_format.read_episodes(os.fspath(source), split)
+    if limit is not None:
+      episodes = (ep for i, ep in zip(range(limit), episodes))
+  else:
+    episodes = read_mapped(source, mapping, split, limit)
+  n = 0
+  for batch in _grouped(episodes, group):
+    todo = [i for i, ep in enumerate(batch) if ep.labels is None]
+    if todo and labeller is not None:
+      probs = np.asarray(labeller([batch[i] for i in todo]), np.float32)
+      if probs.shape != (len(todo), replay.max_tasks):
+        raise MappingError(f"labeller returned shape {probs.shape}, expected "
+                           f"({len(todo)}, {replay.max_tasks})")
+      for j, i in enumerate(todo):
+        batch[i] = batch[i].with_labels(probs[j])
+    replay.write_many(batch)
+    n += len(batch)
+  return n
+
+
+def export_rlds(replay, out_dir: str, task_names: Sequence[str] = (),
+                episodes_per_shard: int = 500) -> int:
+  """Writes every episode stored in `replay` to a new RLDS dataset; returns how many."""
+  n = 0
+  with rlds_format.DatasetWriter(out_dir, replay.spec, replay.max_tasks, task_names,
+                                 episodes_per_shard=episodes_per_shard) as writer:
+    for ep in replay.episodes():
+      writer.write(ep)
+      n += 1
+  return n
