@@ -170,10 +170,8 @@ def bench_learner(replay, steps: int) -> dict:
 
   params = init(jax.random.PRNGKey(0))
   state = opt.init(params)
-  sampler = replay.sampler(256, prefetch=8)
-  b = next(sampler)
   args = lambda b: (b.observation["state"], b.action, b.task, b.reward)
-  fixed = jax.device_put(args(b))
+  fixed = jax.device_put(args(next(replay.sampler(256))))
   for _ in range(20):
     params, state = step(params, state, *fixed)
   jax.block_until_ready(params)
@@ -186,12 +184,21 @@ def bench_learner(replay, steps: int) -> dict:
     jax.block_until_ready(params)
     return steps / (time.perf_counter() - t0)
 
-  alone = run(lambda: fixed)
-  fed = run(lambda: args(next(sampler)))
-  alone2 = run(lambda: fixed)  # Bracket the fed run: load on the machine drifts.
-  alone = max(alone, alone2)
-  return {"learner_steps_per_s_alone": alone, "learner_steps_per_s_fed": fed,
-          "learner_step_ms": 1000 / alone}
+  out = {"learner_steps_per_s_alone": run(lambda: fixed)}
+  for k in (1, 8):
+    replay.transitions_per_sample = k
+    sampler = replay.sampler(256, prefetch=8)
+    for _ in range(5):
+      next(sampler)
+    suffix = "" if k == 1 else f"_k{k}"
+    out[f"learner_steps_per_s_fed{suffix}"] = run(lambda: args(next(sampler)))
+    del sampler
+  replay.transitions_per_sample = 1
+  # Bracket the fed runs: load on the shared machine drifts.
+  alone = max(out["learner_steps_per_s_alone"], run(lambda: fixed))
+  out["learner_steps_per_s_alone"] = alone
+  out["learner_step_ms"] = 1000 / alone
+  return out
 
 
 def main(argv=None) -> None:
@@ -202,19 +209,21 @@ def main(argv=None) -> None:
   if args.memory_child:
     memory_child(args.memory_child[0], int(args.memory_child[1]))
     return
-  n, repeats, batches, mem_n, learn = ((300, 2, 30, 1000, 300) if args.quick
+  n, repeats, batches, mem_n, learn = ((150, 2, 20, 600, 150) if args.quick
                                        else (1500, 3, 150, 4000, 1500))
   r = {}
   r.update(bench_writer(n, repeats))
   r.update(bench_memory(mem_n))
   with new_replay() as replay:
-    replay.write_many(episodes(max(n, 500), seed=2))
+    replay.write_many(episodes(500, seed=2))
     r.update(bench_sampler(replay, batches))
     r.update(bench_learner(replay, learn))
   r["writer_vs_raw"] = r["ours_eps_per_s"] / r["raw_eps_per_s"]
   r["memory_shared10_vs_1"] = r["bytes_per_transition_shared10"] / r["bytes_per_transition_1task"]
   r["sampler_vs_raw_sample"] = r["sampler_batches_per_s"] / r["raw_sample_batches_per_s"]
   r["learner_fed_vs_alone"] = r["learner_steps_per_s_fed"] / r["learner_steps_per_s_alone"]
+  r["learner_fed_vs_alone_k8"] = (r["learner_steps_per_s_fed_k8"]
+                                  / r["learner_steps_per_s_alone"])
   r["quick"] = bool(args.quick)
   rows = [
       ("writer episodes/s (ours | raw)", r["ours_eps_per_s"], r["raw_eps_per_s"], r["writer_vs_raw"], ">= 0.8"),
@@ -222,6 +231,7 @@ def main(argv=None) -> None:
       ("batches/s @256 (balanced | client.sample)", r["sampler_batches_per_s"], r["raw_sample_batches_per_s"], r["sampler_vs_raw_sample"], ""),
       ("bytes/transition (10 tasks | 1 task)", r["bytes_per_transition_shared10"], r["bytes_per_transition_1task"], r["memory_shared10_vs_1"], "<= 1.2"),
       ("learner steps/s (fed | alone)", r["learner_steps_per_s_fed"], r["learner_steps_per_s_alone"], r["learner_fed_vs_alone"], ">= 0.9"),
+      ("  same, 8 transitions per sampled episode", r["learner_steps_per_s_fed_k8"], r["learner_steps_per_s_alone"], r["learner_fed_vs_alone_k8"], ""),
   ]
   print(f"replay benchmark ({'quick' if args.quick else 'full'}; {TASKS} tasks, T={STEPS}, "
         f"state {STATE_DIM}, success rate {P_SUCCESS}, learner step {r['learner_step_ms']:.2f} ms)")

@@ -154,10 +154,10 @@ def make_dataset(address: str, layout: TableLayout, plan: Plan, transitions_per_
       ds = _padded_episodes(address, task_table(slot, success), steps_signature(layout.spec),
                             items, length)
     else:
-      # Oversample the shared table, keep this task's failures, regroup into `items`.
+      # Draw from the shared table, keep this task's failures, regroup into `items` rows
+      # (rebatch carries rows over between draws, so only the rejected ones cost extra).
       ds = _padded_episodes(address, SHARED_TABLE,
-                            shared_signature(layout.spec, layout.max_tasks), 2 * items + 8,
-                            length)
+                            shared_signature(layout.spec, layout.max_tasks), items + 2, length)
       ds = ds.map(lambda x, slot=slot: tf.nest.map_structure(
           lambda v: tf.boolean_mask(v, x["labels"][:, slot] < threshold),
           {"observation": x["observation"], "action": x["action"]}))
