@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.detector.torso = (256, 256)
   c.detector.head_hidden = 32
   c.detector.conv_channels = (16, 32, 32, 64)
-  c.detector.state_pairs = True  # (x_i - x_j)^2 features: distance predicates become easy.
+  c.detector.state_pairs = True  # log |x_i - x_j| features: for distance predicates.
   c.detector.train_steps = 3000
   c.detector.add_task_steps = 2000
   c.detector.batch_size = 256

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from success_detectors.examples import ExampleSet, ExamplesError
-from success_detectors.networks import pairwise_squared_differences
+from success_detectors.networks import pairwise_log_distances
 
 # Adam with the learning rate in its state, so one compiled update serves any rate.
 OPTIMIZER = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
@@ -76,7 +76,7 @@ def state_statistics(examples: ExampleSet, norm: Mapping) -> dict:
     if base in examples.observations:
       x = examples.observations[base].astype(np.float64)
     else:  # "{key}_pairs"
-      x = np.asarray(pairwise_squared_differences(
+      x = np.asarray(pairwise_log_distances(
           examples.observations[base[:-len("_pairs")]].astype(np.float64)))
     out[f"{base}_mean"] = jnp.asarray(x.mean(0), jnp.float32)
     out[f"{base}_std"] = jnp.asarray(np.maximum(x.std(0), 1e-3), jnp.float32)
