@@ -23,6 +23,8 @@ class Checkpointer:
     """Writes `state` at its step; returns the step. `wait=False` leaves the write async."""
     step = int(jax.device_get(state.step))
     # A step already written (e.g. by the periodic save) is the same state: keep it.
+    if wait:
+      self._manager.wait_until_finished()
     if step not in self._manager.all_steps():
       self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
     if wait:
