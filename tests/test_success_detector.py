@@ -160,3 +160,34 @@ def test_image_detector_shapes():
   assert probs.shape == (3, 4) and np.all((probs >= 0) & (probs <= 1))
   with pytest.raises(DetectorError, match="image"):
     det.predict({"state": np.zeros((3, 5), np.float32)})
+
+
+def toy_images(rng, n, slot):
+  """64x64 scenes: task s succeeded iff a block of colour s is in the top-left quadrant
+  (blocks elsewhere are failures)."""
+  img = rng.integers(0, 60, (n, 64, 64, 3), dtype=np.uint8)
+  inside = rng.random(n) < 0.5
+  for i in range(n):
+    y, x = rng.integers(4, 20, 2) if inside[i] else rng.integers(36, 52, 2)
+    img[i, y:y + 10, x:x + 10, slot] = 255
+  return img, inside
+
+
+@pytest.mark.slow
+def test_image_detector_learns_a_separable_toy_set():
+  spec = EnvSpec({"image": ArraySpec((64, 64, 3), np.uint8), "state": ArraySpec((5,), np.float32)},
+                 BoundedArraySpec((4,), np.float32, "a", -1, 1), 10)
+  rng = np.random.default_rng(0)
+  sets = []
+  for s in range(2):
+    img, y = toy_images(rng, 200, s)
+    sets.append(ExampleSet({"image": img, "state": rng.normal(size=(200, 5)).astype(np.float32)},
+                           np.full(200, s), y))
+  det = SuccessDetector.create(spec, 4, DetectorConfig(torso=(64,), head_hidden=16,
+                                                       train_steps=300, batch_size=32,
+                                                       learning_rate=2e-3))
+  det.train(ExampleSet.concat(sets), {0: "red_in_corner", 1: "green_in_corner"})
+  for s in range(2):
+    img, y = toy_images(rng, 100, s)
+    probs = det.predict({"image": img, "state": np.zeros((100, 5), np.float32)})
+    assert np.mean((probs[:, s] >= 0.5) == y) >= 0.95
