@@ -20,6 +20,7 @@ Files in the detector directory (written to a fresh directory, then swapped in):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -148,6 +149,16 @@ class SuccessDetector:
     return {s: i.name for s, i in sorted(self.slots.items())}
 
   # Training.
+  @contextlib.contextmanager
+  def _transaction(self):
+    """Restores the detector as it was if training fails half-way."""
+    saved = (self.variables, self.version, dict(self.slots), self.examples, self.heldout)
+    try:
+      yield
+    except BaseException:
+      self.variables, self.version, self.slots, self.examples, self.heldout = saved
+      raise
+
   def _add_examples(self, examples: ExampleSet) -> None:
     """Stores new examples, splitting them into training and held-out parts."""
     seed = self.config.seed + len(self.heldout)
@@ -180,7 +191,7 @@ class SuccessDetector:
     return history
 
   def train(self, examples: ExampleSet, names: Mapping[int, str],
-            steps: int | None = None) -> dict[int, dict]:
+            steps: int | None = None) -> dict:
     """Trains a fresh detector on examples for the slots in `names`; returns quality."""
     if self.slots:
       raise DetectorError("train() is for a fresh detector; use add_task() or retrain()")
@@ -188,12 +199,14 @@ class SuccessDetector:
     missing = sorted(set(int(s) for s in np.unique(examples.slot)) - set(names))
     if missing:
       raise DetectorError(f"examples for slot(s) {missing} but no task name given")
-    self._add_examples(examples)
-    self.variables["norm"] = training.state_statistics(self.examples, self.variables["norm"])
-    self.slots = {int(s): SlotInfo(n) for s, n in names.items()}
-    history = self._fit(sorted(self.slots), training.full_mask,
-                        steps or self.config.train_steps)
-    self._refresh_quality()
+    with self._transaction():
+      self._add_examples(examples)
+      norm = training.state_statistics(self.examples, self.variables["norm"])
+      self.variables = {**self.variables, "norm": norm}
+      self.slots = {int(s): SlotInfo(n) for s, n in names.items()}
+      history = self._fit(sorted(self.slots), training.full_mask,
+                          steps or self.config.train_steps)
+      self._refresh_quality()
     return {"history": history, "quality": self.quality()}
 
   def add_task(self, slot: int, name: str, examples: ExampleSet,
@@ -211,11 +224,12 @@ class SuccessDetector:
     self._check_examples(examples)
     if not self.slots:  # The first task of a detector: nothing to keep, train everything.
       return self.train(examples, {slot: name}, steps)
-    self._add_examples(examples)
-    self.slots[slot] = SlotInfo(name)
-    history = self._fit([slot], lambda p: training.slot_head_mask(p, slot),
-                        steps or self.config.add_task_steps)
-    self._refresh_quality()
+    with self._transaction():
+      self._add_examples(examples)
+      self.slots[slot] = SlotInfo(name)
+      history = self._fit([slot], lambda p: training.slot_head_mask(p, slot),
+                          steps or self.config.add_task_steps)
+      self._refresh_quality()
     return {"history": history, "quality": self.quality()}
 
   def retrain(self, examples: ExampleSet | None = None, steps: int | None = None) -> dict:
@@ -227,10 +241,12 @@ class SuccessDetector:
       unknown = sorted(set(int(s) for s in np.unique(examples.slot)) - set(self.slots))
       if unknown:
         raise DetectorError(f"examples for slot(s) {unknown} that have no task; add_task first")
-      self._add_examples(examples)
-    history = self._fit(sorted(self.slots), training.full_mask,
-                        steps or self.config.train_steps)
-    self._refresh_quality()
+    with self._transaction():
+      if examples is not None and len(examples):
+        self._add_examples(examples)
+      history = self._fit(sorted(self.slots), training.full_mask,
+                          steps or self.config.train_steps)
+      self._refresh_quality()
     return {"history": history, "quality": self.quality()}
 
   # Quality.

@@ -1,5 +1,7 @@
 """The success classifier: training on separable toy data, adding a task, save/reload."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -96,6 +98,17 @@ def test_add_task_trains_new_head_and_keeps_old_outputs(trained, tmp_path):
   assert det.task_names == {0: "a", 1: "b", 2: "c", 3: "d"}
   with pytest.raises(DetectorError, match="already used"):
     det.add_task(3, "e", toy_examples(rng, 3, 10, 10))
+
+
+def test_failed_add_task_leaves_the_detector_as_it_was(trained, tmp_path):
+  det = SuccessDetector.load(trained.save(str(tmp_path / "d")))
+  det.config = dataclasses.replace(det.config, other_task_negatives=False)
+  n, version = len(det.examples), det.version
+  only_successes = toy_examples(np.random.default_rng(0), 4, 20, 0)
+  with pytest.raises(ExamplesError, match="both successes and failures"):
+    det.add_task(4, "e", only_successes)
+  assert len(det.examples) == n and len(det.heldout) == n and det.version == version
+  assert 4 not in det.slots
 
 
 def test_retrain_on_new_data_keeps_old_tasks(trained, tmp_path):
