@@ -213,6 +213,7 @@ def import_rlds(replay, source, mapping: FieldMapping | None = None,
   if mapping is None:
     if not isinstance(source, (str, os.PathLike)):
       raise MappingError("a tf.data source needs a FieldMapping")
+    rlds_format.load_builder(os.fspath(source))  # A clear error if it is not a dataset.
     spec, max_tasks, _ = rlds_format.read_metadata(os.fspath(source))
     if spec is None:
       raise MappingError(f"{source}: not an mtopt dataset (no env_spec in metadata.json); "

@@ -234,3 +234,17 @@ def test_from_config_uses_replay_section(tmp_path):
     assert r.sharing == cfg.replay.sharing and r.threshold == cfg.detector.threshold
     assert r.layout.min_size == cfg.replay.min_size
     assert os.path.dirname(r.checkpoint()) == os.path.join(tmp_path, "replay")
+
+
+def test_min_size_and_rate_limiter_configuration(rng):
+  layout = TableLayout(SPEC, MAX_TASKS, max_size=100, min_size=4, samples_per_insert=2.0)
+  with ReverbReplay(layout, slots=[0], sharing="none") as r:
+    info = r.client.server_info()["task000_failure"].rate_limiter_info
+    assert info.samples_per_insert == 2.0 and info.min_size_to_sample == 4
+    fail = lambda i: make_episode(rng, i, 0, np.zeros(MAX_TASKS, bool))
+    r.write_many([fail(i) for i in range(3)])
+    with pytest.raises(TimeoutError, match="min_size=4"):
+      next(r.sampler(8, wait_seconds=0.3))  # Below min_size: nothing to sample yet.
+    r.write(fail(3))
+    b = next(r.sampler(8, wait_seconds=5))
+    assert b.size == 8 and not b.reward.any()
