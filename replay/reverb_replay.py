@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -25,6 +26,8 @@ from replay.base import Counts, Replay, ReplayError
 from replay.tables import TableLayout
 
 import reverb  # noqa: E402
+
+_EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z.
 
 # labeller(episodes) -> float32 [N, max_tasks] success probabilities.
 Labeller = Callable[[Sequence[Episode]], np.ndarray]
@@ -167,7 +170,9 @@ class ReverbReplay(Replay):
         w.create_item(tables.task_table(slot, success), float(t_len), steps)
     if self.pooled_failures:  # Every task's failures come from here (see replay.tables).
       w.create_item(tables.SHARED_TABLE, float(t_len), {**steps, "labels": meta["labels"]})
-    self._seq = (self._seq + 1) % int(tables.EPISODE_ROUND)
+    # Milliseconds since 2024, strictly increasing per writer: roughly write order across
+    # writers and restarts, and below EPISODE_ROUND (2**40 ms) for decades.
+    self._seq = max(self._seq + 1, int(time.time() * 1000) - _EPOCH_MS)
     w.create_item(tables.EPISODES_TABLE, float(self._seq), {**steps, "metadata": meta})
     w.end_episode()
     return len(targets)
@@ -208,9 +213,9 @@ class ReverbReplay(Replay):
                            pooled_failures=self.pooled_failures, threshold=self.threshold)
 
   def episodes(self) -> Iterator[Episode]:
-    """Every episode in the `episodes` table once (oldest first for one writer).
+    """Every episode in the `episodes` table once, oldest first.
 
-    The table is a min-heap on priority = write sequence (< 2**40). A walk samples the
+    The table is a min-heap on priority = write time in ms (< 2**40). A walk samples the
     smallest item, yields it and moves it past all others (priority + 2**40), until the
     smallest item is one already moved; episodes written meanwhile are visited too. It then
     moves every visited item back, also when the walk is abandoned early. Only this method

@@ -248,3 +248,12 @@ def test_min_size_and_rate_limiter_configuration(rng):
     r.write(fail(3))
     b = next(r.sampler(8, wait_seconds=5))
     assert b.size == 8 and not b.reward.any()
+
+
+def test_sampler_can_hand_out_jax_arrays(rng):
+  import jax
+  with new_replay(sharing="none") as r:
+    r.write_many(random_episodes(rng, 8, [0]))
+    b = next(r.sampler(16, task_shares={0: 1.0}, to_jax=True))
+    assert isinstance(b.action, jax.Array) and b.action.shape == (16, 3)
+    assert isinstance(b.observation["image"], jax.Array) and b.task.dtype == np.int32
