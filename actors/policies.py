@@ -55,13 +55,18 @@ class NoisyPolicy:
   sticky segment lasts, its random action (a segment starts with probability
   `sticky_prob` and lasts `sticky_steps` steps); otherwise the wrapped action plus
   Gaussian noise of std `gaussian_std`. Results are clipped to the action bounds. The
-  terminate dimension is never randomised: noise must not end episodes by chance.
+  terminate dimension is not randomised by these knobs (they must not end episodes by
+  chance); `early_terminate_prob` alone presses it, per step, so that the data shows what
+  terminating too early gives (a failure): without such data a Q-function learns that
+  terminating always pays, because experts only terminate once they have succeeded.
   """
 
   def __init__(self, policy: Policy, action_spec: BoundedArraySpec, gaussian_std: float = 0.0,
                epsilon: float = 0.0, sticky_prob: float = 0.0, sticky_steps: int = 5,
-               terminate_dim: int | None = None, seed: Any = None):
-    for name, p in (("epsilon", epsilon), ("sticky_prob", sticky_prob)):
+               terminate_dim: int | None = None, early_terminate_prob: float = 0.0,
+               seed: Any = None):
+    for name, p in (("epsilon", epsilon), ("sticky_prob", sticky_prob),
+                    ("early_terminate_prob", early_terminate_prob)):
       if not 0.0 <= p <= 1.0:
         raise ValueError(f"NoisyPolicy: {name} must be in [0, 1], got {p}")
     if gaussian_std < 0:
@@ -73,6 +78,7 @@ class NoisyPolicy:
     self._std, self._eps = float(gaussian_std), float(epsilon)
     self._sticky_prob, self._sticky_steps = float(sticky_prob), int(sticky_steps)
     self._terminate_dim = terminate_dim
+    self._early_terminate = float(early_terminate_prob)
     self._rng = np.random.default_rng(seed)
     self._sticky_left = 0
     self._sticky_action = None
@@ -100,11 +106,14 @@ class NoisyPolicy:
       a = base.copy()
     if self._terminate_dim is not None:
       a[self._terminate_dim] = base[self._terminate_dim]
+      if self._early_terminate and self._rng.random() < self._early_terminate:
+        a[self._terminate_dim] = self._spec.maximum[self._terminate_dim]
     return np.clip(a, self._spec.minimum, self._spec.maximum)
 
 
 def make_policy(kind: str | Policy, env, gaussian_std: float = 0.0, epsilon: float = 0.0,
-                sticky_prob: float = 0.0, sticky_steps: int = 5, seed: Any = None) -> Policy:
+                sticky_prob: float = 0.0, sticky_steps: int = 5,
+                early_terminate_prob: float = 0.0, seed: Any = None) -> Policy:
   """A policy for `env`: "scripted", "random", or any callable; wrapped in noise if any knob
   is non-zero."""
   spec = env.spec().action
@@ -118,7 +127,7 @@ def make_policy(kind: str | Policy, env, gaussian_std: float = 0.0, epsilon: flo
   else:
     raise ValueError(f"unknown policy {kind!r}: use scripted, random or a callable "
                      f"policy(obs, task_slot) -> action")
-  if gaussian_std or epsilon or sticky_prob:
+  if gaussian_std or epsilon or sticky_prob or (early_terminate_prob and terminate_dim):
     policy = NoisyPolicy(policy, spec, gaussian_std, epsilon, sticky_prob, sticky_steps,
-                         terminate_dim, seed=seed)
+                         terminate_dim, early_terminate_prob, seed=seed)
   return policy

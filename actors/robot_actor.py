@@ -42,7 +42,8 @@ class RobotActor:
                registry: TaskRegistry | Mapping, policy: str | Policy = "scripted",
                scheduler: str = "uniform", task_weights: Sequence[float] = (),
                tasks: Sequence[str] = (), gaussian_std: float = 0.0, epsilon: float = 0.0,
-               sticky_prob: float = 0.0, sticky_steps: int = 5, seed: int = 0,
+               sticky_prob: float = 0.0, sticky_steps: int = 5,
+               early_terminate_prob: float = 0.0, seed: int = 0,
                sink: Sink | None = None):
     self.robot_id = int(robot_id)
     self.seed = int(seed)
@@ -60,7 +61,8 @@ class RobotActor:
     self.scheduler = make_scheduler(scheduler, self.tasks, task_weights,
                                     seed=[self.seed, self.robot_id, 1])
     self.policy = make_policy(policy, self.env, gaussian_std, epsilon, sticky_prob,
-                              sticky_steps, seed=[self.seed, self.robot_id, 2])
+                              sticky_steps, early_terminate_prob,
+                              seed=[self.seed, self.robot_id, 2])
     self.sink = sink
     self._counter = 0
     self.episodes_run = 0

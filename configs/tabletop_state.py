@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.actors.epsilon = 0.0
   c.actors.sticky_prob = 0.0  # Chance per step to start a sticky random segment...
   c.actors.sticky_steps = 5  # ...held for this many steps.
+  # Chance per step that data collection presses terminate early, so that the data shows
+  # what a premature terminate gives (a failure); experts alone only terminate on success.
+  c.actors.early_terminate_prob = 0.0
 
   c.replay = ml_collections.ConfigDict()
   c.replay.max_size = 100_000  # Episodes per (task, outcome) table; FIFO removal.
@@ -76,7 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.cem.num_samples = 64
   c.cem.num_elites = 6
   c.cem.num_iterations = 2
-  c.cem.discrete_dims = ()  # Binary action dims (gripper open/close, terminate).
+  c.cem.discrete_dims = (3, 4)  # Binary action dims: gripper open/close, terminate.
 
   c.train = ml_collections.ConfigDict()  # mtopt train (see mtopt/launch.py).
   c.train.mode = "offline"  # offline | online | mixed
@@ -84,6 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.offline_episodes = 400  # Scripted noisy episodes collected when no dataset_dir.
   c.train.labels = "learned"  # learned (success detector) | ground_truth (simulator)
   c.train.detector_episodes_per_task = 100  # Simulated examples when no detector exists.
+  c.train.explore_gaussian_std = 0.1  # Online exploration around the CEM action...
+  c.train.explore_epsilon = 0.1  # ...and uniformly random actions (online and mixed).
   c.train.eval_every = 500  # Learner steps between evaluations (and checkpoints).
   c.train.wait_for_data_seconds = 600.0  # How long the sampler waits for enough episodes.
 

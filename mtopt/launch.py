@@ -146,7 +146,9 @@ def offline_dataset(config: ConfigDict, ray, registry: TaskRegistry, run_dir: st
   a, n = config.actors, int(config.train.offline_episodes)
   log(f"collecting {n} offline episodes with {a.num_actors} scripted, noisy actors")
   kwargs = actor_kwargs(config, registry, "scripted", gaussian_std=a.gaussian_std,
-                        epsilon=a.epsilon, sticky_prob=a.sticky_prob)
+                        epsilon=a.epsilon, sticky_prob=a.sticky_prob,
+                        sticky_steps=a.sticky_steps,
+                        early_terminate_prob=a.early_terminate_prob)
   fleet = Fleet(ray, int(a.num_actors), kwargs)
   spec = envs.make(config.env).spec()
   tmp = out + ".partial"
@@ -241,7 +243,8 @@ def train(config: ConfigDict, log=print) -> dict:
   collector = None
   if t.mode in ("online", "mixed"):
     policy = PulledCEMPolicy(ps, spec, registry.max_tasks, lcfg.network, lcfg.cem,
-                             gaussian_std=a.gaussian_std, epsilon=a.epsilon, seed=config.seed)
+                             gaussian_std=t.explore_gaussian_std, epsilon=t.explore_epsilon,
+                             seed=config.seed)
     fleet = Fleet(ray, int(a.num_actors), actor_kwargs(config, registry, policy),
                   episodes_per_call=1)
     collector = Collector(ray, fleet, replay, progress)

@@ -84,7 +84,8 @@ def run(args) -> int:
       env_config=env_config, registry=registry.to_json(), policy=str(config.actors.policy),
       scheduler=scheduler, task_weights=weights, gaussian_std=float(config.actors.gaussian_std),
       epsilon=float(config.actors.epsilon), sticky_prob=float(config.actors.sticky_prob),
-      sticky_steps=int(config.actors.sticky_steps), seed=int(config.seed))
+      sticky_steps=int(config.actors.sticky_steps),
+      early_terminate_prob=float(config.actors.early_terminate_prob), seed=int(config.seed))
   if actor_kwargs["policy"] not in ("scripted", "random"):
     raise ConfigError(f"actors.policy={actor_kwargs['policy']!r}: collect supports scripted "
                       f"or random")

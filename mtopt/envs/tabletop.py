@@ -21,13 +21,17 @@ OPEN_WIDTH = 0.08  # Finger gap when open (m).
 GRASP_XY = 0.015  # The tip must be this close (horizontally) to the object's centre...
 GRASP_Z = (-0.004, 0.025)  # ...and this far above its top, when the gripper closes.
 IMAGE_SIZE = 64
-STATE_DIM = 5 + 7 * len(scene.OBJECTS)
+STATE_DIM = 5 + 10 * len(scene.OBJECTS)
+# Relative positions in decimetres: success tolerances are 1.5-2.5 cm, which raw metres
+# make hard for an unnormalised network to resolve.
+RELATIVE_SCALE = 10.0
 PROPRIO_DIM = 5
 
 
 class TabletopEnv(Env):
   """Attributes of the state observation (float32 [STATE_DIM]): tip position (3), gripper
-  closed (1: 0 or 1), finger gap (1, m), then per object: position (3), quaternion (4).
+  closed (1: 0 or 1), finger gap (1, m), then per object: position (3), quaternion (4);
+  then per object: (object position - tip) * RELATIVE_SCALE (3).
   In image mode the observation is {"image": uint8 [64, 64, 3], "state": the first
   PROPRIO_DIM entries (proprioception)}.
   """
@@ -174,7 +178,10 @@ class TabletopEnv(Env):
     d = self.data
     proprio = [*d.mocap_pos[0], float(self._closed), self._gap()]
     if self._observation == "state":
-      return {"state": np.concatenate([proprio, d.qpos[self._qadr].ravel()]).astype(np.float32)}
+      poses = d.qpos[self._qadr]
+      relative = (poses[:, :3] - d.mocap_pos[0]) * RELATIVE_SCALE
+      return {"state": np.concatenate([proprio, poses.ravel(), relative.ravel()]
+                                      ).astype(np.float32)}
     self._renderer.update_scene(d, self._camera)
     return {"image": self._renderer.render(), "state": np.asarray(proprio, np.float32)}
 
