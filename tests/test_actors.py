@@ -83,6 +83,12 @@ def test_noisy_policy_knobs():
   assert np.array_equal(acts[0], acts[3]) and not np.array_equal(acts[3], acts[4])
   with pytest.raises(ValueError, match="epsilon"):
     NoisyPolicy(base, spec, epsilon=2.0)
+  early = NoisyPolicy(base, spec, terminate_dim=4, early_terminate_prob=0.1, seed=0)
+  acts = np.stack([early({}, 0) for _ in range(3000)])
+  assert np.mean(acts[:, 4] > 0) == pytest.approx(0.1, abs=0.02)
+  assert np.array_equal(acts[:, :4], np.repeat(acts[:1, :4], 3000, 0))  # Only terminate.
+  with pytest.raises(ValueError, match="early_terminate_prob"):
+    NoisyPolicy(base, spec, early_terminate_prob=-0.1)
 
 
 def test_random_policy_bounds_and_terminate_rate():
