@@ -4,10 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 
-.PHONY: venv demo test test-all lock clean
+.PHONY: venv sysdeps demo test test-all lock clean
+# MuJoCo renders offscreen through EGL with Mesa's software driver (no GPU, no display).
+SYSDEPS := libegl1 libegl-mesa0 libgl1-mesa-dri
 
 # The virtual environment, created from the lock file when missing or stale.
 $(VENV)/.installed: requirements.lock pyproject.toml
+	$(MAKE) --no-print-directory sysdeps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv==0.5.11
 	$(UV) pip sync --python $(PY) requirements.lock
@@ -15,6 +18,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Installs the system libraries only where one is missing (needs root or sudo).
+sysdeps:
+	@dpkg -s $(SYSDEPS) >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(SYSDEPS); }
 
 demo: venv
 	$(VENV)/bin/mtopt config show
