@@ -136,40 +136,44 @@ def _padded_episodes(address: str, table: str, signature: dict, items: int,
 
 
 def make_dataset(address: str, layout: TableLayout, plan: Plan, transitions_per_sample: int = 1,
-                 prefetch: int = 4, pooled_failures: bool = False,
-                 threshold: float = 0.5) -> tf.data.Dataset:
+                 prefetch: int = 4, pooled_failures: bool = False, threshold: float = 0.5,
+                 batches_per_draw: int = 8) -> tf.data.Dataset:
   """A tf.data pipeline that yields batch dicts with exactly `plan`'s composition.
 
   With `pooled_failures`, task k's failure rows come from the shared table, keeping the
-  episodes whose label for k is below `threshold`.
+  episodes whose label for k is below `threshold`. Each table's dataset draws items for
+  `batches_per_draw` batches at once (per-draw costs of ~20 zipped pipelines dominate small
+  draws); draw s of every table goes into batch s, so each batch keeps the plan exactly.
   """
   if not plan:
     raise ValueError("empty plan: no table has enough items to sample")
-  k = transitions_per_sample
+  k, s = transitions_per_sample, batches_per_draw
   length = layout.spec.max_episode_steps + 1
   parts = []
   for (slot, success), rows in sorted(plan.items()):
     items = rows // k
     if success or not pooled_failures:
       ds = _padded_episodes(address, task_table(slot, success), steps_signature(layout.spec),
-                            items, length)
+                            s * items, length)
     else:
       # Draw from the shared table, keep this task's failures, regroup into `items` rows
       # (rebatch carries rows over between draws, so only the rejected ones cost extra).
       ds = _padded_episodes(address, SHARED_TABLE,
-                            shared_signature(layout.spec, layout.max_tasks), items + 2, length)
+                            shared_signature(layout.spec, layout.max_tasks), s * items + 2,
+                            length)
       ds = ds.map(lambda x, slot=slot: tf.nest.map_structure(
           lambda v: tf.boolean_mask(v, x["labels"][:, slot] < threshold),
           {"observation": x["observation"], "action": x["action"]}))
-      ds = ds.rebatch(items, drop_remainder=True)
-    ds = ds.map(_transition_picker(slot, success, k))
+      ds = ds.rebatch(s * items, drop_remainder=True)
+    pick = _transition_picker(slot, success, k)
+    # [s * items * k, ...] -> [s, items * k, ...]: one slice per batch.
+    ds = ds.map(lambda x, pick=pick: tf.nest.map_structure(
+        lambda v: tf.reshape(v, tf.concat([[s, -1], tf.shape(v)[1:]], 0)), pick(x)))
     parts.append(ds)
-  if len(parts) == 1:
-    return parts[0].prefetch(prefetch)
   ds = tf.data.Dataset.zip(tuple(parts))
-  ds = ds.map(lambda *xs: tf.nest.map_structure(lambda *v: tf.concat(v, 0), *xs),
+  ds = ds.map(lambda *xs: tf.nest.map_structure(lambda *v: tf.concat(v, 1), *xs),
               num_parallel_calls=2, deterministic=False)
-  return ds.prefetch(prefetch)
+  return ds.unbatch().prefetch(prefetch)
 
 
 def to_batch(x: dict) -> Batch:
