@@ -45,8 +45,8 @@ def settings(observation: str, quick: bool) -> dict:
                                       add_task_steps=300 if quick else 2000, head_hidden=32,
                                       other_task_negatives=False))
   return dict(tasks=IMAGE_TASKS[:3] if quick else IMAGE_TASKS,
-              train_eps=25 if quick else 250, test_eps=10 if quick else 60,
-              config=DetectorConfig(train_steps=150 if quick else 2000,
+              train_eps=25 if quick else 450, test_eps=10 if quick else 60,
+              config=DetectorConfig(train_steps=150 if quick else 2500,
                                     add_task_steps=100 if quick else 1000, batch_size=64,
                                     head_hidden=32, torso=(256,), other_task_negatives=False))
 

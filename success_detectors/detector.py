@@ -5,7 +5,8 @@ given, all parameters) -> `add_task(...)` (one new slot) / `retrain(...)` (new l
 data) -> `save(dir)` / `load(dir)`. Calling a detector on episodes labels them (the project's
 labeller interface: float32 [N, max_tasks], one forward pass on the final observations).
 
-Adding a task trains only the new slot's head on the frozen torso: the other slots' outputs
+Adding a task trains only the new slot's head on the frozen torso (whose features for the
+examples are computed once, so adding is fast even for images): the other slots' outputs
 stay bit-for-bit the same, so their quality cannot drop (the price: the new task must be
 separable from the torso's features plus the raw state, which the heads also see).
 Retraining fine-tunes everything on the new data together with every stored example
@@ -36,7 +37,7 @@ from success_detectors import training
 from success_detectors.examples import ExampleSet, ExamplesError, final_observations, \
     holdout_mask
 from success_detectors.metrics import binary_metrics
-from success_detectors.networks import dummy_observation, make_classifier
+from success_detectors.networks import SlotHeads, dummy_observation, make_classifier
 
 FORMAT_VERSION = 1
 META_FILE = "detector.json"
@@ -178,15 +179,37 @@ class SuccessDetector:
     if bad:
       raise ExamplesError(f"examples: slot(s) {bad} outside [0, {self.max_tasks})")
 
-  def _fit(self, train_slots, mask_fn, steps: int, negative_slots=None) -> list[float]:
+  def _fit(self, train_slots, steps: int) -> list[float]:
+    """Trains every parameter on the stored training examples of `train_slots`."""
     train = self.examples.take(~self.heldout)
     labels, weights = training.targets(train, self.max_tasks, train_slots,
-                                       self.config.other_task_negatives, negative_slots)
-    mask = mask_fn(self.variables["params"])
+                                       self.config.other_task_negatives)
+    mask = training.full_mask(self.variables["params"])
     self.variables, history = training.fit(
         self.model, self.variables, train, labels, weights, mask, steps,
         self.config.batch_size, self.config.learning_rate, self.config.seed + self.version)
     self.variables = jax.tree_util.tree_map(np.asarray, self.variables)
+    self.version += 1
+    return history
+
+  def _fit_head(self, slot: int, steps: int) -> list[float]:
+    """Trains only `slot`'s head, on head inputs computed once by the frozen torso."""
+    train = self.examples.take(~self.heldout)
+    labels, weights = training.targets(train, self.max_tasks, [slot],
+                                       self.config.other_task_negatives)
+    use = weights.sum(1) > 0
+    train, labels, weights = train.take(use), labels[use], weights[use]
+    features = training.predict(self.model, self.variables, train.observations,
+                                fn=training.head_inputs)
+    heads = SlotHeads(self.max_tasks, self.config.head_hidden)
+    head_vars = {"params": self.variables["params"]["heads"], "norm": {}}
+    head_vars, history = training.fit(
+        heads, head_vars, ExampleSet({"features": features}, train.slot, train.success),
+        labels, weights, training.slot_mask(head_vars["params"], slot), steps,
+        self.config.batch_size, self.config.learning_rate, self.config.seed + self.version)
+    params = {**self.variables["params"],
+              "heads": jax.tree_util.tree_map(np.asarray, head_vars["params"])}
+    self.variables = {**self.variables, "params": params}
     self.version += 1
     return history
 
@@ -204,8 +227,7 @@ class SuccessDetector:
       norm = training.state_statistics(self.examples, self.variables["norm"])
       self.variables = {**self.variables, "norm": norm}
       self.slots = {int(s): SlotInfo(n) for s, n in names.items()}
-      history = self._fit(sorted(self.slots), training.full_mask,
-                          steps or self.config.train_steps)
+      history = self._fit(sorted(self.slots), steps or self.config.train_steps)
       self._refresh_quality()
     return {"history": history, "quality": self.quality()}
 
@@ -227,8 +249,7 @@ class SuccessDetector:
     with self._transaction():
       self._add_examples(examples)
       self.slots[slot] = SlotInfo(name)
-      history = self._fit([slot], lambda p: training.slot_head_mask(p, slot),
-                          steps or self.config.add_task_steps)
+      history = self._fit_head(slot, steps or self.config.add_task_steps)
       self._refresh_quality()
     return {"history": history, "quality": self.quality()}
 
@@ -244,8 +265,7 @@ class SuccessDetector:
     with self._transaction():
       if examples is not None and len(examples):
         self._add_examples(examples)
-      history = self._fit(sorted(self.slots), training.full_mask,
-                          steps or self.config.train_steps)
+      history = self._fit(sorted(self.slots), steps or self.config.train_steps)
       self._refresh_quality()
     return {"history": history, "quality": self.quality()}
 

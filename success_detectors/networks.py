@@ -63,6 +63,8 @@ class SlotHeads(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    if isinstance(x, Mapping):  # Precomputed head inputs {"features": [B, F]}.
+      x = x["features"]
     f = x.shape[-1]
     init = nn.initializers.lecun_normal(batch_axis=(0,))
     w1 = self.param("w1", init, (self.num_slots, f, self.hidden))
@@ -99,7 +101,9 @@ class SuccessClassifier(nn.Module):
   state_pairs: bool = False
 
   @nn.compact
-  def __call__(self, obs: Mapping[str, jax.Array]) -> jax.Array:
+  def __call__(self, obs: Mapping[str, jax.Array], head_inputs: bool = False) -> jax.Array:
+    """Logits [B, max_tasks]; with head_inputs, the heads' input features [B, F] instead
+    (what a frozen torso gives a new head: it is computed once when a task is added)."""
     parts, states = [], []
     for k in self.image_keys:
       parts.append(ImageEncoder(self.conv_channels, name=f"encoder_{k}")(obs[k]))
@@ -119,6 +123,8 @@ class SuccessClassifier(nn.Module):
     # The raw (normalised) state skips the torso, so a head trained on a frozen torso can
     # still read state features that the old tasks never needed.
     head_in = jnp.concatenate([h] + states, axis=-1)
+    if head_inputs:
+      return head_in
     return SlotHeads(self.max_tasks, self.head_hidden, name="heads")(head_in)
 
 

@@ -28,8 +28,7 @@ OPTIMIZER = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
 
 
 def targets(examples: ExampleSet, max_tasks: int, train_slots: Iterable[int],
-            other_task_negatives: bool = True,
-            negative_slots: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+            other_task_negatives: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """Labels and class-balanced loss weights, both float32 [N, max_tasks].
 
   Args:
@@ -37,7 +36,6 @@ def targets(examples: ExampleSet, max_tasks: int, train_slots: Iterable[int],
     max_tasks: number of slots.
     train_slots: slots that get a loss; every one needs positives and negatives.
     other_task_negatives: use other slots' positives as negatives.
-    negative_slots: whose positives may serve as negatives (default: all in `examples`).
   """
   n = len(examples)
   rows = np.arange(n)
@@ -46,9 +44,7 @@ def targets(examples: ExampleSet, max_tasks: int, train_slots: Iterable[int],
   labels[rows, examples.slot] = examples.success
   known[rows, examples.slot] = True
   train_slots = sorted(set(int(s) for s in train_slots))
-  donors = examples.success.copy()
-  if negative_slots is not None:
-    donors &= np.isin(examples.slot, list(negative_slots))
+  donors = examples.success
   weights = np.zeros((n, max_tasks), np.float32)
   for s in train_slots:
     col = known[:, s].copy()
@@ -87,11 +83,9 @@ def full_mask(params) -> dict:
   return jax.tree_util.tree_map(jnp.ones_like, params)
 
 
-def slot_head_mask(params, slot: int) -> dict:
-  """1 on the parameters of `slot`'s head, 0 everywhere else (torso, other heads)."""
-  mask = jax.tree_util.tree_map(jnp.zeros_like, params)
-  heads = {k: v.at[slot].set(1) for k, v in mask["heads"].items()}
-  return {**mask, "heads": heads}
+def slot_mask(head_params, slot: int) -> dict:
+  """For the SlotHeads parameters: 1 on `slot`'s entries, 0 on every other slot's."""
+  return {k: jnp.zeros_like(v).at[slot].set(1) for k, v in head_params.items()}
 
 
 def loss_fn(model, params, norm, obs, labels, weights):
@@ -119,15 +113,23 @@ def probabilities(model, variables, obs):
   return jax.nn.sigmoid(model.apply(variables, obs))
 
 
+@functools.partial(jax.jit, static_argnames="model")
+def head_inputs(model, variables, obs):
+  """The slot heads' input features [B, F] for a batch of observations."""
+  return model.apply(variables, obs, head_inputs=True)
+
+
 def _padded_size(n: int, chunk: int) -> int:
   """Pads to a power of two (at least 16) so that few batch shapes get compiled."""
   return min(chunk, max(16, 1 << (max(n, 1) - 1).bit_length()))
 
 
-def predict(model, variables, obs: Mapping[str, np.ndarray], chunk: int = 4096) -> np.ndarray:
-  """float32 [N, max_tasks] for observations name -> [N, ...], in padded chunks."""
+def predict(model, variables, obs: Mapping[str, np.ndarray], chunk: int = 4096,
+            fn=probabilities) -> np.ndarray:
+  """float32 [N, max_tasks] (or [N, F] with fn=head_inputs) for observations
+  name -> [N, ...], in padded chunks."""
   n = len(next(iter(obs.values())))
-  out = np.zeros((n, model.max_tasks), np.float32)
+  out = None
   for start in range(0, n, chunk):
     part = {k: v[start:start + chunk] for k, v in obs.items()}
     m = len(next(iter(part.values())))
@@ -135,8 +137,11 @@ def predict(model, variables, obs: Mapping[str, np.ndarray], chunk: int = 4096) 
     if size != m:
       part = {k: np.concatenate([v, np.zeros((size - m, *v.shape[1:]), v.dtype)])
               for k, v in part.items()}
-    out[start:start + m] = np.asarray(probabilities(model, variables, part))[:m]
-  return out
+    res = np.asarray(fn(model, variables, part))[:m]
+    if out is None:
+      out = np.zeros((n, *res.shape[1:]), np.float32)
+    out[start:start + m] = res
+  return out if out is not None else np.zeros((0, model.max_tasks), np.float32)
 
 
 def fit(model, variables: dict, examples: ExampleSet, labels: np.ndarray, weights: np.ndarray,
