@@ -211,13 +211,14 @@ def main(argv=None) -> None:
     return
   n, repeats, batches, mem_n, learn = ((150, 2, 20, 600, 150) if args.quick
                                        else (1500, 3, 150, 4000, 1500))
-  r = {}
+  r, start = {}, time.perf_counter()
   r.update(bench_writer(n, repeats))
   r.update(bench_memory(mem_n))
   with new_replay() as replay:
     replay.write_many(episodes(500, seed=2))
     r.update(bench_sampler(replay, batches))
     r.update(bench_learner(replay, learn))
+  r["seconds"] = time.perf_counter() - start
   r["writer_vs_raw"] = r["ours_eps_per_s"] / r["raw_eps_per_s"]
   r["memory_shared10_vs_1"] = r["bytes_per_transition_shared10"] / r["bytes_per_transition_1task"]
   r["sampler_vs_raw_sample"] = r["sampler_batches_per_s"] / r["raw_sample_batches_per_s"]
@@ -234,7 +235,8 @@ def main(argv=None) -> None:
       ("  same, 8 transitions per sampled episode", r["learner_steps_per_s_fed_k8"], r["learner_steps_per_s_alone"], r["learner_fed_vs_alone_k8"], ""),
   ]
   print(f"replay benchmark ({'quick' if args.quick else 'full'}; {TASKS} tasks, T={STEPS}, "
-        f"state {STATE_DIM}, success rate {P_SUCCESS}, learner step {r['learner_step_ms']:.2f} ms)")
+        f"state {STATE_DIM}, success rate {P_SUCCESS}, learner step {r['learner_step_ms']:.2f} ms, "
+        f"{r['seconds']:.0f} s)")
   print(f"{'measure':44s} {'ours':>12s} {'baseline':>12s} {'ratio':>7s}  goal")
   for name, a, b, ratio, goal in rows:
     print(f"{name:44s} {a:12.1f} {b:12.1f} {ratio:7.2f}  {goal}")
