@@ -83,6 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()  # mtopt train (see mtopt/launch.py).
   c.train.mode = "offline"  # offline | online | mixed
+  c.train.tasks = []  # Tasks to train and evaluate; empty: every registered task.
+  c.train.rebalance = True  # False: batches in the data's own task/outcome proportions.
   c.train.dataset_dir = ""  # RLDS dataset for offline/mixed; empty: collect one first.
   c.train.offline_episodes = 400  # Scripted noisy episodes collected when no dataset_dir.
   c.train.labels = "learned"  # learned (success detector) | ground_truth (simulator)

@@ -124,12 +124,15 @@ def make_labeller(config: ConfigDict, env, registry: TaskRegistry, run_dir: str,
   return detector
 
 
-def actor_kwargs(config: ConfigDict, registry: TaskRegistry, policy, seed_offset: int = 0,
-                 **knobs) -> dict:
+def actor_kwargs(config: ConfigDict, registry: TaskRegistry, policy, tasks=None,
+                 seed_offset: int = 0, **knobs) -> dict:
+  """RobotActor arguments; `tasks` (default: all registered) are the ones it attempts."""
   a = config.actors
+  tasks = list(tasks or registry.names)
+  weights = list(a.task_weights) if len(tasks) == len(registry.names) else []
   kwargs = dict(env_config=config.env.to_dict(), registry=registry.to_json(), policy=policy,
-                scheduler=a.scheduler, task_weights=list(a.task_weights),
-                tasks=registry.names, seed=config.seed + seed_offset)
+                scheduler=a.scheduler if weights or a.scheduler != "weighted" else "uniform",
+                task_weights=weights, tasks=tasks, seed=config.seed + seed_offset)
   kwargs.update(knobs)
   return kwargs
 
@@ -159,6 +162,22 @@ def offline_dataset(config: ConfigDict, ray, registry: TaskRegistry, run_dir: st
   fleet.shutdown()
   os.replace(tmp, out)  # Only a finished dataset gets the final name.
   return out
+
+
+def batch_composition(config: ConfigDict, replay) -> dict:
+  """Sampler arguments: MT-Opt's rebalancing (equal task shares, `replay.success_fraction`)
+  or, with `train.rebalance` off, the data's own proportions: task shares by stored items
+  and the overall success fraction (the naive multi-task baseline)."""
+  if config.train.rebalance:
+    return {"success_fraction": float(config.replay.success_fraction)}
+  counts = replay.counts()
+  items = {k: counts[k]["success"] + counts[k]["failure"] for k in replay.slots}
+  successes = sum(counts[k]["success"] for k in replay.slots)
+  shares = {k: float(v) for k, v in items.items() if v > 0}
+  if not shares:
+    raise ConfigError("train.rebalance=False needs data in the replay before training")
+  return {"task_shares": shares,
+          "success_fraction": successes / max(1, sum(items.values()))}
 
 
 class Collector:
@@ -219,12 +238,19 @@ def train(config: ConfigDict, log=print) -> dict:
   lcfg = LearnerConfig.from_config(config)
 
   labeller = make_labeller(config, env, registry, run_dir, log)
+  tasks = list(t.tasks) or registry.names  # What this run trains and evaluates.
+  unknown = [x for x in tasks if x not in registry]
+  if unknown:
+    raise ConfigError(f"train.tasks names unknown task(s) {unknown}; known: {registry.names}")
   replay = ReverbReplay.from_config(config, spec, run_dir=run_dir, labeller=labeller,
-                                    slots=registry.slots)
+                                    slots=[registry.slot(x) for x in tasks])
   if t.mode in ("offline", "mixed") and not progress["imported_episodes"]:
     data = offline_dataset(config, ray, registry, run_dir, log)
     chunk, n = [], 0
+    slots = set(replay.slots)
     for ep in rlds_format.read_episodes(data):
+      if ep.task_id not in slots and replay.sharing == "none":
+        continue  # Another task's episode, and this run does not share.
       chunk.append(ep)
       if len(chunk) == 256:
         replay.write_many(chunk)
@@ -245,7 +271,7 @@ def train(config: ConfigDict, log=print) -> dict:
     policy = PulledCEMPolicy(ps, spec, registry.max_tasks, lcfg.network, lcfg.cem,
                              gaussian_std=t.explore_gaussian_std, epsilon=t.explore_epsilon,
                              seed=config.seed)
-    fleet = Fleet(ray, int(a.num_actors), actor_kwargs(config, registry, policy),
+    fleet = Fleet(ray, int(a.num_actors), actor_kwargs(config, registry, policy, tasks),
                   episodes_per_call=1)
     collector = Collector(ray, fleet, replay, progress)
   evaluator_cls = remote_robot_actor(ray, num_cpus=0)
@@ -253,8 +279,8 @@ def train(config: ConfigDict, log=print) -> dict:
   evaluators = [evaluator_cls.remote(robot_id=1000 + i, **actor_kwargs(config, registry, greedy))
                 for i in range(int(config.eval.num_actors))]
 
-  sampler = replay.sampler(lcfg.batch_size, success_fraction=config.replay.success_fraction,
-                           wait_seconds=float(t.wait_for_data_seconds))
+  sampler = replay.sampler(lcfg.batch_size, wait_seconds=float(t.wait_for_data_seconds),
+                           **batch_composition(config, replay))
   learner = Learner(spec, registry.max_tasks, lcfg, sampler, run_dir=run_dir,
                     seed=config.seed, publish=publish)
   from tensorboardX import SummaryWriter
@@ -262,7 +288,7 @@ def train(config: ConfigDict, log=print) -> dict:
 
   def run_eval():
     ray.get(ps.publish.remote(learner.get_params(), learner.steps))
-    rates = evaluate(ray, evaluators, registry.names, int(config.eval.episodes_per_task))
+    rates = evaluate(ray, evaluators, tasks, int(config.eval.episodes_per_task))
     progress["evaluations"].append({"step": learner.steps, "success": rates,
                                     "time": time.time()})
     for task, r in rates.items():
