@@ -227,19 +227,25 @@ def main(argv=None) -> None:
                                   / r["learner_steps_per_s_alone"])
   r["quick"] = bool(args.quick)
   rows = [
-      ("writer episodes/s (ours | raw)", r["ours_eps_per_s"], r["raw_eps_per_s"], r["writer_vs_raw"], ">= 0.8"),
-      ("writer transitions/s (ours | raw)", r["ours_transitions_per_s"], r["raw_transitions_per_s"], r["writer_vs_raw"], ""),
-      ("batches/s @256 (balanced | client.sample)", r["sampler_batches_per_s"], r["raw_sample_batches_per_s"], r["sampler_vs_raw_sample"], ""),
-      ("bytes/transition (10 tasks | 1 task)", r["bytes_per_transition_shared10"], r["bytes_per_transition_1task"], r["memory_shared10_vs_1"], "<= 1.2"),
-      ("learner steps/s (fed | alone)", r["learner_steps_per_s_fed"], r["learner_steps_per_s_alone"], r["learner_fed_vs_alone"], ">= 0.9"),
-      ("  same, 8 transitions per sampled episode", r["learner_steps_per_s_fed_k8"], r["learner_steps_per_s_alone"], r["learner_fed_vs_alone_k8"], ""),
+      ("writer episodes/s (ours | raw)", "ours_eps_per_s", "raw_eps_per_s", "writer_vs_raw",
+       ">= 0.8"),
+      ("writer transitions/s (ours | raw)", "ours_transitions_per_s", "raw_transitions_per_s",
+       "writer_vs_raw", ""),
+      ("batches/s @256 (balanced | client.sample)", "sampler_batches_per_s",
+       "raw_sample_batches_per_s", "sampler_vs_raw_sample", ""),
+      ("bytes/transition (10 tasks | 1 task)", "bytes_per_transition_shared10",
+       "bytes_per_transition_1task", "memory_shared10_vs_1", "<= 1.2"),
+      ("learner steps/s (fed | alone)", "learner_steps_per_s_fed", "learner_steps_per_s_alone",
+       "learner_fed_vs_alone", ">= 0.9"),
+      ("  same, 8 transitions per sampled episode", "learner_steps_per_s_fed_k8",
+       "learner_steps_per_s_alone", "learner_fed_vs_alone_k8", ""),
   ]
   print(f"replay benchmark ({'quick' if args.quick else 'full'}; {TASKS} tasks, T={STEPS}, "
-        f"state {STATE_DIM}, success rate {P_SUCCESS}, learner step {r['learner_step_ms']:.2f} ms, "
-        f"{r['seconds']:.0f} s)")
+        f"state {STATE_DIM}, success rate {P_SUCCESS}, "
+        f"learner step {r['learner_step_ms']:.2f} ms, {r['seconds']:.0f} s)")
   print(f"{'measure':44s} {'ours':>12s} {'baseline':>12s} {'ratio':>7s}  goal")
   for name, a, b, ratio, goal in rows:
-    print(f"{name:44s} {a:12.1f} {b:12.1f} {ratio:7.2f}  {goal}")
+    print(f"{name:44s} {r[a]:12.1f} {r[b]:12.1f} {r[ratio]:7.2f}  {goal}")
   print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
 
 

@@ -68,7 +68,8 @@ class ReverbReplay(Replay):
     self.layout = layout
     self.spec: EnvSpec = layout.spec
     self.max_tasks = layout.max_tasks
-    self.slots = list(range(layout.max_tasks)) if slots is None else sorted(set(int(s) for s in slots))
+    self.slots = (list(range(layout.max_tasks)) if slots is None
+                  else sorted(set(int(s) for s in slots)))
     bad = [s for s in self.slots if not 0 <= s < layout.max_tasks]
     if bad:
       raise ReplayError(f"task slots {bad} outside [0, {layout.max_tasks})")
@@ -106,10 +107,12 @@ class ReverbReplay(Replay):
     ckpt = os.path.join(run_dir, "replay") if run_dir and address is None else None
     return cls(layout, slots=slots, sharing=r.sharing, threshold=config.detector.threshold,
                success_fraction=r.success_fraction, labeller=labeller, address=address,
-               checkpoint_dir=ckpt, transitions_per_sample=int(r.get("transitions_per_sample", 1)))
+               checkpoint_dir=ckpt,
+               transitions_per_sample=int(r.get("transitions_per_sample", 1)))
 
   # Writing.
-  def prepare(self, episodes: Sequence[Episode]) -> list[tuple[Episode, list[sharing_rules.Target]]]:
+  def prepare(self, episodes: Sequence[Episode]
+              ) -> list[tuple[Episode, list[sharing_rules.Target]]]:
     """Validates and labels `episodes`; returns each with its sharing targets. Writes nothing."""
     episodes = list(episodes)
     for ep in episodes:
@@ -130,8 +133,8 @@ class ReverbReplay(Replay):
                           f"({len(missing)}, {self.max_tasks})")
       for j, i in enumerate(missing):
         episodes[i] = episodes[i].with_labels(probs[j]).validate(self.spec, self.max_tasks)
-    return [(ep, sharing_rules.targets(self.sharing, ep.task_id, ep.labels, self.slots, self.threshold))
-            for ep in episodes]
+    return [(ep, sharing_rules.targets(self.sharing, ep.task_id, ep.labels, self.slots,
+                                       self.threshold)) for ep in episodes]
 
   def write_many(self, episodes: Sequence[Episode]) -> int:
     prepared = self.prepare(episodes)  # Raises before anything is written.

@@ -80,7 +80,8 @@ def test_rows_carry_each_tasks_own_label(rng):
         k = int(b.task[i])
         last = t == ep.num_steps - 1
         np.testing.assert_array_equal(b.action[i], ep.actions[t])
-        np.testing.assert_array_equal(b.next_observation["state"][i], ep.observations["state"][t + 1])
+        np.testing.assert_array_equal(b.next_observation["state"][i],
+                                      ep.observations["state"][t + 1])
         np.testing.assert_array_equal(b.observation["image"][i], ep.observations["image"][t])
         assert b.reward[i] == float(last and ep.success[k])
         assert b.discount[i] == float(not last)

@@ -16,7 +16,8 @@ def episodes_for(spec, max_tasks, n, rng):
   out = []
   for i in range(n):
     t = int(rng.integers(1, spec.max_episode_steps + 1))
-    obs = {k: rng.normal(size=(t + 1, *s.shape)).astype(s.dtype) for k, s in spec.observation.items()}
+    obs = {k: rng.normal(size=(t + 1, *s.shape)).astype(s.dtype)
+           for k, s in spec.observation.items()}
     out.append(Episode(obs, rng.uniform(-1, 1, (t, *spec.action.shape)).astype(np.float32),
                        task_id=i % 3, episode_id=i,
                        labels=(rng.random(max_tasks) < 0.3).astype(np.float32)))
