@@ -213,6 +213,24 @@ class Collector:
 
 
 # The run.
+def prepare(config: ConfigDict, log=print):
+  """The run directory, env, task registry, Ray and labeller (training the detector if
+  the run has none yet); with `offline`/`mixed`, the offline dataset too."""
+  if config.train.mode not in MODES:
+    raise ConfigError(f"train.mode must be one of {MODES}, got {config.train.mode!r}")
+  run_dir = os.path.abspath(config.run_dir)
+  os.makedirs(run_dir, exist_ok=True)
+  save_config(run_dir, config)
+  env = envs.make(config.env)
+  registry = TaskRegistry.load_or_create(run_dir, int(config.max_tasks),
+                                         list(config.env.tasks) or env.task_names())
+  ray = init_ray(config)
+  labeller = make_labeller(config, env, registry, run_dir, log)
+  if config.train.mode in ("offline", "mixed"):
+    offline_dataset(config, ray, registry, run_dir, log)
+  return run_dir, env, registry, ray, labeller
+
+
 def train(config: ConfigDict, log=print) -> dict:
   """Trains from `config` until `learner.num_steps`; returns the final per-task success."""
   from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -224,20 +242,10 @@ def train(config: ConfigDict, log=print) -> dict:
   from replay.reverb_replay import ReverbReplay
 
   t = config.train
-  if t.mode not in MODES:
-    raise ConfigError(f"train.mode must be one of {MODES}, got {t.mode!r}")
-  run_dir = os.path.abspath(config.run_dir)
-  os.makedirs(run_dir, exist_ok=True)
-  save_config(run_dir, config)
-  env = envs.make(config.env)
+  run_dir, env, registry, ray, labeller = prepare(config, log)
   spec = env.spec()
-  registry = TaskRegistry.load_or_create(run_dir, int(config.max_tasks),
-                                         list(config.env.tasks) or env.task_names())
   progress = load_progress(run_dir)
-  ray = init_ray(config)
   lcfg = LearnerConfig.from_config(config)
-
-  labeller = make_labeller(config, env, registry, run_dir, log)
   tasks = list(t.tasks) or registry.names  # What this run trains and evaluates.
   unknown = [x for x in tasks if x not in registry]
   if unknown:
@@ -323,6 +331,9 @@ def train(config: ConfigDict, log=print) -> dict:
     last_rates = run_eval()
   if collector is not None:
     collector.stop()
+    fleet.shutdown()
+  for actor in [*evaluators, ps]:  # Several runs may share one Ray (experiments).
+    ray.kill(actor)
   learner.close()
   tb.close()
   replay.close()
