@@ -40,7 +40,8 @@ def add_parser(sub):
   add.add_argument("name", help="task name (letters, digits, '_' or '-')")
   add.add_argument("--examples", required=True,
                    help="example folder: success/*.npz and failure/*.npz of final observations")
-  add.add_argument("--description", default="", help="a note stored in the registry")
+  add.add_argument("--description", default="",
+                   help="a note stored in the registry (default: the folder's task.json)")
   add.add_argument("--no-relabel", action="store_true",
                    help="do not relabel the stored datasets under RUN_DIR/data/")
   _common(add)
@@ -197,7 +198,7 @@ def _relabel(run_dir: str) -> None:
 
 @_as_task_error
 def _add(args):
-  from success_detectors.examples import read_example_folder
+  from success_detectors.examples import read_example_folder, read_task_info
   config, run_dir = args.config, _run_dir(args)
   reg = _registry(run_dir, int(config.max_tasks))
   det = _load_or_create_detector(args, config)
@@ -221,7 +222,8 @@ def _add(args):
   det.add_task(slot, args.name, examples)
   det.save(os.path.join(run_dir, DETECTOR_DIR))
   if not registered:
-    reg.add(args.name, args.description, slot=slot)
+    description = args.description or read_task_info(args.examples).get("description", "")
+    reg.add(args.name, str(description), slot=slot)
   reg.save(run_dir)
   _print_quality(reg, det, before)
   if not args.no_relabel:
