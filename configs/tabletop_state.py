@@ -12,7 +12,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.env = ml_collections.ConfigDict()
   c.env.name = "tabletop"  # tabletop | metaworld
   c.env.observation = "state"  # state | image
-  c.env.tasks = []  # Task names; empty means every task the env defines.
+  # Task names; empty means every task the env defines (15 on tabletop). The default run
+  # trains six so that `make demo` shows learning within minutes on a laptop CPU.
+  c.env.tasks = ["reach_red", "reach_green", "reach_blue", "lift_red", "lift_green",
+                 "lift_blue"]
   c.env.max_episode_steps = 50  # Scripted tabletop experts need <= 30 (push up to ~47).
   c.env.terminate_action = True  # A 5th action dimension; > 0 ends the episode.
   c.env.benchmark = "MT10"  # metaworld only: MT10 | MT50 (when env.tasks is empty).
@@ -23,12 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.actors.task_weights = []  # For `weighted`: one weight per task, in env.tasks order.
   c.actors.policy = "scripted"  # scripted | random | cem
   c.actors.gaussian_std = 0.0  # Exploration / data-quality noise knobs.
-  c.actors.epsilon = 0.0
+  c.actors.epsilon = 0.3  # Offline data: about half the scripted episodes succeed.
   c.actors.sticky_prob = 0.0  # Chance per step to start a sticky random segment...
   c.actors.sticky_steps = 5  # ...held for this many steps.
   # Chance per step that data collection presses terminate early, so that the data shows
   # what a premature terminate gives (a failure); experts alone only terminate on success.
-  c.actors.early_terminate_prob = 0.0
+  c.actors.early_terminate_prob = 0.03
 
   c.replay = ml_collections.ConfigDict()
   c.replay.max_size = 100_000  # Episodes per (task, outcome) table; FIFO removal.
@@ -59,10 +62,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.batch_size = 256
   c.learner.learning_rate = 1e-3
   c.learner.gamma = 0.9
-  c.learner.num_steps = 2000
+  c.learner.num_steps = 6000
   c.learner.grad_clip_norm = 10.0
-  c.learner.polyak_tau = 0.005  # Q1 target: Polyak average (QT-Opt: 1e-4).
-  c.learner.lagged_period = 500  # Q2 target: copy of the online net every N steps.
+  c.learner.polyak_tau = 0.02  # Q1 target: Polyak average (QT-Opt: 1e-4, at far more steps).
+  # Q2 target: copy of the online net every N steps. The min over both targets moves
+  # value one bootstrap step per copy, so short runs need short periods (QT-Opt: ~6000).
+  c.learner.lagged_period = 100
   c.learner.log_every = 100
   c.learner.checkpoint_every = 1000  # 0: only on request.
   c.learner.publish_every = 100  # Steps between parameter publications to actors.
@@ -82,7 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.cem.discrete_dims = (3, 4)  # Binary action dims: gripper open/close, terminate.
 
   c.train = ml_collections.ConfigDict()  # mtopt train (see mtopt/launch.py).
-  c.train.mode = "offline"  # offline | online | mixed
+  # offline | online | mixed. Offline-only Q-learning on tabletop exploits the Q-function
+  # where the data is thin (e.g. terminating early); on-policy data corrects it (QT-Opt).
+  c.train.mode = "mixed"
   c.train.tasks = []  # Tasks to train and evaluate; empty: every registered task.
   c.train.rebalance = True  # False: batches in the data's own task/outcome proportions.
   c.train.dataset_dir = ""  # RLDS dataset for offline/mixed; empty: collect one first.
@@ -91,7 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.detector_episodes_per_task = 100  # Simulated examples when no detector exists.
   c.train.explore_gaussian_std = 0.1  # Online exploration around the CEM action...
   c.train.explore_epsilon = 0.1  # ...and uniformly random actions (online and mixed).
-  c.train.eval_every = 500  # Learner steps between evaluations (and checkpoints).
+  c.train.eval_every = 2000  # Learner steps between evaluations (and checkpoints).
   c.train.wait_for_data_seconds = 600.0  # How long the sampler waits for enough episodes.
 
   c.eval = ml_collections.ConfigDict()

@@ -5,9 +5,13 @@
 One imbalanced offline dataset per seed (scripted, noisy experts; the `lift_*` tasks get
 almost all episodes, the `reach_*` tasks a handful), labelled by a success detector
 trained per seed from simulated examples. Then, with the same data, labels and learner
-steps, four methods are trained and evaluated by greedy CEM in the simulator:
+steps, four methods are trained in `mixed` mode (the offline data, then on-policy
+episodes from one actor that keeps the same task imbalance) and evaluated by greedy CEM
+in the simulator:
 
-  single_task      one network per task, on that task's own episodes only
+  single_task      one network per task, on that task's own episodes only (its actor
+                   collects only that task: more on-policy data for a rare task than
+                   the multi-task runs give it, which favours this baseline)
   naive_multitask  one network, no sharing, batches in the data's own proportions
   mtopt            one network, sharing `all`, rebalanced batches (MT-Opt)
   conservative     one network, sharing `conservative`, rebalanced batches
@@ -48,8 +52,8 @@ def base_overrides(run_dir: str, seed: int, steps: int, episodes: int, eval_epis
   return [
       f"run_dir={run_dir}", f"seed={seed}", f"env.tasks={TASKS!r}",
       "actors.scheduler=weighted", f"actors.task_weights={WEIGHTS!r}",
-      "actors.epsilon=0.3", "actors.early_terminate_prob=0.03",
-      f"train.offline_episodes={episodes}", "train.mode=offline", f"train.labels={labels}",
+      f"train.offline_episodes={episodes}", "train.mode=mixed", f"train.labels={labels}",
+      "actors.num_actors=1",
       f"learner.num_steps={steps}", f"train.eval_every={steps}",
       f"eval.episodes_per_task={eval_episodes}", "replay.min_size=1",
       "learner.checkpoint_every=0",
@@ -110,9 +114,9 @@ def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--quick", action="store_true", help="one seed, tiny budget (a smoke run)")
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  p.add_argument("--steps", type=int, default=6000)
-  p.add_argument("--episodes", type=int, default=800)
-  p.add_argument("--eval-episodes", type=int, default=20)
+  p.add_argument("--steps", type=int, default=5000)
+  p.add_argument("--episodes", type=int, default=600)
+  p.add_argument("--eval-episodes", type=int, default=10)
   p.add_argument("--labels", default="learned", choices=["learned", "ground_truth"])
   p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
   p.add_argument("--work-dir", default=os.path.join(ROOT, "runs", "mtopt_table"))
