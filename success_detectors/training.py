@@ -13,7 +13,7 @@ fresh detector or a retrain, only one slot's head when a task is added.
 from __future__ import annotations
 
 import functools
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp

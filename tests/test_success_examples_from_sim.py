@@ -1,6 +1,5 @@
 """Ground-truth example folders from the tabletop simulator (the real env, a few episodes)."""
 
-import os
 
 import numpy as np
 import pytest

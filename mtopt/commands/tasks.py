@@ -18,8 +18,6 @@ import dataclasses
 import glob
 import os
 
-import numpy as np
-
 from mtopt import cli
 from mtopt.tasks import REGISTRY_FILE, TaskError, TaskRegistry
 
