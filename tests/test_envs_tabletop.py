@@ -218,7 +218,8 @@ def test_make_from_config_section_and_name():
   config = load_config(os.path.join(ROOT, "configs/tabletop_state.py"))
   e = envs.make(config.env, seed=0)
   assert e.spec().max_episode_steps == config.env.max_episode_steps
-  assert e.task_names() == NAMES
+  assert e.task_names() == (list(config.env.tasks) or NAMES)
+  assert envs.make({"name": "tabletop", "tasks": []}).task_names() == NAMES  # [] means all.
   e2 = envs.make("tabletop", tasks=["lift_red", "reach_blue"], max_episode_steps=9)
   assert e2.task_names() == ["lift_red", "reach_blue"] and e2.spec().max_episode_steps == 9
   with pytest.raises(envs.EnvError, match="unknown env 'pybullet'"):
