@@ -152,7 +152,7 @@ def offline_dataset(config: ConfigDict, ray, registry: TaskRegistry, run_dir: st
                         epsilon=a.epsilon, sticky_prob=a.sticky_prob,
                         sticky_steps=a.sticky_steps,
                         early_terminate_prob=a.early_terminate_prob)
-  fleet = Fleet(ray, int(a.num_actors), kwargs)
+  fleet = Fleet(ray, int(a.num_actors), kwargs, num_cpus=float(a.num_cpus))
   spec = envs.make(config.env).spec()
   tmp = out + ".partial"
   with rlds_format.DatasetWriter(tmp, spec, registry.max_tasks, registry.names,
@@ -280,7 +280,7 @@ def train(config: ConfigDict, log=print) -> dict:
                              gaussian_std=t.explore_gaussian_std, epsilon=t.explore_epsilon,
                              seed=config.seed)
     fleet = Fleet(ray, int(a.num_actors), actor_kwargs(config, registry, policy, tasks),
-                  episodes_per_call=1)
+                  episodes_per_call=1, num_cpus=float(a.num_cpus))
     collector = Collector(ray, fleet, replay, progress)
   evaluator_cls = remote_robot_actor(ray, num_cpus=0)
   greedy = PulledCEMPolicy(ps, spec, registry.max_tasks, lcfg.network, lcfg.cem)
