@@ -104,7 +104,7 @@ def markdown(table: dict, meta: dict) -> str:
                  f"{r['frequent_mean']:.2f} ± {r['frequent_std']:.2f} | {cells} |")
   lines += ["", f"Seeds: {meta['seeds']}; learner steps per run: {meta['steps']}; offline "
             f"episodes: {meta['episodes']}; evaluation episodes per task: "
-            f"{meta['eval_episodes']}; labels: {meta['labels']}; wall time {meta['minutes']:.1f} min.",
+            f"{meta['eval_episodes']}; labels: {meta['labels']}.",
             f"Rare tasks: {', '.join(RARE)} (weight {WEIGHTS[0]} each in collection); "
             f"frequent: {', '.join(FREQUENT)}."]
   return "\n".join(lines) + "\n"
@@ -124,9 +124,17 @@ def main(argv=None) -> dict:
   args = p.parse_args(argv)
   if args.quick:
     args.seeds, args.steps, args.episodes, args.eval_episodes = args.seeds[:1], 200, 120, 2
+    args.work_dir += "_quick"
   start = time.time()
   quiet = lambda *a, **k: None  # noqa: E731
+  # Results accumulate across invocations (run seeds one at a time, keep what finished).
+  store = os.path.join(args.work_dir, "per_seed.json")
   per_seed: dict[str, dict[int, dict[str, float]]] = {m: {} for m in args.methods}
+  if os.path.exists(store):
+    with open(store) as f:
+      for m, seeds in json.load(f).items():
+        if m in per_seed:
+          per_seed[m].update({int(k): v for k, v in seeds.items()})
   for seed in args.seeds:
     seed_dir = os.path.join(args.work_dir, f"seed{seed}")
     common = base_overrides(seed_dir, seed, args.steps, args.episodes, args.eval_episodes,
@@ -137,15 +145,20 @@ def main(argv=None) -> dict:
     launch.prepare(prep, log=print)
     for method in args.methods:
       t0 = time.time()
+      if seed in per_seed[method]:
+        continue  # Done by an earlier invocation.
       per_seed[method][seed] = run_method(method, seed_dir, common, quiet)
+      with open(store, "w") as f:
+        json.dump(per_seed, f, indent=1)
       rates = per_seed[method][seed]
       print(f"seed {seed} {method:16s} rare {np.mean([rates[t] for t in RARE]):.2f} "
             f"frequent {np.mean([rates[t] for t in FREQUENT]):.2f} ({time.time() - t0:.0f} s)",
             flush=True)
   table = summarize(per_seed)
-  meta = {"seeds": args.seeds, "steps": args.steps, "episodes": args.episodes,
+  all_seeds = sorted({k for v in per_seed.values() for k in v})
+  meta = {"seeds": all_seeds, "steps": args.steps, "episodes": args.episodes,
           "eval_episodes": args.eval_episodes, "labels": args.labels,
-          "minutes": (time.time() - start) / 60, "quick": args.quick,
+          "minutes_this_invocation": (time.time() - start) / 60, "quick": args.quick,
           "note": "quick smoke run" if args.quick else "state observations"}
   os.makedirs(args.out, exist_ok=True)
   name = "mtopt_table_quick" if args.quick else "mtopt_table"
