@@ -114,3 +114,37 @@ def test_train_online_collects_with_cem(tmp_path, ray_session):
                    "--config.train.mode=online", "--config.learner.num_steps=40"]) == 0
   progress = launch.load_progress(run)
   assert progress["collected_episodes"] > 0 and progress["imported_episodes"] == 0
+
+
+def _kill_one_busy_robot_actor(deadline_s: float = 120) -> int:
+  """SIGKILLs the process of a RobotActor that is running episodes; returns its pid."""
+  import signal
+  import time
+  import psutil
+  deadline = time.time() + deadline_s
+  while time.time() < deadline:
+    for p in psutil.process_iter(["pid", "cmdline"]):
+      if "ray::RobotActor.run_episodes" in " ".join(p.info["cmdline"] or []):
+        os.kill(p.info["pid"], signal.SIGKILL)
+        return p.info["pid"]
+    time.sleep(0.5)
+  raise AssertionError("no busy RobotActor process appeared")
+
+
+@pytest.mark.slow
+def test_train_survives_a_killed_robot_actor(tmp_path, ray_session):
+  """An actor process killed during `mtopt train` is restarted and training finishes."""
+  import threading
+  run = str(tmp_path / "run")
+  outcome = {}
+  args = ["train", "--config", DEFAULT, f"--config.run_dir={run}", *TINY,
+          "--config.train.mode=online", "--config.learner.num_steps=300",
+          "--config.train.eval_every=100"]
+  thread = threading.Thread(target=lambda: outcome.update(rc=cli.main(args)))
+  thread.start()
+  killed = _kill_one_busy_robot_actor()
+  thread.join(timeout=900)
+  assert killed and outcome.get("rc") == 0
+  progress = launch.load_progress(run)
+  assert [e["step"] for e in progress["evaluations"]] == [100, 200, 300]
+  assert progress["collected_episodes"] > 0
