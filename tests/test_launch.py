@@ -123,10 +123,14 @@ def _kill_one_busy_robot_actor(deadline_s: float = 120) -> int:
   import psutil
   deadline = time.time() + deadline_s
   while time.time() < deadline:
-    for p in psutil.process_iter(["pid", "cmdline"]):
-      if "ray::RobotActor.run_episodes" in " ".join(p.info["cmdline"] or []):
-        os.kill(p.info["pid"], signal.SIGKILL)
-        return p.info["pid"]
+    # Only this test session's Ray: its raylet and workers descend from this process.
+    for p in psutil.Process().children(recursive=True):
+      try:
+        if "ray::RobotActor.run_episodes" in " ".join(p.cmdline()):
+          os.kill(p.pid, signal.SIGKILL)
+          return p.pid
+      except psutil.Error:
+        continue
     time.sleep(0.5)
   raise AssertionError("no busy RobotActor process appeared")
 
