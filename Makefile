@@ -25,8 +25,9 @@ sysdeps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(SYSDEPS); }
 
+# The main job on the embedded default: local Ray, in-process Reverb, tabletop simulator.
 demo: venv
-	$(VENV)/bin/mtopt config show
+	$(VENV)/bin/mtopt train --config configs/tabletop_state.py
 
 test: venv
 	$(PY) -m pytest -q
