@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from typing import Any
@@ -137,6 +138,57 @@ def actor_kwargs(config: ConfigDict, registry: TaskRegistry, policy, tasks=None,
   return kwargs
 
 
+def scripted_actor_kwargs(config: ConfigDict, registry: TaskRegistry, policy: str = "",
+                          **overrides) -> dict:
+  """RobotActor arguments for data collection: the config's `actors` policy and noise."""
+  a = config.actors
+  policy = policy or str(a.policy)
+  if policy not in ("scripted", "random"):
+    raise ConfigError(f"actors.policy={policy!r}: data collection supports scripted or random")
+  kwargs = actor_kwargs(config, registry, policy, gaussian_std=float(a.gaussian_std),
+                        epsilon=float(a.epsilon), sticky_prob=float(a.sticky_prob),
+                        sticky_steps=int(a.sticky_steps),
+                        early_terminate_prob=float(a.early_terminate_prob))
+  kwargs.update(overrides)
+  if kwargs["scheduler"] == "weighted" and len(kwargs["task_weights"]) != len(kwargs["tasks"]):
+    raise ConfigError(f"actors.task_weights: {len(kwargs['task_weights'])} weights for "
+                      f"{len(kwargs['tasks'])} tasks")
+  return kwargs
+
+
+def collect_dataset(config: ConfigDict, ray, registry: TaskRegistry, out_dir: str,
+                    num_episodes: int, kwargs: dict, num_actors: int | None = None,
+                    episodes_per_call: int = 4, overwrite: bool = False,
+                    on_episode=None) -> tuple[int, list[int]]:
+  """A fleet of robot actors writes `num_episodes` into a new RLDS dataset at `out_dir`.
+
+  Returns (episodes written, ids lost to actor crashes). The dataset is written under
+  `out_dir.partial` and renamed when complete, so `out_dir` never holds half a dataset.
+  """
+  from actors.fleet import Fleet
+  num_actors = int(num_actors or config.actors.num_actors)
+  spec = envs.make(config.env).spec()
+  tmp = out_dir.rstrip("/") + ".partial"
+  if os.path.exists(os.path.join(out_dir, "dataset_info.json")) and not overwrite:
+    raise rlds_format.DatasetError(f"{out_dir} already holds a dataset; choose a new directory")
+  if os.path.exists(tmp):  # Left by a killed collection.
+    shutil.rmtree(tmp)
+  cpus = float(ray.cluster_resources().get("CPU", 1.0))
+  with rlds_format.DatasetWriter(tmp, spec, registry.max_tasks, registry.names,
+                                 overwrite=True) as writer, \
+       Fleet(ray, num_actors, kwargs, episodes_per_call=episodes_per_call,
+             num_cpus=min(float(config.actors.num_cpus), cpus / num_actors)) as fleet:
+    for ep in fleet.collect(num_episodes):
+      writer.write(ep)
+      if on_episode is not None:
+        on_episode(ep)
+    lost = list(fleet.lost_episode_ids)
+  if os.path.exists(out_dir):
+    shutil.rmtree(out_dir)
+  os.replace(tmp, out_dir)
+  return writer.num_written, lost
+
+
 def offline_dataset(config: ConfigDict, ray, registry: TaskRegistry, run_dir: str, log=print
                     ) -> str:
   """`train.dataset_dir`, or a dataset of scripted noisy experts collected into the run."""
@@ -145,39 +197,11 @@ def offline_dataset(config: ConfigDict, ray, registry: TaskRegistry, run_dir: st
   out = os.path.join(run_dir, "data", "offline")
   if os.path.exists(os.path.join(out, "dataset_info.json")):
     return out
-  from actors.fleet import Fleet
-  a, n = config.actors, int(config.train.offline_episodes)
-  log(f"collecting {n} offline episodes with {a.num_actors} scripted, noisy actors")
-  kwargs = actor_kwargs(config, registry, "scripted", gaussian_std=a.gaussian_std,
-                        epsilon=a.epsilon, sticky_prob=a.sticky_prob,
-                        sticky_steps=a.sticky_steps,
-                        early_terminate_prob=a.early_terminate_prob)
-  fleet = Fleet(ray, int(a.num_actors), kwargs, num_cpus=float(a.num_cpus))
-  spec = envs.make(config.env).spec()
-  tmp = out + ".partial"
-  with rlds_format.DatasetWriter(tmp, spec, registry.max_tasks, registry.names,
-                                 overwrite=True) as w:
-    for ep in fleet.collect(n):
-      w.write(ep)
-  fleet.shutdown()
-  os.replace(tmp, out)  # Only a finished dataset gets the final name.
+  n = int(config.train.offline_episodes)
+  log(f"collecting {n} offline episodes with {config.actors.num_actors} scripted, noisy actors")
+  collect_dataset(config, ray, registry, out, n, scripted_actor_kwargs(config, registry,
+                                                                       "scripted"))
   return out
-
-
-def batch_composition(config: ConfigDict, replay) -> dict:
-  """Sampler arguments: MT-Opt's rebalancing (equal task shares, `replay.success_fraction`)
-  or, with `train.rebalance` off, the data's own proportions: task shares by stored items
-  and the overall success fraction (the naive multi-task baseline)."""
-  if config.train.rebalance:
-    return {"success_fraction": float(config.replay.success_fraction)}
-  counts = replay.counts()
-  items = {k: counts[k]["success"] + counts[k]["failure"] for k in replay.slots}
-  successes = sum(counts[k]["success"] for k in replay.slots)
-  shares = {k: float(v) for k, v in items.items() if v > 0}
-  if not shares:
-    raise ConfigError("train.rebalance=False needs data in the replay before training")
-  return {"task_shares": shares,
-          "success_fraction": successes / max(1, sum(items.values()))}
 
 
 class Collector:
@@ -269,7 +293,10 @@ def train(config: ConfigDict, log=print) -> dict:
     progress["imported_episodes"] = n
     replay.checkpoint()
     save_progress(run_dir, progress)
-    log(f"imported {n} episodes from {data}; replay holds {replay.counts()}")
+    counts = replay.counts()
+    held = ", ".join(f"{registry.name(k)} {counts[k]['success']}/"
+                     f"{counts[k]['success'] + counts[k]['failure']}" for k in replay.slots)
+    log(f"imported {n} episodes from {data}; successes/items per task: {held}")
 
   ps = ray.remote(ParameterServer).remote()
   publish = lambda params, step: ps.publish.remote(params, step)  # noqa: E731

@@ -79,7 +79,9 @@ def test_collect_command_writes_dataset_that_tfds_loads(ray_session, tmp_path):
   rare, common = "push_blue_to_red", "reach_red"
   rc = cli.main(["collect", "--config", CONFIG, "--episodes", "24", "--out", out,
                  "--actors", "2", "--no-progress", "--episodes-per-call", "3",
-                 "--mixture", f"{common}=30,{rare}=0.01", "--config.seed=5"])
+                 "--mixture", f"{common}=30,{rare}=0.01", "--config.seed=5",
+                 "--config.env.tasks=[]", "--config.actors.epsilon=0",
+                 "--config.actors.early_terminate_prob=0"])
   assert rc == 0
   builder = tfds.builder_from_directory(out)
   assert builder.info.splits["train"].num_examples == 24

@@ -10,6 +10,7 @@ episode's metadata, and the task names (by slot) in the dataset's metadata.
 from __future__ import annotations
 
 import collections
+import os
 import time
 
 
@@ -57,8 +58,7 @@ def parse_mixture(text: str, tasks: list[str]) -> list[float]:
 
 
 def run(args) -> int:
-  from mtopt import envs
-  from mtopt.rlds_format import DatasetWriter
+  from mtopt import envs, launch
   from mtopt.tasks import TaskRegistry
 
   config = args.config
@@ -72,45 +72,25 @@ def run(args) -> int:
     probe = envs.make(env_config)
   except envs.EnvError as e:
     raise ConfigError(f"env: {e}") from None
-  spec, tasks = probe.spec(), probe.task_names()
+  tasks = probe.task_names()
   probe.close()
   registry = TaskRegistry.from_names(int(config.max_tasks), tasks)
-  scheduler, weights = str(config.actors.scheduler), list(config.actors.task_weights)
+  overrides = {"tasks": tasks}
   if args.mixture:
-    scheduler, weights = "weighted", parse_mixture(args.mixture, tasks)
-  if scheduler == "weighted" and len(weights) != len(tasks):
-    raise ConfigError(f"actors.task_weights: {len(weights)} weights for {len(tasks)} tasks")
-  actor_kwargs = dict(
-      env_config=env_config, registry=registry.to_json(), policy=str(config.actors.policy),
-      scheduler=scheduler, task_weights=weights, gaussian_std=float(config.actors.gaussian_std),
-      epsilon=float(config.actors.epsilon), sticky_prob=float(config.actors.sticky_prob),
-      sticky_steps=int(config.actors.sticky_steps),
-      early_terminate_prob=float(config.actors.early_terminate_prob), seed=int(config.seed))
-  if actor_kwargs["policy"] not in ("scripted", "random"):
-    raise ConfigError(f"actors.policy={actor_kwargs['policy']!r}: collect supports scripted "
-                      f"or random")
-
-  import ray
-  from actors.fleet import Fleet
-  if not ray.is_initialized():
-    ray.init(include_dashboard=False, log_to_driver=False)
-  cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    overrides.update(scheduler="weighted", task_weights=parse_mixture(args.mixture, tasks))
+  kwargs = launch.scripted_actor_kwargs(config, registry, **overrides)
+  ray = launch.init_ray(config)
   stats = _Stats(tasks, registry)
-  with DatasetWriter(args.out, spec, registry.max_tasks, registry.names,
-                     overwrite=args.overwrite) as writer, \
-       Fleet(ray, num_actors, actor_kwargs, episodes_per_call=args.episodes_per_call,
-             num_cpus=min(1.0, cpus / num_actors)) as fleet:
-    with _progress(stats, args.episodes, disabled=args.no_progress) as update:
-      for ep in fleet.collect(args.episodes):
-        writer.write(ep)
-        stats.add(ep)
-        update()
-    lost = list(fleet.lost_episode_ids)
+  with _progress(stats, args.episodes, disabled=args.no_progress) as update:
+    written, lost = launch.collect_dataset(
+        config, ray, registry, args.out, args.episodes, kwargs, num_actors,
+        args.episodes_per_call, args.overwrite,
+        on_episode=lambda ep: (stats.add(ep), update()))
   print(stats.summary())
   if lost:
     print(f"{len(lost)} episode(s) dropped by actor crashes (ids {lost[:10]}"
           f"{'...' if len(lost) > 10 else ''}); collection continued")
-  print(f"wrote {writer.num_written} episodes to {writer.out_dir}")
+  print(f"wrote {written} episodes to {os.path.abspath(args.out)}")
   return 0
 
 
