@@ -204,6 +204,22 @@ def offline_dataset(config: ConfigDict, ray, registry: TaskRegistry, run_dir: st
   return out
 
 
+def batch_composition(config: ConfigDict, replay) -> dict:
+  """Sampler arguments: MT-Opt's rebalancing (equal task shares, `replay.success_fraction`)
+  or, with `train.rebalance` off, the data's own proportions: task shares by stored items
+  and the overall success fraction (the naive multi-task baseline)."""
+  if config.train.rebalance:
+    return {"success_fraction": float(config.replay.success_fraction)}
+  counts = replay.counts()
+  items = {k: counts[k]["success"] + counts[k]["failure"] for k in replay.slots}
+  successes = sum(counts[k]["success"] for k in replay.slots)
+  shares = {k: float(v) for k, v in items.items() if v > 0}
+  if not shares:
+    raise ConfigError("train.rebalance=False needs data in the replay before training")
+  return {"task_shares": shares,
+          "success_fraction": successes / max(1, sum(items.values()))}
+
+
 class Collector:
   """Online collection in a background thread: a fleet acting by CEM over the latest
   params with exploration, its episodes written (labelled) into the replay."""

@@ -12,7 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="session")
 def ray_session():
   import ray
-  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+  # address="local": never join a cluster someone started with `ray start` on this machine.
+  ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
            runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
            ignore_reinit_error=True)
   yield ray

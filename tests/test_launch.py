@@ -107,6 +107,17 @@ def test_train_offline_resumes_and_evaluates(tmp_path, ray_session):
   assert out["step"] == 40
 
 
+def test_train_offline_end_to_end_smoke(tmp_path, ray_session):
+  """The main command's whole path, tiny: collect, label, replay, learn, evaluate, report."""
+  run = str(tmp_path / "run")
+  assert cli.main(["train", "--config", DEFAULT, f"--config.run_dir={run}", *TINY,
+                   "--config.learner.num_steps=10", "--config.train.eval_every=10",
+                   "--config.train.offline_episodes=12"]) == 0
+  results = json.load(open(os.path.join(run, "results.json")))
+  assert results["step"] == 10 and set(results["success"]) == {"reach_red", "lift_red"}
+  assert launch.load_progress(run)["imported_episodes"] == 12
+
+
 @pytest.mark.slow
 def test_train_online_collects_with_cem(tmp_path, ray_session):
   run = str(tmp_path / "run")
