@@ -26,7 +26,7 @@ import os
 import shutil
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -253,7 +253,16 @@ class Collector:
 
 
 # The run.
-def prepare(config: ConfigDict, log=print):
+class Prepared(NamedTuple):
+  run_dir: str
+  env: Any
+  registry: TaskRegistry
+  ray: Any
+  labeller: Any
+  dataset_dir: str | None  # The offline dataset (`offline` and `mixed` modes).
+
+
+def prepare(config: ConfigDict, log=print) -> Prepared:
   """The run directory, env, task registry, Ray and labeller (training the detector if
   the run has none yet); with `offline`/`mixed`, the offline dataset too."""
   if config.train.mode not in MODES:
@@ -266,9 +275,10 @@ def prepare(config: ConfigDict, log=print):
                                          list(config.env.tasks) or env.task_names())
   ray = init_ray(config)
   labeller = make_labeller(config, env, registry, run_dir, log)
+  data = None
   if config.train.mode in ("offline", "mixed"):
-    offline_dataset(config, ray, registry, run_dir, log)
-  return run_dir, env, registry, ray, labeller
+    data = offline_dataset(config, ray, registry, run_dir, log)
+  return Prepared(run_dir, env, registry, ray, labeller, data)
 
 
 def train(config: ConfigDict, log=print) -> dict:
@@ -282,7 +292,7 @@ def train(config: ConfigDict, log=print) -> dict:
   from replay.reverb_replay import ReverbReplay
 
   t = config.train
-  run_dir, env, registry, ray, labeller = prepare(config, log)
+  run_dir, env, registry, ray, labeller, data = prepare(config, log)
   spec = env.spec()
   progress = load_progress(run_dir)
   lcfg = LearnerConfig.from_config(config)
@@ -292,8 +302,7 @@ def train(config: ConfigDict, log=print) -> dict:
     raise ConfigError(f"train.tasks names unknown task(s) {unknown}; known: {registry.names}")
   replay = ReverbReplay.from_config(config, spec, run_dir=run_dir, labeller=labeller,
                                     slots=[registry.slot(x) for x in tasks])
-  if t.mode in ("offline", "mixed") and not progress["imported_episodes"]:
-    data = offline_dataset(config, ray, registry, run_dir, log)
+  if data is not None and not progress["imported_episodes"]:
     chunk, n = [], 0
     slots = set(replay.slots)
     for ep in rlds_format.read_episodes(data):
