@@ -381,20 +381,22 @@ def train(config: ConfigDict, log=print) -> dict:
       bar.update(job, completed=learner.steps, info=info)
   if not progress["evaluations"] or progress["evaluations"][-1]["step"] != learner.steps:
     last_rates = run_eval()
-  if collector is not None:
-    collector.stop()
-    fleet.shutdown()
-  for actor in [*evaluators, ps]:  # Several runs may share one Ray (experiments).
-    ray.kill(actor)
-  learner.close()
-  tb.close()
-  replay.close()
   results = {"step": learner.steps, "success": last_rates,
              "mean_success": float(np.mean(list(last_rates.values()))),
              "evaluations": progress["evaluations"]}
   with open(os.path.join(run_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
   plot_success(progress["evaluations"], os.path.join(run_dir, "success.png"))
+  # Shut down: collection first, then the sampler's in-flight reads, then the server.
+  if collector is not None:
+    collector.stop()
+    fleet.shutdown()
+  for actor in [*evaluators, ps]:  # Several runs may share one Ray (experiments).
+    ray.kill(actor)
+  sampler.close()
+  learner.close()
+  tb.close()
+  replay.close()
   return results
 
 

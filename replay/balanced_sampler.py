@@ -16,6 +16,7 @@ a task with no data at all gives its share to the others; both are reported in
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from typing import Callable, Mapping
@@ -231,6 +232,12 @@ class BalancedSampler:
 
   def __iter__(self):
     return self
+
+  def close(self) -> None:
+    """Drops the tf.data pipeline, cancelling its in-flight Reverb samples; a server can
+    then stop without waiting on them. The next `next()` builds a new pipeline."""
+    self._it = None
+    gc.collect()
 
   def __next__(self) -> Batch:
     if self._it is None or time.monotonic() - self._checked > self._refresh:
