@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 
 class ParameterServer:
   """Holds the newest published params. Wrap with `ray.remote` to share across processes."""
@@ -33,8 +31,3 @@ class ParameterServer:
       return self._version, None
     return self._version, self._params
 
-
-def to_numpy(tree: Any) -> Any:
-  """Device arrays to numpy, so params cross process boundaries without JAX."""
-  import jax
-  return jax.tree_util.tree_map(np.asarray, tree)
