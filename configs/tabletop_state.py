@@ -92,6 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
   # where the data is thin (e.g. terminating early); on-policy data corrects it (QT-Opt).
   c.train.mode = "mixed"
   c.train.tasks = []  # Tasks to train and evaluate; empty: every registered task.
+  c.train.online_fraction = 0.5  # mixed: share of each batch from on-policy episodes.
   c.train.rebalance = True  # False: batches in the data's own task/outcome proportions.
   c.train.dataset_dir = ""  # RLDS dataset for offline/mixed; empty: collect one first.
   c.train.offline_episodes = 400  # Scripted noisy episodes collected when no dataset_dir.

@@ -12,7 +12,8 @@
 
 Modes (`train.mode`): `offline` trains only from an RLDS dataset (given, or collected
 first by scripted noisy experts); `online` collects with the current Q while training;
-`mixed` does both: the offline dataset first, then on-policy episodes into the same replay.
+`mixed` does both: the offline dataset in one replay, on-policy episodes in a second, and
+`train.online_fraction` of every batch from the second once it has data (QT-Opt).
 
 A run directory holds everything needed to resume: config, task registry, detector,
 Reverb checkpoint, Orbax checkpoints and `progress.json` (what was imported, evaluations).
@@ -289,6 +290,7 @@ def train(config: ConfigDict, log=print) -> dict:
   from actors.robot_actor import remote_robot_actor
   from learners.config import LearnerConfig
   from learners.learner import Learner
+  from replay.mixing import MixedBatches
   from replay.reverb_replay import ReverbReplay
 
   t = config.train
@@ -300,8 +302,15 @@ def train(config: ConfigDict, log=print) -> dict:
   unknown = [x for x in tasks if x not in registry]
   if unknown:
     raise ConfigError(f"train.tasks names unknown task(s) {unknown}; known: {registry.names}")
+  slots = [registry.slot(x) for x in tasks]
   replay = ReverbReplay.from_config(config, spec, run_dir=run_dir, labeller=labeller,
-                                    slots=[registry.slot(x) for x in tasks])
+                                    slots=slots)
+  # `mixed`: on-policy episodes go to their own replay, a fixed share of every batch.
+  fraction = float(t.online_fraction) if t.mode == "mixed" else 0.0
+  if not 0.0 <= fraction < 1.0:
+    raise ConfigError(f"train.online_fraction must be in [0, 1), got {fraction}")
+  online = (ReverbReplay.from_config(config, spec, run_dir=os.path.join(run_dir, "online"),
+                                     labeller=labeller, slots=slots) if fraction else None)
   if data is not None and not progress["imported_episodes"]:
     chunk, n = [], 0
     slots = set(replay.slots)
@@ -333,14 +342,23 @@ def train(config: ConfigDict, log=print) -> dict:
                              seed=config.seed)
     fleet = Fleet(ray, int(a.num_actors), actor_kwargs(config, registry, policy, tasks),
                   episodes_per_call=1, num_cpus=float(a.num_cpus))
-    collector = Collector(ray, fleet, replay, progress)
+    collector = Collector(ray, fleet, online or replay, progress)
   evaluator_cls = remote_robot_actor(ray, num_cpus=0)
   greedy = PulledCEMPolicy(ps, spec, registry.max_tasks, lcfg.network, lcfg.cem)
   evaluators = [evaluator_cls.remote(robot_id=1000 + i, **actor_kwargs(config, registry, greedy))
                 for i in range(int(config.eval.num_actors))]
 
-  sampler = replay.sampler(lcfg.batch_size, wait_seconds=float(t.wait_for_data_seconds),
-                           **batch_composition(config, replay))
+  def sampler_of(r):
+    return lambda size: r.sampler(size, wait_seconds=float(t.wait_for_data_seconds),
+                                  **batch_composition(config, r))
+  if online is None:
+    sampler = sampler_of(replay)(lcfg.batch_size)
+  else:
+    min_size = int(config.replay.min_size)
+    sampler = MixedBatches(
+        sampler_of(replay), sampler_of(online), lcfg.batch_size, fraction,
+        online_ready=lambda: any(max(c.values()) >= min_size for c in online.counts().values()),
+        unit=replay.transitions_per_sample)
   learner = Learner(spec, registry.max_tasks, lcfg, sampler, run_dir=run_dir,
                     seed=config.seed, publish=publish)
   from tensorboardX import SummaryWriter
@@ -357,7 +375,9 @@ def train(config: ConfigDict, log=print) -> dict:
     if collector is not None:  # Underperforming tasks get more attempts.
       fleet.call_all("set_success_estimates", rates)
     learner.save()
-    replay.checkpoint()
+    for r in (replay, online):
+      if r is not None:
+        r.checkpoint()
     save_progress(run_dir, progress)
     return rates
 
@@ -396,7 +416,9 @@ def train(config: ConfigDict, log=print) -> dict:
   sampler.close()
   learner.close()
   tb.close()
-  replay.close()
+  for r in (replay, online):
+    if r is not None:
+      r.close()
   return results
 
 

@@ -68,3 +68,24 @@ def test_make_metaworld_from_name():
   assert obs["state"].dtype == np.float32 and e.spec().max_episode_steps == 20
   with pytest.raises(envs.EnvError, match="only 'state'"):
     envs.make("metaworld", observation="image")
+
+
+def test_end_on_success_and_action_repeat():
+  e = MetaWorldEnv(tasks_subset=["reach-v3"], max_episode_steps=60, terminate_action=False,
+                   end_on_success=True, action_repeat=3)
+  assert e.spec().action.shape == (4,)
+  steps = {}
+  for repeat, env in ((3, e), (1, MetaWorldEnv(tasks_subset=["reach-v3"], max_episode_steps=200,
+                                               terminate_action=False, end_on_success=True))):
+    env.reset("reach-v3", seed=4)
+    done, t, info = False, 0, {}
+    while not done:
+      _, done, info = env.step(env.expert_action())
+      t += 1
+    assert info["success"][0] and info["success_now"], "the episode ends at its first success"
+    steps[repeat] = t
+    env.close()
+  # Each action moves the simulator `repeat` times, so the expert needs about a third.
+  assert steps[3] < 0.5 * steps[1]
+  with pytest.raises(envs.EnvError, match="action_repeat"):
+    MetaWorldEnv(max_episode_steps=200, action_repeat=3)

@@ -127,6 +127,17 @@ def test_train_online_collects_with_cem(tmp_path, ray_session):
   assert progress["collected_episodes"] > 0 and progress["imported_episodes"] == 0
 
 
+@pytest.mark.slow
+def test_train_mixed_keeps_on_policy_episodes_in_their_own_replay(tmp_path, ray_session):
+  run = str(tmp_path / "run")
+  assert cli.main(["train", "--config", DEFAULT, f"--config.run_dir={run}", *TINY,
+                   "--config.train.mode=mixed", "--config.train.online_fraction=0.5",
+                   "--config.learner.num_steps=80", "--config.train.eval_every=40"]) == 0
+  progress = launch.load_progress(run)
+  assert progress["imported_episodes"] == 30 and progress["collected_episodes"] > 0
+  assert os.listdir(os.path.join(run, "online", "replay"))  # Its checkpoint.
+
+
 def _kill_one_busy_robot_actor(deadline_s: float = 120) -> int:
   """SIGKILLs the process of a RobotActor that is running episodes; returns its pid."""
   import signal

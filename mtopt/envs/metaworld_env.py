@@ -5,6 +5,11 @@ Each Meta-World task is its own scene, so this env holds one Meta-World env per 
 are unknown to the simulator and reported False. Meta-World's `info["success"]` is not
 latched (a pushed puck can roll off its goal), so success here counts the first success
 of the episode. Goals and object positions are randomised at every reset.
+
+Two options shorten the horizon that Q-learning must bootstrap over (Meta-World experts
+need 50-150 simulator steps): `end_on_success` ends the episode at its first success (the
+final observation is then a success state, and the sparse reward comes at once), and
+`action_repeat` applies each action for several simulator steps.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ class MetaWorldEnv(Env):
 
   def __init__(self, tasks_subset: Sequence[str] = (), benchmark: str = "MT10",
                observation: str = "state", max_episode_steps: int = 200,
-               terminate_action: bool = True, seed: int | None = None):
+               terminate_action: bool = True, end_on_success: bool = False,
+               action_repeat: int = 1, seed: int | None = None):
     import metaworld
     if observation != "state":
       raise EnvError(f"metaworld: only 'state' observations are supported, got {observation!r}")
@@ -57,8 +63,13 @@ class MetaWorldEnv(Env):
       if f"{n}-goal-observable" not in self._classes:
         raise EnvError(f"metaworld: unknown task {n!r} (Meta-World 3 names end in -v3, "
                        f"e.g. {MT10[0]!r})")
+    if not 1 <= action_repeat <= MAX_PATH_LENGTH // max_episode_steps:
+      raise EnvError(f"metaworld: action_repeat must be in [1, {MAX_PATH_LENGTH} // "
+                     f"max_episode_steps], got {action_repeat}")
     self._names = names
     self._max_steps = int(max_episode_steps)
+    self._end_on_success = bool(end_on_success)
+    self._repeat = int(action_repeat)
     self._terminate_action = bool(terminate_action)
     self._rng = np.random.default_rng(seed)
     self._envs: dict[str, Any] = {}
@@ -102,13 +113,16 @@ class MetaWorldEnv(Env):
     if self._done:
       raise EnvError("metaworld: step() after the episode ended; call reset(task) first")
     a = check_action(action, self._spec)
-    obs, _, _, _, info = self._env.step(a[:4])
+    success_now = False
+    for _ in range(self._repeat):
+      obs, _, _, _, info = self._env.step(a[:4])
+      success_now = success_now or bool(info.get("success", False))
     self._obs = obs
-    success_now = bool(info.get("success", False))
     self._succeeded = self._succeeded or success_now
     self._t += 1
     terminated = self._terminate_action and bool(a[4] > 0)
-    self._done = terminated or self._t >= self._max_steps
+    self._done = (terminated or self._t >= self._max_steps
+                  or (self._end_on_success and self._succeeded))
     return ({"state": obs.astype(np.float32)}, self._done,
             {"success": self.success(), "terminated": terminated, "success_now": success_now})
 

@@ -1,0 +1,48 @@
+"""Meta-World MT10, offline, state observations: the tabletop default with Meta-World's env.
+
+    mtopt train --config configs/metaworld_mt10.py
+
+An offline dataset of Meta-World's scripted experts with epsilon-random actions (mixed
+success and failure) is collected into the run first, unless `train.dataset_dir` names
+one. Each Meta-World task is its own scene, so episodes are not shared across tasks
+(`replay.sharing=none`; batches are still rebalanced per task and outcome).
+"""
+
+import importlib.util
+import os
+
+
+def _tabletop_config():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tabletop_state.py")
+  spec = importlib.util.spec_from_file_location("_mtopt_tabletop_state", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config():
+  c = _tabletop_config()
+  c.run_dir = "runs/metaworld_mt10"
+  c.env.name = "metaworld"
+  c.env.tasks = []  # Every task of env.benchmark.
+  c.env.benchmark = "MT10"
+  # Experts succeed within 14-51 steps at action_repeat 3 (42-153 simulator steps).
+  c.env.max_episode_steps = 60
+  c.env.action_repeat = 3
+  c.env.end_on_success = True  # The sparse reward comes at the first success.
+  c.env.terminate_action = False  # Episodes end on success or at the step limit.
+
+  c.actors.epsilon = 0.3  # Noisy experts: 45-100% success per task.
+  c.actors.early_terminate_prob = 0.0  # No terminate action.
+
+  c.replay.sharing = "none"
+  c.train.mode = "offline"
+  c.train.labels = "ground_truth"
+  c.train.offline_episodes = 2000
+  c.train.eval_every = 5000
+
+  c.learner.gamma = 0.95  # Episodes are longer than QT-Opt's (~20 steps).
+  c.learner.num_steps = 20000
+  c.cem.discrete_dims = ()  # Meta-World's gripper effort is continuous.
+  c.eval.episodes_per_task = 10
+  return c
