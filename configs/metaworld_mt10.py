@@ -31,6 +31,7 @@ def get_config():
   c.env.action_repeat = 3
   c.env.end_on_success = True  # The sparse reward comes at the first success.
   c.env.terminate_action = False  # Episodes end on success or at the step limit.
+  c.env.relative_features = False  # Hand/object/goal difference vectors in decimetres.
 
   c.actors.epsilon = 0.3  # Noisy experts: 45-100% success per task.
   c.actors.early_terminate_prob = 0.0  # No terminate action.

@@ -10,6 +10,10 @@ Two options shorten the horizon that Q-learning must bootstrap over (Meta-World 
 need 50-150 simulator steps): `end_on_success` ends the episode at its first success (the
 final observation is then a success state, and the sparse reward comes at once), and
 `action_repeat` applies each action for several simulator steps.
+
+With `relative_features`, the state also holds object-minus-hand, goal-minus-object and
+goal-minus-hand vectors in decimetres: Meta-World reports positions in metres, too fine for
+a Q-network to see what a 1-3 cm action changes (the tabletop env does the same).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from mtopt.envs.base import Env, EnvError, check_action  # noqa: E402
 from mtopt.specs import ArraySpec, BoundedArraySpec, EnvSpec  # noqa: E402
 
 OBS_DIM = 39
+RELATIVE_DIM = 9  # 3 difference vectors (see the module docstring).
+HAND, OBJECT, GOAL = slice(0, 3), slice(4, 7), slice(36, 39)  # In Meta-World's observation.
 MT10 = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
         "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3",
         "window-close-v3")
@@ -44,13 +50,15 @@ def benchmark_tasks(name: str) -> list[str]:
 
 
 class MetaWorldEnv(Env):
-  """Observation {"state": float32 [39]} (Meta-World's goal-observable observation);
+  """Observation {"state": float32 [39]} (Meta-World's goal-observable observation; [48]
+  with `relative_features`);
   action [dx, dy, dz, gripper] (+ terminate if `terminate_action`) in [-1, 1]."""
 
   def __init__(self, tasks_subset: Sequence[str] = (), benchmark: str = "MT10",
                observation: str = "state", max_episode_steps: int = 200,
                terminate_action: bool = True, end_on_success: bool = False,
-               action_repeat: int = 1, seed: int | None = None):
+               action_repeat: int = 1, relative_features: bool = False,
+               seed: int | None = None):
     import metaworld
     if observation != "state":
       raise EnvError(f"metaworld: only 'state' observations are supported, got {observation!r}")
@@ -70,12 +78,14 @@ class MetaWorldEnv(Env):
     self._max_steps = int(max_episode_steps)
     self._end_on_success = bool(end_on_success)
     self._repeat = int(action_repeat)
+    self._relative = bool(relative_features)
     self._terminate_action = bool(terminate_action)
     self._rng = np.random.default_rng(seed)
     self._envs: dict[str, Any] = {}
     self._experts: dict[str, Any] = {}
     action_dim = 5 if self._terminate_action else 4
-    self._spec = EnvSpec({"state": ArraySpec((OBS_DIM,), np.float32, "state")},
+    dim = OBS_DIM + (RELATIVE_DIM if self._relative else 0)
+    self._spec = EnvSpec({"state": ArraySpec((dim,), np.float32, "state")},
                          BoundedArraySpec((action_dim,), np.float32, "action", -1.0, 1.0),
                          self._max_steps)
     self._task: str | None = None
@@ -107,6 +117,12 @@ class MetaWorldEnv(Env):
     obs, _ = env.reset()
     self._task, self._env, self._obs = task, env, obs
     self._t, self._done, self._succeeded = 0, False, False
+    return self._observation(obs)
+
+  def _observation(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+    if self._relative:
+      hand, obj, goal = obs[HAND], obs[OBJECT], obs[GOAL]
+      obs = np.concatenate([obs, 10 * (obj - hand), 10 * (goal - obj), 10 * (goal - hand)])
     return {"state": obs.astype(np.float32)}
 
   def step(self, action) -> tuple[dict[str, np.ndarray], bool, dict[str, Any]]:
@@ -123,7 +139,7 @@ class MetaWorldEnv(Env):
     terminated = self._terminate_action and bool(a[4] > 0)
     self._done = (terminated or self._t >= self._max_steps
                   or (self._end_on_success and self._succeeded))
-    return ({"state": obs.astype(np.float32)}, self._done,
+    return (self._observation(obs), self._done,
             {"success": self.success(), "terminated": terminated, "success_now": success_now})
 
   def success(self) -> np.ndarray:
