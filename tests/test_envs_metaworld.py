@@ -89,3 +89,13 @@ def test_end_on_success_and_action_repeat():
   assert steps[3] < 0.5 * steps[1]
   with pytest.raises(envs.EnvError, match="action_repeat"):
     MetaWorldEnv(max_episode_steps=200, action_repeat=3)
+
+
+def test_relative_features_are_differences_in_decimetres():
+  e = MetaWorldEnv(tasks_subset=["push-v3"], relative_features=True)
+  assert e.spec().observation["state"].shape == (OBS_DIM + 9,)
+  obs = e.reset("push-v3", seed=0)["state"]
+  hand, obj, goal = obs[0:3], obs[4:7], obs[36:39]
+  np.testing.assert_allclose(obs[OBS_DIM:], np.concatenate(
+      [10 * (obj - hand), 10 * (goal - obj), 10 * (goal - hand)]), rtol=1e-5, atol=1e-6)
+  e.close()
