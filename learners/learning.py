@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from learners import networks
 from learners.config import CEMConfig, LearnerConfig
 from mtopt.batch import Batch
-from mtopt.cem import cem_maximize
+from mtopt.cem import cem_maximize, split_key
 from mtopt.specs import EnvSpec
 
 Params = Any
@@ -99,7 +99,7 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
                 minimum: np.ndarray, maximum: np.ndarray,
                 max_tasks: int) -> tuple[TrainingState, dict]:
   """One QT-Opt gradient step; pure, meant to be jitted (see `make_update_fn`)."""
-  key, cem_key = jax.random.split(state.key)
+  key, cem_key = split_key(state.key)  # jax.random.split's keys, without its CPU loop.
   t = bellman_targets(network, config, state.target_params, state.lagged_params, batch,
                       cem_key, minimum, maximum)
   targets = t["targets"]
@@ -119,8 +119,9 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
 
   q = jax.nn.sigmoid(logits)
   td = jnp.abs(q - targets)
-  task_count = jax.ops.segment_sum(jnp.ones_like(td), batch.task, num_segments=max_tasks)
-  task_td = jax.ops.segment_sum(td, batch.task, num_segments=max_tasks)
+  # Per-task sums as one small matmul (a segment_sum is a serial scatter loop on XLA:CPU).
+  task_count, task_td = (jax.nn.one_hot(batch.task, max_tasks, dtype=td.dtype).T
+                         @ jnp.stack([jnp.ones_like(td), td], axis=-1)).T
   metrics = {
       "loss": loss, "q_mean": q.mean(), "q_min": q.min(), "q_max": q.max(),
       "target_mean": targets.mean(), "next_q1_mean": t["q1"].mean(),

@@ -49,10 +49,40 @@ class ImageEncoder(nn.Module):
     return x.reshape((*lead, self.embedding_dim))
 
 
-def _mlp(sizes: Sequence[int], x: jax.Array, name: str) -> jax.Array:
-  for i, size in enumerate(sizes):
-    x = nn.relu(nn.Dense(size, name=f"{name}_{i}")(x))
-  return x
+# Up to this many action dimensions the action's half of the merge is a fused multiply-add
+# per dimension rather than a dot with a tiny contraction (which XLA:CPU runs slowly).
+_ELEMENTWISE_MERGE_MAX_DIMS = 8
+
+
+class ActionMerge(nn.Module):
+  """action [..., A] -> action @ kernel [..., features]; the parameters of `nn.Dense(features,
+  use_bias=False)`, so checkpoints are interchangeable. For a small A it is A broadcast
+  multiply-adds that XLA fuses with the merge's add and ReLU: one pass over [B, N, width]
+  instead of a K=A matmul plus a separate add."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, action: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (action.shape[-1], self.features), jnp.float32)
+    if action.shape[-1] > _ELEMENTWISE_MERGE_MAX_DIMS:
+      return action @ kernel
+    out = action[..., :1] * kernel[0]
+    for i in range(1, action.shape[-1]):
+      out = out + action[..., i:i + 1] * kernel[i]
+    return out
+
+
+class Output(nn.Module):
+  """x [..., H] -> logit [...]; the parameters of `nn.Dense(1)`. A multiply and a row sum:
+  XLA:CPU fuses that into one reduction, where a dot with one output column is a slow loop."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], 1), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (1,), jnp.float32)
+    return jnp.sum(x * kernel[:, 0], axis=-1) + bias[0]
 
 
 class QNetwork(nn.Module):
@@ -71,12 +101,12 @@ class QNetwork(nn.Module):
     if c.architecture == "split":
       self.torso_layers = [nn.Dense(s) for s in c.torso_sizes]
       self.merge_observation = nn.Dense(c.merge_width)
-      self.merge_action = nn.Dense(c.merge_width, use_bias=False)
+      self.merge_action = ActionMerge(c.merge_width)
       self.head_layers = [nn.Dense(s) for s in c.head_sizes]
     else:
       sizes = (*c.torso_sizes, c.merge_width, *c.head_sizes)
       self.whole_layers = [nn.Dense(s) for s in sizes]
-    self.output = nn.Dense(1)
+    self.output = Output()
 
   def _vector(self, observation: dict) -> list[jax.Array]:
     parts = []
@@ -85,9 +115,15 @@ class QNetwork(nn.Module):
       parts.append(v.reshape((v.shape[0], -1)))
     return parts
 
+  def _embed_task(self, task: jax.Array) -> jax.Array:
+    # one_hot @ table: the same rows as a gather, but its gradient is a small matmul where
+    # the gather's is a scatter-add that XLA:CPU runs as a serial loop over the batch.
+    table = self.task_embedding.embedding
+    return jax.nn.one_hot(task, self.max_tasks, dtype=table.dtype) @ table
+
   def torso(self, observation: dict, task: jax.Array):
     """Per-state features: [B, merge_width] ("split") or the gathered inputs ("whole")."""
-    embedding = self.task_embedding(task)
+    embedding = self._embed_task(task)
     vector = jnp.concatenate([*self._vector(observation), embedding], axis=-1)
     if self.config.architecture == "whole":
       features = {"vector": vector}
@@ -111,7 +147,7 @@ class QNetwork(nn.Module):
       x = nn.relu(features + self.merge_action(action))
       for layer in self.head_layers:
         x = nn.relu(layer(x))
-      return self.output(x)[..., 0]
+      return self.output(x)
     # Reference: the whole network, convolutions included, per (state, action).
     def tile(x):
       return jnp.broadcast_to(x[:, None], (x.shape[0], action.shape[1], *x.shape[1:])) \
@@ -122,7 +158,7 @@ class QNetwork(nn.Module):
     x = jnp.concatenate(parts, axis=-1)
     for layer in self.whole_layers:
       x = nn.relu(layer(x))
-    return self.output(x)[..., 0]
+    return self.output(x)
 
   def __call__(self, observation: dict, task: jax.Array, action: jax.Array) -> jax.Array:
     return self.head(self.torso(observation, task), action)

@@ -11,11 +11,12 @@ import numpy as np
 
 from learners import learning, networks
 from learners.config import CEMConfig, NetworkConfig
+from mtopt.cem import random_bits
 from mtopt.specs import EnvSpec
 
 
 def _act(network, cem: CEMConfig, minimum, maximum, params, observation, task, key, counter):
-  key = jax.random.fold_in(key, counter)  # A fresh CEM key per call without a host split.
+  key = random_bits(key, 2, block=counter)  # A fresh CEM key per call without a host split.
   actions, logits = learning.cem_best_actions(network, params, observation, task, key,
                                               minimum, maximum, cem)
   return actions, jax.nn.sigmoid(logits)

@@ -87,16 +87,22 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
   best_actions = jnp.broadcast_to(mean, (batch_size, action_dim))
   best_scores = jnp.full((batch_size,), -jnp.inf)
   for it in range(num_iterations):
-    key, k_cont, k_disc = jax.random.split(key, 3)
+    # One uniform per sample and dimension: a continuous dim maps it to the box (first
+    # iteration) or through the inverse normal CDF (later ones); a discrete dim compares it
+    # with its Bernoulli probability. Iteration `it` hashes its own block of counters, so
+    # its samples do not depend on how many iterations follow.
+    u = _uniform16(key, shape, block=it)
     if it == 0:
-      cont = minimum + span * jax.random.uniform(k_cont, shape)
+      cont = minimum + span * u
     else:
-      noise = jax.random.normal(k_cont, shape)
+      noise = jnp.sqrt(2.0).astype(jnp.float32) * jax.lax.erf_inv(2.0 * u - 1.0)
       cont = jnp.clip(mean[:, None] + std[:, None] * noise, minimum, maximum)
     samples = cont
-    if discrete_dims:  # Static: no Bernoulli draws when every dimension is continuous.
-      upper = jax.random.uniform(k_disc, shape) < prob_max[:, None]
-      samples = jnp.where(discrete, jnp.where(upper, maximum, minimum), cont)
+    if discrete_dims:  # Static: continuous-only actions skip the select.
+      samples = jnp.where(discrete, jnp.where(u < prob_max[:, None], maximum, minimum), cont)
+    # Materialise the samples once: otherwise XLA:CPU fuses their computation into the
+    # scorer's first layer and recomputes it for every unit of that layer.
+    samples = jax.lax.optimization_barrier(samples)
     scores = score_fn(samples, *score_args)
     top_scores, top_idx = jax.lax.top_k(scores, num_elites)  # [B, K], best first.
     # The barriers stop XLA:CPU from fusing sampling, top-k and gather into one loop that
@@ -112,3 +118,67 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
     if discrete_dims:
       prob_max = (elites == maximum).mean(axis=1)
   return best_actions, best_scores
+
+
+def _uniform16(key: jax.Array, shape: tuple[int, ...], block: int = 0) -> jax.Array:
+  """Uniforms on the grid (i + 1/2) / 2**16, i < 2**16, strictly inside (0, 1): the high and
+  low halves of 32-bit Threefry words, so half the random bits of float32 uniforms.
+
+  16 bits are ample for CEM's samples (a step of 3e-5 of the action range; normals reach
+  4.3 standard deviations), and the bit generation is a large share of a CEM iteration's
+  cost on a CPU. `block` selects a disjoint range of Threefry counters for the same key.
+  """
+  *lead, last = shape
+  words = (last + 1) // 2
+  bits = random_bits(key, int(np.prod(lead, dtype=np.int64)) * words, block)
+  bits = bits.reshape((*lead, words))
+  halves = jnp.concatenate([bits >> 16, bits & 0xFFFF], axis=-1)[..., :last]
+  return (halves.astype(jnp.float32) + 0.5) * (1.0 / 65536)
+
+
+# Threefry-2x32 (20 rounds), the hash behind jax.random's default generator, written out
+# without a loop. JAX lowers its own to a rolled 5-step while loop on CPU (to compile
+# faster), which XLA:CPU runs as ~40 separately dispatched tiny kernels per call; unrolled,
+# the whole draw is one fused elementwise kernel. tests/test_cem.py checks it bit for bit
+# against jax's primitive.
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry2x32(key: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Threefry-2x32 of the counter pairs (x0, x1) under key uint32[2]."""
+  k0, k1 = key[0], key[1]
+  ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+  x0, x1 = x0 + ks[0], x1 + ks[1]
+  for i in range(5):
+    for r in _THREEFRY_ROTATIONS[i % 2]:
+      x0 = x0 + x1
+      x1 = x0 ^ ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r)))
+    x0 = x0 + ks[(i + 1) % 3]
+    x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+  return x0, x1
+
+
+def _key_words(key: jax.Array) -> jax.Array:
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  if key.shape != (2,) or key.dtype != jnp.uint32:
+    raise ValueError(f"expected a Threefry key (uint32[2]), got {key.dtype}{list(key.shape)}")
+  return key
+
+
+def random_bits(key: jax.Array, n: int, block=0) -> jax.Array:
+  """n random uint32 words: Threefry-2x32 of counters [block * n, (block + 1) * n) (n rounded
+  up to even) under key, a raw uint32[2] key (jax.random.PRNGKey) or a typed Threefry key.
+  `block` may be traced. For even n and block 0 this equals jax.random.bits(key, (n,)) with
+  jax's default (non-partitionable) Threefry."""
+  key = _key_words(key)
+  half = (n + 1) // 2
+  counter = jax.lax.iota(jnp.uint32, half) + jnp.asarray(block, jnp.uint32) * np.uint32(2 * half)
+  x0, x1 = threefry2x32(key, counter, counter + np.uint32(half))
+  return jnp.concatenate([x0, x1])[:n]
+
+
+def split_key(key: jax.Array, num: int = 2) -> jax.Array:
+  """`num` new raw keys [num, 2] from `key`, like jax.random.split (the same Threefry
+  construction: the hash of counters 0 .. 2*num-1), without jax's rolled loop on CPU."""
+  return random_bits(key, 2 * num).reshape(num, 2)

@@ -55,9 +55,13 @@ def test_targets_use_min_of_both_targets_at_cem_action_of_first(rng):
   np.testing.assert_allclose(t["targets"], want, atol=1e-5)
   assert np.any(q2 < q1) and np.any(q1 < q2)  # Both branches of the min were exercised.
   # a* maximises the first target, not the second: no grid action beats it by much on Q1.
+  # Measured over 30 CEM keys: the worst row trails the grid's best by at most 0.036 and
+  # >= 95% of rows are within 0.02; a* maximising Q2 instead would trail by up to 0.25,
+  # with only 61% of rows within 0.02.
   grid = np.linspace(-1, 1, 41, dtype=np.float32)
   best_grid = np.max([q(q1_params, np.full((64, 1), g, np.float32)) for g in grid], axis=0)
-  assert np.all(q1 >= best_grid - 0.02)
+  assert np.all(q1 >= best_grid - 0.05)
+  assert np.mean(q1 >= best_grid - 0.02) >= 0.9
   # Terminal rows are exactly their reward.
   done = batch.discount == 0
   assert done.any()
