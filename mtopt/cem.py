@@ -100,9 +100,6 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
     samples = cont
     if discrete_dims:  # Static: continuous-only actions skip the select.
       samples = jnp.where(discrete, jnp.where(u < prob_max[:, None], maximum, minimum), cont)
-    # Materialise the samples once: otherwise XLA:CPU fuses their computation into the
-    # scorer's first layer and recomputes it for every unit of that layer.
-    samples = jax.lax.optimization_barrier(samples)
     scores = score_fn(samples, *score_args)
     top_scores, top_idx = jax.lax.top_k(scores, num_elites)  # [B, K], best first.
     # The barriers stop XLA:CPU from fusing sampling, top-k and gather into one loop that

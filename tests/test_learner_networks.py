@@ -73,3 +73,27 @@ def test_bad_spec_raises():
   bad = EnvSpec({"image": ArraySpec((16, 16), np.uint8)}, STATE_SPEC.action, 10)
   with pytest.raises(ValueError, match="image"):
     networks.make_q_network(bad, 4, NetworkConfig())
+
+
+def test_merge_and_output_are_dense_layers_in_params_and_values(rng):
+  # ActionMerge and Output compute Dense layers without XLA:CPU's slow thin dots; their
+  # parameters are nn.Dense's (same names, shapes, initial values), so checkpoints written
+  # with nn.Dense layers restore into them and vice versa.
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  key = jax.random.PRNGKey(0)
+  for action_dim in (3, 12):  # 12: past the elementwise limit, a plain matmul.
+    a = jnp.asarray(rng.uniform(-1, 1, (5, 7, action_dim)), jnp.float32)
+    ours = networks.ActionMerge(16).init(key, a)
+    dense = nn.Dense(16, use_bias=False).init(key, a)
+    assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, dense)
+    np.testing.assert_array_equal(ours["params"]["kernel"], dense["params"]["kernel"])
+    np.testing.assert_allclose(networks.ActionMerge(16).apply(ours, a),
+                               nn.Dense(16, use_bias=False).apply(dense, a), rtol=1e-5, atol=1e-6)
+  x = jnp.asarray(rng.normal(size=(5, 7, 16)), jnp.float32)
+  ours, dense = networks.Output().init(key, x), nn.Dense(1).init(key, x)
+  assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, dense)
+  dense = jax.tree.map(lambda v: v + 0.1, dense)  # A non-zero bias too.
+  np.testing.assert_allclose(networks.Output().apply(dense, x), nn.Dense(1).apply(dense, x)[..., 0],
+                             rtol=1e-5, atol=1e-6)
