@@ -72,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.log_every = 100
   c.learner.checkpoint_every = 1000  # 0: only on request.
   c.learner.publish_every = 100  # Steps between parameter publications to actors.
+  # CQL-style penalty on random actions' Q (learners/learning.py); for offline-only data.
+  c.learner.conservative_weight = 0.0
+  c.learner.conservative_samples = 16
   c.learner.network = ml_collections.ConfigDict()
   c.learner.network.architecture = "split"  # split (torso once, head per CEM sample) | whole
   c.learner.network.torso_sizes = (256, 256)

@@ -91,6 +91,8 @@ class LearnerConfig:
     log_every: steps between TensorBoard writes.
     checkpoint_every: steps between Orbax checkpoints (0: only when asked).
     publish_every: steps between parameter publications to actors.
+    conservative_weight: weight of the CQL-style term (0: plain QT-Opt); see `learning`.
+    conservative_samples: uniformly random actions per state in that term.
     network: the Q-network's shape.
     cem: how targets and actions maximise Q.
   """
@@ -105,6 +107,8 @@ class LearnerConfig:
   log_every: int = 100
   checkpoint_every: int = 1000
   publish_every: int = 100
+  conservative_weight: float = 0.0
+  conservative_samples: int = 16
   network: NetworkConfig = NetworkConfig()
   cem: CEMConfig = CEMConfig()
 
@@ -119,6 +123,9 @@ class LearnerConfig:
       raise ConfigError(f"learner.lagged_period must be >= 1, got {self.lagged_period}")
     if self.learning_rate <= 0 or self.grad_clip_norm <= 0:
       raise ConfigError("learner.learning_rate and learner.grad_clip_norm must be > 0")
+    if self.conservative_weight < 0 or self.conservative_samples < 1:
+      raise ConfigError("learner.conservative_weight must be >= 0 and "
+                        "learner.conservative_samples >= 1")
     for name in ("log_every", "publish_every"):
       if getattr(self, name) < 1:
         raise ConfigError(f"learner.{name} must be >= 1, got {getattr(self, name)}")

@@ -30,12 +30,13 @@ def analytic_q(pos, action, task, gamma):
   return gamma ** np.abs(nxt - goal)
 
 
-def random_batch(rng: np.random.Generator, batch_size: int) -> Batch:
+def random_batch(rng: np.random.Generator, batch_size: int, low: float = -1.0) -> Batch:
+  """Random transitions, actions uniform in [low, 1]."""
   task = rng.integers(0, 2, batch_size)
   goal = np.asarray(GOALS)[task]
   # Start anywhere but the task's goal (the episode has ended there).
   pos = (goal + rng.integers(1, N, batch_size)) % N
-  action = rng.uniform(-1, 1, (batch_size, 1)).astype(np.float32)
+  action = rng.uniform(low, 1, (batch_size, 1)).astype(np.float32)
   nxt = next_position(pos, action[:, 0])
   done = nxt == goal
   eye = np.eye(N, dtype=np.float32)

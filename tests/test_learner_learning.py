@@ -88,6 +88,28 @@ def test_polyak_and_lagged_targets_follow_their_rules(rng):
   assert counts.sum() == 32 and counts[2:].sum() == 0  # Per-task TD covers tasks 0 and 1.
 
 
+def test_conservative_term_lowers_q_of_actions_the_data_never_took():
+  """With data that only ever moved right (a >= 0.3), the CQL-style term makes Q of moving
+  left lower, relative to the data's actions, than plain Q-learning's extrapolation."""
+  def train(weight):
+    config, spec, net, state = _setup(conservative_weight=weight, learning_rate=3e-3)
+    update = learning.make_update_fn(net, spec, config, MAX_TASKS)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+      state, metrics = update(state, mdp.random_batch(rng, 32, low=0.3))
+    pos = np.arange(mdp.N).repeat(2)
+    task = np.tile([0, 1], mdp.N).astype(np.int32)
+    obs = {"state": np.eye(mdp.N, dtype=np.float32)[pos]}
+    logit = lambda a: np.asarray(networks.q_logits(  # noqa: E731
+        net, state.params, obs, task, np.full((len(pos), 1), a, np.float32)))
+    return float(np.mean(logit(-0.9) - logit(0.9))), float(metrics["conservative_gap"])
+
+  plain, _ = train(0.0)
+  conservative, gap = train(1.0)
+  assert np.isfinite(gap)
+  assert conservative < plain - 0.5, (plain, conservative)
+
+
 @pytest.mark.slow
 def test_offline_q_learning_reaches_analytic_q_on_chain():
   gamma = 0.9
