@@ -186,7 +186,7 @@ def main(argv=None) -> dict:
   # More, shorter interleaved windows for the state row: its best windows are then more
   # likely to be the undisturbed ones on a shared machine.
   rows = [measure("state", STATE_SPEC, 256, 2.4 if q else 12.0, 200 if q else 1000,
-                  rounds=6 if q else 8, reference_rounds=6 if q else 8),
+                  rounds=6 if q else 24, reference_rounds=6 if q else 24),
           # The image reference takes seconds per step on a CPU: one window when quick.
           measure("image64", IMAGE_SPEC, 64, 1.0 if q else 8.0, 100 if q else 500,
                   reference_rounds=1 if q else 3)]
