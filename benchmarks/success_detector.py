@@ -48,7 +48,8 @@ def settings(observation: str, quick: bool) -> dict:
               train_eps=25 if quick else 450, test_eps=10 if quick else 60,
               config=DetectorConfig(train_steps=150 if quick else 2500,
                                     add_task_steps=100 if quick else 1000, batch_size=64,
-                                    head_hidden=32, torso=(256,), other_task_negatives=False))
+                                    head_hidden=32, torso=(256,), other_task_negatives=False,
+                                    input_sparsity=0.0))
 
 
 def evaluate(det, test, slots: dict[str, int]) -> dict[str, dict]:

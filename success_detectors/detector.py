@@ -13,8 +13,12 @@ Retraining fine-tunes everything on the new data together with every stored exam
 (rehearsal), so old tasks are not forgotten. Every example ever given is kept in the
 detector's directory, split once into training and held-out parts when it arrives.
 
+Each slot has a logit offset (its calibration, see DetectorConfig.calibrate), so that every
+consumer can threshold every slot's probability at the one configured threshold.
+
 Files in the detector directory (written to a fresh directory, then swapped in):
-  detector.json      spec, max_tasks, config, version, per-slot names, counts and quality
+  detector.json      spec, max_tasks, config, version, per-slot names, counts, quality and
+                     logit offsets
   variables.msgpack  the Flax variables (params and state-normalisation statistics)
   examples.npz       all examples (`ExampleSet`) plus their held-out flags
 """
@@ -55,8 +59,10 @@ class DetectorConfig:
     torso: hidden sizes of the shared MLP.
     head_hidden: hidden units of each slot's head.
     conv_channels: image encoder channels (image observations only).
-    state_pairs: add pairwise squared differences of state entries as inputs (see
+    state_pairs: add log |x_i - x_j| of every pair of state entries as inputs (see
       networks.SuccessClassifier).
+    state_distances: window lengths d: add the log distance between every two runs of d
+      consecutive state entries as inputs (2: distances in the plane, 3: in space).
     threshold: probability at or above which an episode counts as a success.
     train_steps: Adam steps when training all slots (fresh detector or retrain).
     add_task_steps: Adam steps when training one new slot's head.
@@ -64,6 +70,11 @@ class DetectorConfig:
     learning_rate: peak Adam learning rate (cosine-decayed).
     holdout_fraction: share of each task's successes and failures held out for quality.
     other_task_negatives: use other tasks' successes as failures for a task.
+    input_sparsity: weight of a group-lasso penalty on the weights that read each input
+      feature (training.input_group_norm): prefers predicates on few features.
+    calibrate: after training a slot, shift its logit so that `threshold` is the cut that
+      balances precision and recall best on its held-out examples (the slot's quality is
+      then measured on the same held-out examples, so it is slightly optimistic).
     seed: initialisation, split and batch-order seed.
   """
 
@@ -71,6 +82,7 @@ class DetectorConfig:
   head_hidden: int = 64
   conv_channels: tuple[int, ...] = (16, 32, 32, 64)
   state_pairs: bool = True
+  state_distances: tuple[int, ...] = (2, 3)
   threshold: float = 0.5
   train_steps: int = 2000
   add_task_steps: int = 1500
@@ -78,6 +90,8 @@ class DetectorConfig:
   learning_rate: float = 1e-3
   holdout_fraction: float = 0.2
   other_task_negatives: bool = True
+  input_sparsity: float = 1e-3
+  calibrate: bool = True
   seed: int = 0
 
   @classmethod
@@ -88,7 +102,7 @@ class DetectorConfig:
     unknown = sorted(set(d) - names)
     if unknown:
       raise DetectorError(f"unknown detector config key(s) {unknown}; known: {sorted(names)}")
-    for k in ("torso", "conv_channels"):
+    for k in ("torso", "conv_channels", "state_distances"):
       if k in d:
         d[k] = tuple(int(x) for x in d[k])
     return cls(**d)
@@ -100,6 +114,7 @@ class SlotInfo:
   successes: int = 0
   failures: int = 0
   metrics: dict = dataclasses.field(default_factory=dict)
+  offset: float = 0.0  # Added to the slot's logit: the held-out calibration of its cut.
 
 
 class SuccessDetector:
@@ -110,7 +125,8 @@ class SuccessDetector:
     self.spec, self.max_tasks = spec, max_tasks
     self.config = config or DetectorConfig()
     self.model = make_classifier(spec, max_tasks, self.config.torso, self.config.head_hidden,
-                                 self.config.conv_channels, self.config.state_pairs)
+                                 self.config.conv_channels, self.config.state_pairs,
+                                 self.config.state_distances)
     if variables is None:
       variables = self.model.init(jax.random.PRNGKey(self.config.seed),
                                   dummy_observation(spec))
@@ -137,7 +153,11 @@ class SuccessDetector:
       if v.shape[1:] != s.shape:
         raise DetectorError(f"observations[{k!r}]: expected [N, {s.shape}], got {v.shape}")
       obs[k] = v.astype(s.dtype, copy=False)
-    return training.predict(self.model, self.variables, obs)
+    logits = training.predict(self.model, self.variables, obs, fn=training.logits)
+    offsets = np.zeros(self.max_tasks, np.float32)
+    for slot, info in self.slots.items():
+      offsets[slot] = info.offset
+    return (1.0 / (1.0 + np.exp(-(logits + offsets)))).astype(np.float32)
 
   def __call__(self, episodes: Sequence) -> np.ndarray:
     """The labeller: float32 [N, max_tasks] from the episodes' final observations."""
@@ -153,7 +173,9 @@ class SuccessDetector:
   @contextlib.contextmanager
   def _transaction(self):
     """Restores the detector as it was if training fails half-way."""
-    saved = (self.variables, self.version, dict(self.slots), self.examples, self.heldout)
+    saved = (self.variables, self.version,
+             {s: dataclasses.replace(i) for s, i in self.slots.items()}, self.examples,
+             self.heldout)
     try:
       yield
     except BaseException:
@@ -187,7 +209,8 @@ class SuccessDetector:
     mask = training.full_mask(self.variables["params"])
     self.variables, history = training.fit(
         self.model, self.variables, train, labels, weights, mask, steps,
-        self.config.batch_size, self.config.learning_rate, self.config.seed + self.version)
+        self.config.batch_size, self.config.learning_rate, self.config.seed + self.version,
+        self.config.input_sparsity)
     self.variables = jax.tree_util.tree_map(np.asarray, self.variables)
     self.version += 1
     return history
@@ -206,7 +229,8 @@ class SuccessDetector:
     head_vars, history = training.fit(
         heads, head_vars, ExampleSet({"features": features}, train.slot, train.success),
         labels, weights, training.slot_mask(head_vars["params"], slot), steps,
-        self.config.batch_size, self.config.learning_rate, self.config.seed + self.version)
+        self.config.batch_size, self.config.learning_rate, self.config.seed + self.version,
+        self.config.input_sparsity)
     params = {**self.variables["params"],
               "heads": jax.tree_util.tree_map(np.asarray, head_vars["params"])}
     self.variables = {**self.variables, "params": params}
@@ -228,6 +252,7 @@ class SuccessDetector:
       self.variables = {**self.variables, "norm": norm}
       self.slots = {int(s): SlotInfo(n) for s, n in names.items()}
       history = self._fit(sorted(self.slots), steps or self.config.train_steps)
+      self._calibrate(sorted(self.slots))
       self._refresh_quality()
     return {"history": history, "quality": self.quality()}
 
@@ -250,6 +275,7 @@ class SuccessDetector:
       self._add_examples(examples)
       self.slots[slot] = SlotInfo(name)
       history = self._fit_head(slot, steps or self.config.add_task_steps)
+      self._calibrate([slot])
       self._refresh_quality()
     return {"history": history, "quality": self.quality()}
 
@@ -266,6 +292,7 @@ class SuccessDetector:
       if examples is not None and len(examples):
         self._add_examples(examples)
       history = self._fit(sorted(self.slots), steps or self.config.train_steps)
+      self._calibrate(sorted(self.slots))
       self._refresh_quality()
     return {"history": history, "quality": self.quality()}
 
@@ -286,6 +313,22 @@ class SuccessDetector:
       out[s] = binary_metrics(probs[sel, s], examples.success[sel] & own[sel],
                               self.config.threshold)
     return out
+
+  def _calibrate(self, slots: Sequence[int]) -> None:
+    """Sets each slot's logit offset so that the configured threshold is the cut that
+    balances precision and recall best on the held-out examples (0 if not configured)."""
+    held = self.examples.take(self.heldout)
+    logits = training.predict(self.model, self.variables, held.observations,
+                              fn=training.logits) if len(held) else None
+    for s in slots:
+      self.slots[s].offset = 0.0
+      if not self.config.calibrate or logits is None:
+        continue
+      own = held.slot == s
+      sel = own | (held.success & ~own) if self.config.other_task_negatives else own
+      if sel.any():
+        self.slots[s].offset = training.calibration_offset(
+            logits[sel, s], held.success[sel] & own[sel], self.config.threshold)
 
   def _refresh_quality(self) -> None:
     counts = self.examples.counts()
@@ -339,8 +382,11 @@ class SuccessDetector:
         meta = json.load(f)
       if meta.get("format") != FORMAT_VERSION:
         raise DetectorError(f"{path}: unsupported format {meta.get('format')!r}")
+      config = dict(meta["config"])
+      config.setdefault("state_distances", ())  # Saved before those features existed.
+      config.setdefault("calibrate", False)
       det = cls(EnvSpec.from_json(meta["spec"]), int(meta["max_tasks"]),
-                DetectorConfig.from_dict(meta["config"]))
+                DetectorConfig.from_dict(config))
       with open(os.path.join(directory, VARIABLES_FILE), "rb") as f:
         variables = flax.serialization.msgpack_restore(f.read())
     except (OSError, KeyError, TypeError, ValueError) as e:

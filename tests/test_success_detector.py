@@ -204,3 +204,60 @@ def test_image_detector_learns_a_separable_toy_set():
     img, y = toy_images(rng, 100, s)
     probs = det.predict({"image": img, "state": np.zeros((100, 5), np.float32)})
     assert np.mean((probs[:, s] >= 0.5) == y) >= 0.95
+
+
+def test_window_log_distances_are_distances_between_runs_of_entries():
+  from success_detectors.networks import window_log_distances, window_pairs
+  x = np.random.default_rng(0).normal(size=(5, 7))
+  i, j = window_pairs(7, 3)
+  assert len(i) == 10 and (j[:, 0] > i[:, 0]).all()  # 5 windows of 3: 10 pairs.
+  got = window_log_distances(x, 3)
+  want = np.log(np.linalg.norm(x[:, i] - x[:, j], axis=-1) + 1e-3)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_calibration_offset_puts_the_cut_in_the_middle_of_the_best_gap():
+  logit = np.array([-5.0, -4.0, -1.0, 2.0, 3.0])
+  truth = np.array([0, 0, 0, 1, 1], bool)
+  off = training.calibration_offset(logit, truth)
+  assert off == pytest.approx(-0.5)  # The cut between -1 and 2 is at 0.5.
+  assert ((logit + off >= 0) == truth).all()
+  # A positive among negatives: the cut that balances precision and recall best.
+  logit = np.array([-5.0, -4.0, 3.0, 2.0, 3.5])
+  truth = np.array([0, 0, 1, 0, 1], bool)
+  assert training.calibration_offset(logit, truth) == pytest.approx(-2.5)
+  assert training.calibration_offset(logit, np.ones(5, bool)) == 0.0
+
+
+def test_sparsity_and_calibration_train_and_reload(tmp_path):
+  rng = np.random.default_rng(3)
+  ex = ExampleSet.concat([toy_examples(rng, s, 120, 120) for s in range(2)])
+  cfg = dataclasses.replace(FAST, input_sparsity=1e-4, calibrate=True)
+  det = SuccessDetector.create(SPEC, MAX_TASKS, cfg)
+  det.train(ex, {0: "a", 1: "b"})
+  x = toy_states(np.random.default_rng(4), 256)
+  probs = det.predict({"state": x})
+  for s in range(2):
+    m = binary_metrics(probs[:, s], toy_truth(x)[:, s])
+    assert m["precision"] > 0.9 and m["recall"] > 0.9, (s, m)
+  back = SuccessDetector.load(det.save(str(tmp_path / "detector")))
+  np.testing.assert_array_equal(back.predict({"state": x}), probs)
+  assert [i.offset for i in back.slots.values()] == [i.offset for i in det.slots.values()]
+
+
+def test_detector_saved_before_distance_features_and_calibration_loads(trained, tmp_path):
+  import json
+  old_cfg = dataclasses.replace(FAST, state_distances=(), calibrate=False)
+  det = SuccessDetector.create(SPEC, MAX_TASKS, old_cfg)
+  det.train(trained.examples, trained.task_names)
+  path = det.save(str(tmp_path / "detector"))
+  meta = json.loads((tmp_path / "detector" / "detector.json").read_text())
+  for k in ("state_distances", "calibrate", "input_sparsity"):
+    del meta["config"][k]
+  for info in meta["slots"].values():
+    del info["offset"]
+  (tmp_path / "detector" / "detector.json").write_text(json.dumps(meta))
+  back = SuccessDetector.load(path)
+  assert back.config.state_distances == () and not back.config.calibrate
+  x = toy_states(np.random.default_rng(2), 64)
+  np.testing.assert_array_equal(back.predict({"state": x}), det.predict({"state": x}))

@@ -100,7 +100,7 @@ def _load_or_create_detector(args, config):
     # The saved network shape stays; how to train and judge now comes from the config.
     det.config = dataclasses.replace(det.config, **{
         k: v for k, v in dataclasses.asdict(_detector_config(config)).items()
-        if k not in ("torso", "head_hidden", "conv_channels", "state_pairs")})
+        if k not in ("torso", "head_hidden", "conv_channels", "state_pairs", "state_distances")})
     return det
   import mtopt.envs
   with mtopt.envs.make(config.env) as env:
