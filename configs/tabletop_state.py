@@ -75,7 +75,6 @@ def get_config() -> ml_collections.ConfigDict:
   # CQL-style penalty on random actions' Q (learners/learning.py); for offline-only data.
   c.learner.conservative_weight = 0.0
   c.learner.conservative_samples = 16
-  c.learner.conservative_margin = 5.0
   c.learner.network = ml_collections.ConfigDict()
   c.learner.network.architecture = "split"  # split (torso once, head per CEM sample) | whole
   c.learner.network.torso_sizes = (256, 256)

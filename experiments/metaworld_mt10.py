@@ -5,9 +5,10 @@
 Per seed, `mtopt train --config configs/metaworld_mt10.py` in `offline` mode: scripted
 experts with epsilon-random actions (mixed success and failure) collect a dataset, the
 replay rebalances it per task and outcome, the learner trains, and greedy CEM is evaluated
-in the simulator. Extra `key=value` config overrides apply to every seed. Per-seed results
-accumulate in WORK_DIR/per_seed.json (run seeds one at a time, keep what finished); the
-table goes to results/metaworld_mt10.{json,md}.
+in the simulator. Extra `key=value` config overrides apply to every seed. Each seed's
+result is kept in WORK_DIR/seedN/result.json, so seeds can run in separate invocations
+(also at once) and a later invocation only runs the missing ones; the table over
+`--seeds` goes to results/metaworld_mt10.{json,md}.
 """
 
 from __future__ import annotations
@@ -60,27 +61,25 @@ def main(argv=None) -> dict:
     args.work_dir += "_quick"
   elif args.steps:
     overrides += [f"learner.num_steps={args.steps}"]
-  store = os.path.join(args.work_dir, "per_seed.json")
   per_seed: dict[int, dict[str, float]] = {}
-  if os.path.exists(store):
-    with open(store) as f:
-      saved = json.load(f)
-    if saved["overrides"] != overrides:  # Never average runs of different settings.
-      raise SystemExit(f"{store} holds runs with overrides {saved['overrides']}, not "
-                       f"{overrides}; choose another --work-dir")
-    per_seed = {int(k): v for k, v in saved["seeds"].items()}
   quiet = lambda *a, **k: None  # noqa: E731
   config = None
   for seed in args.seeds:
-    if seed in per_seed:
-      continue  # Done by an earlier invocation.
+    run_dir = os.path.join(args.work_dir, f"seed{seed}")
+    store = os.path.join(run_dir, "result.json")
+    if os.path.exists(store):  # Done by an earlier invocation.
+      with open(store) as f:
+        saved = json.load(f)
+      if saved["overrides"] != overrides:  # Never average runs of different settings.
+        raise SystemExit(f"{store} was run with overrides {saved['overrides']}, not "
+                         f"{overrides}; choose another --work-dir")
+      per_seed[seed] = saved["success"]
+      continue
     t0 = time.time()
-    config = load_config(CONFIG, [*overrides, f"seed={seed}",
-                                  f"run_dir={os.path.join(args.work_dir, f'seed{seed}')}"])
+    config = load_config(CONFIG, [*overrides, f"seed={seed}", f"run_dir={run_dir}"])
     per_seed[seed] = launch.train(config, log=quiet)["success"]
-    os.makedirs(args.work_dir, exist_ok=True)
     with open(store, "w") as f:
-      json.dump({"overrides": overrides, "seeds": per_seed}, f, indent=1)
+      json.dump({"overrides": overrides, "success": per_seed[seed]}, f, indent=1)
     print(f"seed {seed}: mean success {np.mean(list(per_seed[seed].values())):.2f} "
           f"({time.time() - t0:.0f} s)", flush=True)
   config = config or load_config(CONFIG, overrides)

@@ -93,7 +93,6 @@ class LearnerConfig:
     publish_every: steps between parameter publications to actors.
     conservative_weight: weight of the CQL-style term (0: plain QT-Opt); see `learning`.
     conservative_samples: uniformly random actions per state in that term.
-    conservative_margin: logits by which the term wants random actions below the data's.
     network: the Q-network's shape.
     cem: how targets and actions maximise Q.
   """
@@ -110,7 +109,6 @@ class LearnerConfig:
   publish_every: int = 100
   conservative_weight: float = 0.0
   conservative_samples: int = 16
-  conservative_margin: float = 5.0
   network: NetworkConfig = NetworkConfig()
   cem: CEMConfig = CEMConfig()
 
