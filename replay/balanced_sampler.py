@@ -8,6 +8,12 @@ the reward from the table it read: 1 at an episode's final transition in a succe
 else 0. The per-table datasets are zipped and concatenated, so every batch has exactly the
 planned composition.
 
+Sampling a whole-episode item costs Reverb ~10 us of CPU (mostly unpacking its chunks), so
+with one row per item a batch of 256 costs more CPU than a ~2 ms learner step. With
+`transitions_per_sample` k > 1 an item gives k rows, each to a different batch: a batch is
+distributed as with k = 1 (its rows come from distinct draws), consecutive batches share
+episodes, and sampling costs k times less per batch.
+
 The plan is recomputed from the tables' sizes every `refresh_seconds`: a task with no
 successes yet (fewer than `min_size` items in its success table) is filled with failures,
 a task with no data at all gives its share to the others; both are reported in
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from typing import Callable, Mapping
 
@@ -85,32 +92,44 @@ def make_plan(batch_size: int, task_shares: Mapping[int, float], success_fractio
   return plan, report
 
 
-def _transition_picker(slot: int, success: bool, k: int) -> Callable:
-  """Maps a padded batch of episode items [B, L, ...] to B*k random transitions of them.
+def _transition_picker(slot: int, success: bool, k: int, batches: int) -> Callable:
+  """Maps a padded batch of N episode items [N, L, ...] to `k * batches` batches of N/batches
+  random transitions each: [k * batches, N / batches, ...].
+
+  Every item gives k transitions (drawn independently, uniformly over its T transitions),
+  one to each of k groups of `batches` batches; within a group the items are shuffled into
+  the batches. So a batch never holds two rows of one sampled item, and each batch alone is
+  distributed as if every row had been sampled on its own.
 
   Actions are padded with NaN, so an item's T is its count of non-NaN action rows minus the
-  final (zero) pad row. Vectorised over the batch: tf.data's per-element maps cost more than
+  final (zero) pad row. Vectorised over the items: tf.data's per-element maps cost more than
   the gathers themselves.
   """
   def pick(data):
     act = data["action"]
-    steps = tf.reduce_sum(tf.cast(~tf.math.is_nan(act[:, :, 0]), tf.int32), 1) - 1  # [B]
-    b = tf.shape(act)[0]
-    u = tf.random.uniform([b, k])
-    t = tf.minimum(tf.cast(u * tf.cast(steps[:, None], tf.float32), tf.int32),
-                   steps[:, None] - 1)  # [B, k]
-    last = tf.reshape(tf.equal(t, steps[:, None] - 1), [-1])
-    take = lambda v, i: tf.reshape(tf.gather(v, i, batch_dims=1),
-                                   tf.concat([[-1], tf.shape(v)[2:]], 0))
+    steps = tf.reduce_sum(tf.cast(~tf.math.is_nan(act[:, :, 0]), tf.int32), 1) - 1  # [N]
+    n = tf.shape(act)[0]
+    if k == 1:  # Items are independent draws already.
+      item = tf.range(n)[None]
+    else:  # [k, N]: a permutation of the items per group.
+      item = tf.argsort(tf.random.uniform([k, n]), axis=1)
+    steps = tf.gather(steps, item)
+    t = tf.minimum(tf.cast(tf.random.uniform([k, n]) * tf.cast(steps, tf.float32), tf.int32),
+                   steps - 1)  # [k, N]
+    last = tf.equal(t, steps - 1)
+    shape = [k * batches, n // batches]
+    at = lambda t_: tf.stack([item, t_], -1)
+    take = lambda v, i: tf.reshape(tf.gather_nd(v, i),
+                                   tf.concat([shape, tf.shape(v)[2:]], 0))
     obs = data["observation"]
     return {
-        "observation": {n: take(v, t) for n, v in obs.items()},
-        "next_observation": {n: take(v, t + 1) for n, v in obs.items()},
-        "action": take(act, t),
+        "observation": {n_: take(v, at(t)) for n_, v in obs.items()},
+        "next_observation": {n_: take(v, at(t + 1)) for n_, v in obs.items()},
+        "action": take(act, at(t)),
         # MT-Opt episodes end with the (sparse) outcome; the final transition is terminal.
-        "reward": tf.cast(last, tf.float32) * (1.0 if success else 0.0),
-        "discount": 1.0 - tf.cast(last, tf.float32),
-        "task": tf.fill([b * k], tf.constant(slot, tf.int32)),
+        "reward": tf.reshape(tf.cast(last, tf.float32) * (1.0 if success else 0.0), shape),
+        "discount": tf.reshape(1.0 - tf.cast(last, tf.float32), shape),
+        "task": tf.fill(shape, tf.constant(slot, tf.int32)),
     }
   return pick
 
@@ -124,7 +143,8 @@ def _padded_episodes(address: str, table: str, signature: dict, items: int,
   dtypes = tf.nest.map_structure(lambda s: s.dtype, signature)
   shapes = tf.nest.map_structure(lambda s: s.shape, signature)
   ds = reverb.TrajectoryDataset(address, table, dtypes, shapes,
-                                max_in_flight_samples_per_worker=max(2 * items, 8))
+                                max_in_flight_samples_per_worker=max(2 * items, 8),
+                                num_workers_per_iterator=1)
   pad = tf.nest.map_structure(lambda s: tf.constant(0, s.dtype), ds.element_spec)
   pad.data["action"] = tf.constant(float("nan"), tf.float32)
   # A fixed length, so that batches from different draws can be regrouped (rebatch).
@@ -137,14 +157,17 @@ def _padded_episodes(address: str, table: str, signature: dict, items: int,
 
 
 def make_dataset(address: str, layout: TableLayout, plan: Plan, transitions_per_sample: int = 1,
-                 prefetch: int = 4, pooled_failures: bool = False, threshold: float = 0.5,
-                 batches_per_draw: int = 8) -> tf.data.Dataset:
-  """A tf.data pipeline that yields batch dicts with exactly `plan`'s composition.
+                 prefetch: int = 1, pooled_failures: bool = False, threshold: float = 0.5,
+                 batches_per_draw: int = 8, threads: int | None = None) -> tf.data.Dataset:
+  """A tf.data pipeline of blocks of batches, each batch with exactly `plan`'s composition.
 
+  An element is a dict of [transitions_per_sample * batches_per_draw, batch_size, ...]
+  arrays. Each table's dataset draws items for `batches_per_draw` batches at once (per-draw
+  costs of ~20 zipped pipelines dominate small draws), and every item gives
+  `transitions_per_sample` rows to as many different batches (see `_transition_picker`).
   With `pooled_failures`, task k's failure rows come from the shared table, keeping the
-  episodes whose label for k is below `threshold`. Each table's dataset draws items for
-  `batches_per_draw` batches at once (per-draw costs of ~20 zipped pipelines dominate small
-  draws); draw s of every table goes into batch s, so each batch keeps the plan exactly.
+  episodes whose label for k is below `threshold`. tf.data runs on `threads` threads
+  (default: half the host's cores); Reverb's samples come from one worker thread per table.
   """
   if not plan:
     raise ValueError("empty plan: no table has enough items to sample")
@@ -152,38 +175,45 @@ def make_dataset(address: str, layout: TableLayout, plan: Plan, transitions_per_
   length = layout.spec.max_episode_steps + 1
   parts = []
   for (slot, success), rows in sorted(plan.items()):
-    items = rows // k
     if success or not pooled_failures:
       ds = _padded_episodes(address, task_table(slot, success), steps_signature(layout.spec),
-                            s * items, length)
+                            s * rows, length)
     else:
-      # Draw from the shared table, keep this task's failures, regroup into `items` rows
+      # Draw from the shared table, keep this task's failures, regroup into `rows` rows
       # (rebatch carries rows over between draws, so only the rejected ones cost extra).
       ds = _padded_episodes(address, SHARED_TABLE,
-                            shared_signature(layout.spec, layout.max_tasks), s * items + 2,
+                            shared_signature(layout.spec, layout.max_tasks), s * rows + 2,
                             length)
       ds = ds.map(lambda x, slot=slot: tf.nest.map_structure(
           lambda v: tf.boolean_mask(v, x["labels"][:, slot] < threshold),
           {"observation": x["observation"], "action": x["action"]}))
-      ds = ds.rebatch(s * items, drop_remainder=True)
-    pick = _transition_picker(slot, success, k)
-    # [s * items * k, ...] -> [s, items * k, ...]: one slice per batch.
-    ds = ds.map(lambda x, pick=pick: tf.nest.map_structure(
-        lambda v: tf.reshape(v, tf.concat([[s, -1], tf.shape(v)[1:]], 0)), pick(x)))
-    parts.append(ds)
+      ds = ds.rebatch(s * rows, drop_remainder=True)
+    parts.append(ds.map(_transition_picker(slot, success, k, s)))
   ds = tf.data.Dataset.zip(tuple(parts))
-  ds = ds.map(lambda *xs: tf.nest.map_structure(lambda *v: tf.concat(v, 1), *xs),
-              num_parallel_calls=2, deterministic=False)
-  return ds.unbatch().prefetch(prefetch)
+  ds = ds.map(lambda *xs: tf.nest.map_structure(lambda *v: tf.concat(v, 1), *xs))
+  # Few threads: on a host that also runs the learner's step, sampler threads preempting
+  # the step cost more than they make. (Autotuning stays on: it pipelines the tables.)
+  options = tf.data.Options()
+  cores = len(os.sched_getaffinity(0))
+  options.threading.private_threadpool_size = threads or max(1, cores // 2)
+  options.threading.max_intra_op_parallelism = 1
+  ds = ds.with_options(options)
+  return ds.prefetch(prefetch)
 
 
-def to_batch(x: dict) -> Batch:
-  return Batch(observation=x["observation"], action=x["action"], reward=x["reward"],
-               discount=x["discount"], next_observation=x["next_observation"], task=x["task"])
+def to_batch(x: dict, i: int) -> Batch:
+  """Batch `i` of a block."""
+  return Batch(observation={n: v[i] for n, v in x["observation"].items()}, action=x["action"][i],
+               reward=x["reward"][i], discount=x["discount"][i],
+               next_observation={n: v[i] for n, v in x["next_observation"].items()},
+               task=x["task"][i])
 
 
 class BalancedSampler:
   """An endless iterator of rebalanced `Batch`es; follows the tables as they fill.
+
+  Blocks of batches come from `make_dataset` as numpy arrays; a batch is a slice of one
+  (views, no copies), so a batch costs the learner's thread next to nothing.
 
   Attributes:
     plan: rows per (slot, is_success) table in the current batches.
@@ -192,7 +222,7 @@ class BalancedSampler:
 
   def __init__(self, address: str, layout: TableLayout, counts_fn: Callable[[], dict],
                batch_size: int, task_shares: Mapping[int, float], success_fraction: float,
-               transitions_per_sample: int = 1, prefetch: int = 4, refresh_seconds: float = 2.0,
+               transitions_per_sample: int = 1, prefetch: int = 1, refresh_seconds: float = 2.0,
                wait_seconds: float = 60.0, to_jax: bool = False, pooled_failures: bool = False,
                threshold: float = 0.5):
     self._address, self._layout, self._counts_fn = address, layout, counts_fn
@@ -204,13 +234,14 @@ class BalancedSampler:
     self.plan: Plan = {}
     self.report: dict = {}
     self._it = None
+    self._block, self._next = None, 0
     self._checked = 0.0
 
   def _update_plan(self) -> None:
     deadline = time.monotonic() + self._wait
     while True:
       plan, report = make_plan(self.batch_size, self.task_shares, self.success_fraction,
-                               self._counts_fn(), self._layout.min_size, self._k)
+                               self._counts_fn(), self._layout.min_size)
       if plan or time.monotonic() > deadline:
         break
       time.sleep(0.05)
@@ -224,11 +255,12 @@ class BalancedSampler:
                     "tasks without data (share given to others): %s",
                     report["no_successes"], report["no_data"])
       self.report = report
-    if plan != self.plan:
+    if plan != self.plan or self._it is None:
       self.plan = plan
       ds = make_dataset(self._address, self._layout, plan, self._k, self._prefetch,
                         self._pooled, self._threshold)
       self._it = ds.as_numpy_iterator()
+      self._block = None
 
   def __iter__(self):
     return self
@@ -236,13 +268,16 @@ class BalancedSampler:
   def close(self) -> None:
     """Drops the tf.data pipeline, cancelling its in-flight Reverb samples; a server can
     then stop without waiting on them. The next `next()` builds a new pipeline."""
-    self._it = None
+    self._it, self._block = None, None
     gc.collect()
 
   def __next__(self) -> Batch:
     if self._it is None or time.monotonic() - self._checked > self._refresh:
       self._update_plan()
-    batch = to_batch(next(self._it))
+    if self._block is None or self._next == len(self._block["task"]):
+      self._block, self._next = next(self._it), 0
+    batch = to_batch(self._block, self._next)
+    self._next += 1
     if self._to_jax:
       import jax
       batch = jax.device_put(batch)

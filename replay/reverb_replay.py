@@ -57,7 +57,8 @@ class ReverbReplay(Replay):
     labeller: fills in missing `Episode.labels`; without one, unlabelled episodes are errors.
     address: connect to this server instead of starting one.
     checkpoint_dir: where an owned server checkpoints (and restores from).
-    transitions_per_sample: rows a sampled episode item gives (1 = independent rows).
+    transitions_per_sample: rows a sampled episode item gives, each to a different batch
+      (1 = independent rows; more costs less sampling per batch, see `balanced_sampler`).
   """
 
   def __init__(self, layout: TableLayout, *, slots: Sequence[int] | None = None,
@@ -195,15 +196,16 @@ class ReverbReplay(Replay):
 
   def sampler(self, batch_size: int, task_shares: Mapping[int, float] | None = None,
               success_fraction: float | None = None, seed: int | None = None,
-              to_jax: bool = False, prefetch: int = 4, wait_seconds: float = 60.0,
+              to_jax: bool = False, prefetch: int = 1, wait_seconds: float = 60.0,
               refresh_seconds: float = 2.0) -> BalancedSampler:
-    """Rebalanced batches; `task_shares` maps slot -> weight (default: equal over `slots`)."""
+    """Rebalanced batches; `task_shares` maps slot -> weight (default: equal over `slots`).
+
+    `prefetch` blocks of batches (see `balanced_sampler.make_dataset`) are made ahead.
+    """
     del seed  # Reverb's sampling is not seedable; kept for the interface.
-    k = self.transitions_per_sample
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1 or batch_size % k:
-      raise ReplayError(f"batch_size must be a positive multiple of transitions_per_sample={k}, "
-                        f"got {batch_size!r}")
-    shares = {k_: 1.0 for k_ in self.slots} if task_shares is None else dict(task_shares)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+      raise ReplayError(f"batch_size must be a positive integer, got {batch_size!r}")
+    shares = {k: 1.0 for k in self.slots} if task_shares is None else dict(task_shares)
     bad = [s for s in shares if s not in self.slots]
     if bad:
       raise ReplayError(f"task_shares names slots {bad} that are not active ({self.slots})")
@@ -212,8 +214,9 @@ class ReverbReplay(Replay):
     frac = self.success_fraction if success_fraction is None else success_fraction
     _check_fraction(frac)
     return BalancedSampler(self.address, self.layout, self.counts, int(batch_size), shares,
-                           float(frac), k, prefetch, refresh_seconds, wait_seconds, to_jax,
-                           pooled_failures=self.pooled_failures, threshold=self.threshold)
+                           float(frac), self.transitions_per_sample, prefetch, refresh_seconds,
+                           wait_seconds, to_jax, pooled_failures=self.pooled_failures,
+                           threshold=self.threshold)
 
   def episodes(self) -> Iterator[Episode]:
     """Every episode in the `episodes` table once, oldest first.

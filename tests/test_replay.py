@@ -258,3 +258,29 @@ def test_sampler_can_hand_out_jax_arrays(rng):
     b = next(r.sampler(16, task_shares={0: 1.0}, to_jax=True))
     assert isinstance(b.action, jax.Array) and b.action.shape == (16, 3)
     assert isinstance(b.observation["image"], jax.Array) and b.task.dtype == np.int32
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_rows_uniform_over_a_tables_transitions(rng, k):
+  """Episodes of 1, 3 and 6 steps: each of the 10 transitions is a tenth of the rows."""
+  eps = [make_episode(rng, i, 0, np.zeros(MAX_TASKS, bool), steps=n)
+         for i, n in enumerate([1, 3, 6])]
+  with new_replay(sharing="none", slots=[0], transitions_per_sample=k) as r:
+    r.write_many(eps)
+    sampler = r.sampler(30, task_shares={0: 1.0})  # Not a multiple of k: no need.
+    rows = np.concatenate([next(sampler).observation["state"][:, :2] for _ in range(80)])
+  _, freq = np.unique(rows, axis=0, return_counts=True)
+  assert len(freq) == 10
+  np.testing.assert_allclose(freq / len(rows), 0.1, atol=0.025)
+
+
+def test_transitions_of_a_sample_go_to_different_batches(rng):
+  """With transitions_per_sample=4 a batch still holds rows of ~as many episodes as rows
+  (as if sampled one by one), not groups of 4 rows from one episode."""
+  eps = [make_episode(rng, i, 0, np.zeros(MAX_TASKS, bool), steps=10) for i in range(100)]
+  with new_replay(sharing="none", slots=[0], transitions_per_sample=4) as r:
+    r.write_many(eps)
+    sampler = r.sampler(20, task_shares={0: 1.0})
+    per_episode = [20 / len(np.unique(next(sampler).observation["state"][:, 0]))
+                   for _ in range(64)]
+  assert np.mean(per_episode) < 1.3  # Independent draws: ~1.1; grouped in-batch: 4.
