@@ -5,7 +5,7 @@ Run: `python -m benchmarks.replay [--quick]`. Prints a table, then one JSON line
 - writer: episodes/s through `ReverbReplay.write_many` (validation, sharing, labels) vs a raw
   trajectory writer appending the same steps and creating the same items on the same tables.
 - sampler: rebalanced batches of 256 over 10 tasks vs raw `client.sample` of 256 items, with
-  `transitions_per_sample` 1 (the default) and 8; and the sampler's CPU ms per batch (all its
+  `transitions_per_sample` 8 (the default config's; unsuffixed keys) and 1 (`_k1` keys); and the sampler's CPU ms per batch (all its
   threads), the figure that decides whether it can feed a step on a host's spare cores.
 - memory: server RSS growth per stored transition, `all` sharing over 10 tasks vs `none`
   (each episode counts for one task), measured in child processes.
@@ -109,7 +109,7 @@ def bench_sampler(replay, batches: int) -> dict:
   shared machine), with transitions_per_sample 1 and 8; then raw `client.sample`."""
   from replay import tables
   out = {}
-  for k, suffix in ((1, ""), (8, "_k8")):
+  for k, suffix in ((8, ""), (1, "_k1")):  # 8: the default config's.
     replay.transitions_per_sample = k
     sampler = replay.sampler(256)
     for _ in range(2 * 8 * k):  # Two blocks (see balanced_sampler.make_dataset).
@@ -157,7 +157,7 @@ def bench_memory(n: int) -> dict:
 
 def bench_learner(replay, steps: int, repeats: int) -> dict:
   """Steps/s of the train step alone (one fixed batch on the device) and fed by samplers
-  (transitions_per_sample 1 and 8), in interleaved runs of `steps` steps; best of each."""
+  (transitions_per_sample 8, the default, and 1), in interleaved runs of `steps` steps; best of each."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -212,11 +212,11 @@ def bench_learner(replay, steps: int, repeats: int) -> dict:
 
   # Interleaved, best of each: load on the shared machine drifts.
   out = {"learner_steps_per_s_alone": 0.0, "learner_steps_per_s_fed": 0.0,
-         "learner_steps_per_s_fed_k8": 0.0}
+         "learner_steps_per_s_fed_k1": 0.0}
   for _ in range(repeats):
     for key, feed in (("learner_steps_per_s_alone", lambda: run(lambda: fixed)),
-                      ("learner_steps_per_s_fed", lambda: fed(1)),
-                      ("learner_steps_per_s_fed_k8", lambda: fed(8))):
+                      ("learner_steps_per_s_fed", lambda: fed(8)),
+                      ("learner_steps_per_s_fed_k1", lambda: fed(1))):
       out[key] = max(out[key], feed())
   replay.transitions_per_sample = 1
   out["learner_step_ms"] = 1000 / out["learner_steps_per_s_alone"]
@@ -244,10 +244,10 @@ def main(argv=None) -> None:
   r["writer_vs_raw"] = r["ours_eps_per_s"] / r["raw_eps_per_s"]
   r["memory_shared10_vs_1"] = r["bytes_per_transition_shared10"] / r["bytes_per_transition_1task"]
   r["sampler_vs_raw_sample"] = r["sampler_batches_per_s"] / r["raw_sample_batches_per_s"]
-  r["sampler_vs_raw_sample_k8"] = r["sampler_batches_per_s_k8"] / r["raw_sample_batches_per_s"]
-  r["sampler_cpu_k8_vs_k1"] = r["sampler_cpu_ms_per_batch_k8"] / r["sampler_cpu_ms_per_batch"]
+  r["sampler_vs_raw_sample_k1"] = r["sampler_batches_per_s_k1"] / r["raw_sample_batches_per_s"]
+  r["sampler_cpu_k8_vs_k1"] = r["sampler_cpu_ms_per_batch"] / r["sampler_cpu_ms_per_batch_k1"]
   r["learner_fed_vs_alone"] = r["learner_steps_per_s_fed"] / r["learner_steps_per_s_alone"]
-  r["learner_fed_vs_alone_k8"] = (r["learner_steps_per_s_fed_k8"]
+  r["learner_fed_vs_alone_k1"] = (r["learner_steps_per_s_fed_k1"]
                                   / r["learner_steps_per_s_alone"])
   r["quick"] = bool(args.quick)
   rows = [
@@ -257,16 +257,16 @@ def main(argv=None) -> None:
        "writer_vs_raw", ""),
       ("batches/s @256 (balanced | client.sample)", "sampler_batches_per_s",
        "raw_sample_batches_per_s", "sampler_vs_raw_sample", ""),
-      ("  same, 8 transitions per sampled episode", "sampler_batches_per_s_k8",
-       "raw_sample_batches_per_s", "sampler_vs_raw_sample_k8", ""),
-      ("sampler CPU ms/batch @256 (k=8 | k=1)", "sampler_cpu_ms_per_batch_k8",
-       "sampler_cpu_ms_per_batch", "sampler_cpu_k8_vs_k1", ""),
+      ("  same, 1 transition per sampled episode", "sampler_batches_per_s_k1",
+       "raw_sample_batches_per_s", "sampler_vs_raw_sample_k1", ""),
+      ("sampler CPU ms/batch @256 (k=8 | k=1)", "sampler_cpu_ms_per_batch",
+       "sampler_cpu_ms_per_batch_k1", "sampler_cpu_k8_vs_k1", ""),
       ("bytes/transition (10 tasks | 1 task)", "bytes_per_transition_shared10",
        "bytes_per_transition_1task", "memory_shared10_vs_1", "<= 1.2"),
       ("learner steps/s (fed | alone)", "learner_steps_per_s_fed", "learner_steps_per_s_alone",
        "learner_fed_vs_alone", ">= 0.9"),
-      ("  same, 8 transitions per sampled episode", "learner_steps_per_s_fed_k8",
-       "learner_steps_per_s_alone", "learner_fed_vs_alone_k8", ""),
+      ("  same, 1 transition per sampled episode", "learner_steps_per_s_fed_k1",
+       "learner_steps_per_s_alone", "learner_fed_vs_alone_k1", ""),
   ]
   print(f"replay benchmark ({'quick' if args.quick else 'full'}; {TASKS} tasks, T={STEPS}, "
         f"state {STATE_DIM}, success rate {P_SUCCESS}, "

@@ -357,8 +357,7 @@ def train(config: ConfigDict, log=print) -> dict:
     min_size = int(config.replay.min_size)
     sampler = MixedBatches(
         sampler_of(replay), sampler_of(online), lcfg.batch_size, fraction,
-        online_ready=lambda: any(max(c.values()) >= min_size for c in online.counts().values()),
-        unit=replay.transitions_per_sample)
+        online_ready=lambda: any(max(c.values()) >= min_size for c in online.counts().values()))
   learner = Learner(spec, registry.max_tasks, lcfg, sampler, run_dir=run_dir,
                     seed=config.seed, publish=publish)
   from tensorboardX import SummaryWriter

@@ -55,17 +55,15 @@ def _largest_remainder(total: int, weights: Mapping[int, float]) -> dict[int, in
 
 
 def make_plan(batch_size: int, task_shares: Mapping[int, float], success_fraction: float,
-              counts: Mapping[int, Mapping[str, int]], min_size: int,
-              unit: int = 1) -> tuple[Plan, dict]:
+              counts: Mapping[int, Mapping[str, int]], min_size: int) -> tuple[Plan, dict]:
   """Rows per (task, outcome) table for one batch, given the tables' current sizes.
 
   Args:
-    batch_size: rows per batch; a multiple of `unit`.
+    batch_size: rows per batch.
     task_shares: slot -> weight (> 0).
     success_fraction: successes per task row, in [0, 1].
     counts: slot -> {"success": items, "failure": items}.
     min_size: items a table needs before it is sampled.
-    unit: rows per sampled item (rows come in whole items).
 
   Returns:
     (plan, report): report lists `no_successes` and `no_data` task slots.
@@ -78,7 +76,7 @@ def make_plan(batch_size: int, task_shares: Mapping[int, float], success_fractio
             "no_failures": sorted(k for k in live if not ready(k, False))}
   if not live:
     return {}, report
-  units = _largest_remainder(batch_size // unit, live)
+  units = _largest_remainder(batch_size, live)
   plan: Plan = {}
   for k, n in units.items():
     n_succ = int(round(n * success_fraction))
@@ -88,7 +86,7 @@ def make_plan(batch_size: int, task_shares: Mapping[int, float], success_fractio
       n_succ = n
     for success, m in ((True, n_succ), (False, n - n_succ)):
       if m > 0:
-        plan[(k, success)] = m * unit
+        plan[(k, success)] = m
   return plan, report
 
 

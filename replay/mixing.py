@@ -33,21 +33,19 @@ class MixedBatches:
   Args:
     offline, online: sampler factories (batch size -> iterator of Batches).
     batch_size: rows per batch.
-    fraction: on-policy share of the rows, in [0, 1); rounded to a multiple of `unit`.
+    fraction: on-policy share of the rows, in [0, 1).
     online_ready: whether the on-policy replay can be sampled yet; checked every
       `check_every` batches until it is.
-    unit: row granularity of both samplers (their transitions per sampled episode).
   """
 
   def __init__(self, offline: SamplerFactory, online: SamplerFactory, batch_size: int,
-               fraction: float, online_ready: Callable[[], bool], unit: int = 1,
-               check_every: int = 50):
+               fraction: float, online_ready: Callable[[], bool], check_every: int = 50):
     if not 0.0 <= fraction < 1.0:
       raise ValueError(f"online fraction must be in [0, 1), got {fraction}")
     self._make_offline, self._make_online = offline, online
     self._ready, self._check_every = online_ready, int(check_every)
     self.batch_size = int(batch_size)
-    self.online_rows = int(round(batch_size * fraction / unit)) * unit
+    self.online_rows = int(round(batch_size * fraction))
     self.mixing = False  # True once batches hold on-policy rows.
     self._offline = offline(batch_size)
     self._online = None
