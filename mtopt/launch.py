@@ -22,6 +22,7 @@ Re-running the same command continues where a killed run stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -205,6 +206,18 @@ def offline_dataset(config: ConfigDict, ray, registry: TaskRegistry, run_dir: st
   return out
 
 
+def stored_labels(data_dir: str, registry: TaskRegistry) -> dict[int, np.ndarray]:
+  """episode id -> labels from DATA_DIR/labels.npz (written by `mtopt tasks add` and bulk
+  relabelling), if they were made for this registry's slots; else {} (the labeller runs)."""
+  from success_detectors import label_store
+  stored = label_store.read_labels(data_dir)
+  if stored is None or stored.labels.shape[1] != registry.max_tasks:
+    return {}
+  if any(stored.task_names[t.slot] != t.name for t in registry.active()):
+    return {}  # Labelled for other task slots: stale.
+  return stored.by_episode()
+
+
 def batch_composition(config: ConfigDict, replay) -> dict:
   """Sampler arguments: MT-Opt's rebalancing (equal task shares, `replay.success_fraction`)
   or, with `train.rebalance` off, the data's own proportions: task shares by stored items
@@ -314,9 +327,14 @@ def train(config: ConfigDict, log=print) -> dict:
   if data is not None and not progress["imported_episodes"]:
     chunk, n = [], 0
     slots = set(replay.slots)
+    stored = stored_labels(data, registry) if t.labels == "learned" else {}
+    if stored:
+      log(f"using the detector labels stored with {data} for {len(stored)} episodes")
     for ep in rlds_format.read_episodes(data):
       if ep.task_id not in slots and replay.sharing == "none":
         continue  # Another task's episode, and this run does not share.
+      if ep.labels is None and ep.episode_id in stored:
+        ep = dataclasses.replace(ep, labels=stored[ep.episode_id])
       chunk.append(ep)
       if len(chunk) == 256:
         replay.write_many(chunk)

@@ -174,3 +174,21 @@ def test_train_survives_a_killed_robot_actor(tmp_path, ray_session):
   progress = launch.load_progress(run)
   assert [e["step"] for e in progress["evaluations"]] == [100, 200, 300]
   assert progress["collected_episodes"] > 0
+
+
+def test_offline_import_uses_stored_labels_made_for_the_same_slots(tmp_path):
+  from success_detectors import label_store
+  registry = TaskRegistry(4)
+  for name in ("reach_red", "lift_red"):
+    registry.add(name)
+  labels = np.array([[0.9, 0.1, 0, 0], [0.2, 0.7, 0, 0]], np.float32)
+  label_store.write_labels(str(tmp_path), np.array([7, 3]), labels, 1,
+                           {0: "reach_red", 1: "lift_red"})
+  stored = launch.stored_labels(str(tmp_path), registry)
+  assert set(stored) == {7, 3}
+  np.testing.assert_array_equal(stored[3], labels[1])
+  # Made for other slot names (e.g. before a task was renamed): not used.
+  label_store.write_labels(str(tmp_path), np.array([7, 3]), labels, 1,
+                           {0: "lift_red", 1: "reach_red"})
+  assert launch.stored_labels(str(tmp_path), registry) == {}
+  assert launch.stored_labels(str(tmp_path / "none"), registry) == {}
