@@ -38,7 +38,10 @@ def markdown(per_seed: dict[int, dict[str, float]], meta: dict) -> str:
   lines.append(f"| **mean** | **{np.mean(means):.2f} ± {np.std(means):.2f}** | "
                + " | ".join(f"{np.mean([r[t] for r in per_seed.values()]):.2f}"
                             for t in tasks) + " |")
-  lines += ["", f"Learner steps per run: {meta['steps']}; evaluation episodes per task: "
+  lines += ["", f"Data: {meta['episodes']} episodes of Meta-World's scripted experts with "
+            f"epsilon={meta['epsilon']} random actions, labels: {meta['labels']}; learner "
+            f"steps per run: {meta['steps']} (conservative_weight "
+            f"{meta['conservative_weight']}); greedy CEM evaluation episodes per task: "
             f"{meta['eval_episodes']}; overrides: {meta['overrides'] or 'none'}."]
   return "\n".join(lines) + "\n"
 
@@ -85,6 +88,9 @@ def main(argv=None) -> dict:
   config = config or load_config(CONFIG, overrides)
   means = [float(np.mean(list(r.values()))) for r in per_seed.values()]
   meta = {"seeds": sorted(per_seed), "steps": int(config.learner.num_steps),
+          "episodes": int(config.train.offline_episodes), "epsilon": float(config.actors.epsilon),
+          "labels": config.train.labels,
+          "conservative_weight": float(config.learner.conservative_weight),
           "eval_episodes": int(config.eval.episodes_per_task), "overrides": overrides,
           "quick": args.quick, "note": "quick smoke run" if args.quick else "state observations"}
   result = {"mean_success": float(np.mean(means)), "mean_success_std": float(np.std(means)),
