@@ -326,7 +326,6 @@ def train(config: ConfigDict, log=print) -> dict:
                                      labeller=labeller, slots=slots) if fraction else None)
   if data is not None and not progress["imported_episodes"]:
     chunk, n = [], 0
-    slots = set(replay.slots)
     stored = stored_labels(data, registry) if t.labels == "learned" else {}
     if stored:
       log(f"using the detector labels stored with {data} for {len(stored)} episodes")
