@@ -153,7 +153,7 @@ class SuccessDetector:
       if v.shape[1:] != s.shape:
         raise DetectorError(f"observations[{k!r}]: expected [N, {s.shape}], got {v.shape}")
       obs[k] = v.astype(s.dtype, copy=False)
-    logits = training.predict(self.model, self.variables, obs, fn=training.logits)
+    logits = training.predict(self.model, self.variables, obs)
     offsets = np.zeros(self.max_tasks, np.float32)
     for slot, info in self.slots.items():
       offsets[slot] = info.offset
@@ -318,8 +318,8 @@ class SuccessDetector:
     """Sets each slot's logit offset so that the configured threshold is the cut that
     balances precision and recall best on the held-out examples (0 if not configured)."""
     held = self.examples.take(self.heldout)
-    logits = training.predict(self.model, self.variables, held.observations,
-                              fn=training.logits) if len(held) else None
+    logits = (training.predict(self.model, self.variables, held.observations)
+              if len(held) else None)
     for s in slots:
       self.slots[s].offset = 0.0
       if not self.config.calibrate or logits is None:

@@ -132,12 +132,6 @@ def update_step(model, params, opt_state, norm, obs, labels, weights, update_mas
 
 
 @functools.partial(jax.jit, static_argnames="model")
-def probabilities(model, variables, obs):
-  """Success probabilities [B, max_tasks] for a batch of observations."""
-  return jax.nn.sigmoid(model.apply(variables, obs))
-
-
-@functools.partial(jax.jit, static_argnames="model")
 def logits(model, variables, obs):
   """Success logits [B, max_tasks] for a batch of observations."""
   return model.apply(variables, obs)
@@ -182,8 +176,8 @@ def _padded_size(n: int, chunk: int) -> int:
 
 
 def predict(model, variables, obs: Mapping[str, np.ndarray], chunk: int = 4096,
-            fn=probabilities) -> np.ndarray:
-  """float32 [N, max_tasks] (or [N, F] with fn=head_inputs) for observations
+            fn=logits) -> np.ndarray:
+  """float32 logits [N, max_tasks] (or [N, F] with fn=head_inputs) for observations
   name -> [N, ...], in padded chunks."""
   n = len(next(iter(obs.values())))
   out = None
