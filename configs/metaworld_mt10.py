@@ -24,6 +24,7 @@ def get_config():
   c = _tabletop_config()
   c.run_dir = "runs/metaworld_mt10"
   c.env.name = "metaworld"
+  del c.env["fine_features"]  # A tabletop option.
   c.env.tasks = []  # Every task of env.benchmark.
   c.env.benchmark = "MT10"
   # Experts succeed within 14-51 steps at action_repeat 3 (42-153 simulator steps).

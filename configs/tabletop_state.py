@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
                  "lift_blue"]
   c.env.max_episode_steps = 50  # Scripted tabletop experts need <= 30 (push up to ~47).
   c.env.terminate_action = True  # A 5th action dimension; > 0 ends the episode.
+  # tabletop: also (object - tip) in cm, clipped to +-5 cm: the last centimetres of a reach
+  # or grasp (mean success 0.47 vs 0.27 at 6000 steps, reach 0.87 vs 0.27; see README).
+  c.env.fine_features = True
   c.env.benchmark = "MT10"  # metaworld only: MT10 | MT50 (when env.tasks is empty).
 
   c.actors = ml_collections.ConfigDict()

@@ -121,10 +121,11 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
     gap = jnp.zeros(())
     if config.conservative_weight:
       random_logits = networks.head_logits(network, params, features, random_actions)
-      # Unbounded, as CQL's: on MT10 the random actions' logits drift to about -1e6 by
-      # 15k steps, harmlessly; hinged at 5 or 50 logits, Q collapsed and nothing was learned.
-      gap = (jax.nn.logsumexp(random_logits, axis=1) - jnp.log(random_logits.shape[1])
-             - logits).mean()
+      # CQL(H): the soft maximum runs over the random actions *and* the data action, so
+      # the push stops once the data action dominates (gradient w * (p_data - 1)). Without
+      # the data action in it, the data logit rose without bound for failures too.
+      both = jnp.concatenate([random_logits, logits[:, None]], axis=1)
+      gap = (jax.nn.logsumexp(both, axis=1) - jnp.log(both.shape[1]) - logits).mean()
       loss = loss + config.conservative_weight * gap
     return loss, (logits, gap)
 

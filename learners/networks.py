@@ -85,6 +85,20 @@ class Output(nn.Module):
     return jnp.sum(x * kernel[:, 0], axis=-1) + bias[0]
 
 
+def canonical_action(action: jax.Array, terminate_dim: int | None) -> jax.Array:
+  """Where the terminate dimension is > 0, the action becomes the one-hot terminate action.
+
+  The env ignores the other dimensions when it terminates, so Q(s, terminate) must not
+  depend on them. Without this CEM found terminate actions whose irrelevant dimensions
+  the network scored high (tabletop reach: terminating 3-5 cm from the cube at Q 0.95-1.0).
+  """
+  if terminate_dim is None:
+    return action
+  stop = action[..., terminate_dim:terminate_dim + 1] > 0
+  onehot = (jnp.arange(action.shape[-1]) == terminate_dim).astype(action.dtype)
+  return jnp.where(stop, onehot, action)
+
+
 class QNetwork(nn.Module):
   """Q(s, a, task) as a logit; see the module docstring for the split."""
 
@@ -92,6 +106,7 @@ class QNetwork(nn.Module):
   has_image: bool
   max_tasks: int
   config: NetworkConfig
+  terminate_dim: int | None = None  # See `canonical_action`.
 
   def setup(self):
     c = self.config
@@ -141,6 +156,7 @@ class QNetwork(nn.Module):
   def head(self, features, action: jax.Array) -> jax.Array:
     """Logits [B] for action [B, A], or [B, N] for action [B, N, A]."""
     per_sample = action.ndim == 3
+    action = canonical_action(action, self.terminate_dim)
     if self.config.architecture == "split":
       if per_sample:
         features = features[:, None, :]
@@ -176,7 +192,7 @@ def make_q_network(env_spec: EnvSpec, max_tasks: int, config: NetworkConfig) -> 
   if not state_keys and not has_image:
     raise ValueError("env spec has no observations")
   return QNetwork(state_keys=state_keys, has_image=has_image, max_tasks=max_tasks,
-                  config=config)
+                  config=config, terminate_dim=env_spec.terminate_dim)
 
 
 def dummy_inputs(env_spec: EnvSpec, batch_size: int = 1):

@@ -94,17 +94,28 @@ class EnvSpec:
     observation: named observation arrays, e.g. {"state": (D,)} or {"image": (64, 64, 3)}.
     action: bounded continuous action, e.g. (dx, dy, dz, gripper) in [-1, 1].
     max_episode_steps: the time limit T of one episode.
+    terminate_dim: the action dimension that ends the episode when > 0, if any. The env
+      then ignores the other dimensions, so every terminate action is the same action.
   """
 
   observation: Mapping[str, ArraySpec]
   action: BoundedArraySpec
   max_episode_steps: int
+  terminate_dim: int | None = None
+
+  def __post_init__(self):
+    if self.terminate_dim is not None and not 0 <= self.terminate_dim < self.action.shape[-1]:
+      raise SpecError(f"terminate_dim {self.terminate_dim} is not an action dimension "
+                      f"(action shape {self.action.shape})")
 
   def to_json(self) -> dict:
     return {"observation": {k: v.to_json() for k, v in self.observation.items()},
-            "action": self.action.to_json(), "max_episode_steps": self.max_episode_steps}
+            "action": self.action.to_json(), "max_episode_steps": self.max_episode_steps,
+            "terminate_dim": self.terminate_dim}
 
   @classmethod
   def from_json(cls, d: Mapping) -> "EnvSpec":
+    t = d.get("terminate_dim")
     return cls({k: ArraySpec.from_json(v) for k, v in d["observation"].items()},
-               ArraySpec.from_json(d["action"]), int(d["max_episode_steps"]))
+               ArraySpec.from_json(d["action"]), int(d["max_episode_steps"]),
+               None if t is None else int(t))

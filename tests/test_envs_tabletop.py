@@ -228,3 +228,17 @@ def test_make_from_config_section_and_name():
     envs.make("tabletop", gravity=3)
   with pytest.raises(envs.EnvError, match="unknown task"):
     envs.make("tabletop", tasks=["lift_purple"])
+
+
+def test_fine_features_are_clipped_centimetre_offsets():
+  from mtopt.envs.tabletop import FINE_CLIP, FINE_DIM
+  with TabletopEnv(fine_features=True, seed=0) as env:
+    obs = env.reset("reach_red", seed=3)["state"]
+    assert env.spec().observation["state"].shape == (STATE_DIM + FINE_DIM,)
+    coarse, fine = obs[STATE_DIM - FINE_DIM:STATE_DIM], obs[STATE_DIM:]
+    np.testing.assert_allclose(fine, np.clip(coarse * 10, -FINE_CLIP, FINE_CLIP), atol=1e-4)
+    for _ in range(30):  # Move the tip onto the red cube: its fine offsets unclip.
+      obs = env.step(env.expert_action())[0]["state"]
+      if np.abs(obs[STATE_DIM:STATE_DIM + 3]).max() < FINE_CLIP:
+        break
+    assert np.abs(obs[STATE_DIM:STATE_DIM + 3]).max() < FINE_CLIP

@@ -97,3 +97,29 @@ def test_merge_and_output_are_dense_layers_in_params_and_values(rng):
   dense = jax.tree.map(lambda v: v + 0.1, dense)  # A non-zero bias too.
   np.testing.assert_allclose(networks.Output().apply(dense, x), nn.Dense(1).apply(dense, x)[..., 0],
                              rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", ["split", "whole"])
+def test_terminate_actions_are_one_action(rng, architecture):
+  """With a terminate dimension, Q(s, terminate) ignores the dimensions the env ignores."""
+  spec = EnvSpec(STATE_SPEC.observation, STATE_SPEC.action, 10, terminate_dim=2)
+  net = networks.make_q_network(spec, 8, NetworkConfig(architecture=architecture, **SMALL))
+  params = networks.init_params(net, spec, jax.random.PRNGKey(0))
+  obs, task = _inputs(spec, rng, 5)
+  stop = rng.uniform(-1, 1, (5, 6, 3)).astype(np.float32)
+  stop[..., 2] = rng.uniform(0.01, 1, (5, 6))
+  features = networks.encode(net, params, obs, task)
+  q = np.asarray(networks.head_logits(net, params, features, stop))
+  np.testing.assert_allclose(q, q[:, :1].repeat(6, 1), rtol=1e-5, atol=1e-5)
+  go = stop.copy()
+  go[..., 2] = -go[..., 2]  # Not terminating: the other dimensions matter again.
+  q_go = np.asarray(networks.head_logits(net, params, features, go))
+  assert np.ptp(q_go, axis=1).min() > 1e-4
+
+
+def test_env_spec_terminate_dim_round_trips_and_is_checked():
+  spec = EnvSpec(STATE_SPEC.observation, STATE_SPEC.action, 10, terminate_dim=2)
+  assert EnvSpec.from_json(spec.to_json()) == spec
+  assert EnvSpec.from_json(STATE_SPEC.to_json()).terminate_dim is None
+  with pytest.raises(ValueError, match="terminate_dim 3"):
+    EnvSpec(STATE_SPEC.observation, STATE_SPEC.action, 10, terminate_dim=3)

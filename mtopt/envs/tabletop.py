@@ -25,20 +25,25 @@ STATE_DIM = 5 + 10 * len(scene.OBJECTS)
 # Relative positions in decimetres: success tolerances are 1.5-2.5 cm, which raw metres
 # make hard for an unnormalised network to resolve.
 RELATIVE_SCALE = 10.0
+# With `fine_features`: the same vectors in centimetres, clipped to +-FINE_CLIP, so that the
+# last few centimetres of a grasp or reach span a range a network resolves easily.
+FINE_SCALE, FINE_CLIP = 100.0, 5.0
+FINE_DIM = 3 * len(scene.OBJECTS)
 PROPRIO_DIM = 5
 
 
 class TabletopEnv(Env):
   """Attributes of the state observation (float32 [STATE_DIM]): tip position (3), gripper
   closed (1: 0 or 1), finger gap (1, m), then per object: position (3), quaternion (4);
-  then per object: (object position - tip) * RELATIVE_SCALE (3).
+  then per object: (object position - tip) * RELATIVE_SCALE (3); with `fine_features`,
+  then per object: clip((object position - tip) * FINE_SCALE, +-FINE_CLIP) (3).
   In image mode the observation is {"image": uint8 [64, 64, 3], "state": the first
   PROPRIO_DIM entries (proprioception)}.
   """
 
   def __init__(self, observation: str = "state", tasks_subset: Sequence[str] = (),
                max_episode_steps: int = 50, terminate_action: bool = True,
-               seed: int | None = None, camera: str = "front"):
+               seed: int | None = None, camera: str = "front", fine_features: bool = False):
     if observation not in ("state", "image"):
       raise EnvError(f"tabletop: observation must be 'state' or 'image', got {observation!r}")
     if max_episode_steps < 1:
@@ -51,6 +56,7 @@ class TabletopEnv(Env):
     self._observation = observation
     self._max_steps = int(max_episode_steps)
     self._terminate_action = bool(terminate_action)
+    self._fine = bool(fine_features)
     self._rng = np.random.default_rng(seed)
 
     self.model = mujoco.MjModel.from_xml_string(scene.scene_xml())
@@ -69,12 +75,12 @@ class TabletopEnv(Env):
       self._renderer = make_renderer(m, IMAGE_SIZE, IMAGE_SIZE)
 
     action_dim = 5 if self._terminate_action else 4
-    obs = {"state": ArraySpec((STATE_DIM,), np.float32, "state")}
+    obs = {"state": ArraySpec((STATE_DIM + FINE_DIM * self._fine,), np.float32, "state")}
     if observation == "image":
       obs = {"image": ArraySpec((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8, "image"),
              "state": ArraySpec((PROPRIO_DIM,), np.float32, "state")}
     self._spec = EnvSpec(obs, BoundedArraySpec((action_dim,), np.float32, "action", -1.0, 1.0),
-                         self._max_steps)
+                         self._max_steps, 4 if self._terminate_action else None)
     self._task: str | None = None
     self._taskdef = None
     self._closed = False
@@ -179,9 +185,11 @@ class TabletopEnv(Env):
     proprio = [*d.mocap_pos[0], float(self._closed), self._gap()]
     if self._observation == "state":
       poses = d.qpos[self._qadr]
-      relative = (poses[:, :3] - d.mocap_pos[0]) * RELATIVE_SCALE
-      return {"state": np.concatenate([proprio, poses.ravel(), relative.ravel()]
-                                      ).astype(np.float32)}
+      offset = poses[:, :3] - d.mocap_pos[0]
+      parts = [proprio, poses.ravel(), (offset * RELATIVE_SCALE).ravel()]
+      if self._fine:
+        parts.append(np.clip(offset * FINE_SCALE, -FINE_CLIP, FINE_CLIP).ravel())
+      return {"state": np.concatenate(parts).astype(np.float32)}
     self._renderer.update_scene(d, self._camera)
     return {"image": self._renderer.render(), "state": np.asarray(proprio, np.float32)}
 
