@@ -63,6 +63,10 @@ class DetectorConfig:
       networks.SuccessClassifier).
     state_distances: window lengths d: add the log distance between every two runs of d
       consecutive state entries as inputs (2: distances in the plane, 3: in space).
+    state_squares: add the square of each normalised state entry as inputs (spheres
+      around a point become linear thresholds).
+    feature_squash: bound normalised state features smoothly to +-this (0: off), so that
+      states unlike any example (a tumbled cube's orientation) cannot swing the output.
     threshold: probability at or above which an episode counts as a success.
     train_steps: Adam steps when training all slots (fresh detector or retrain).
     add_task_steps: Adam steps when training one new slot's head.
@@ -83,6 +87,8 @@ class DetectorConfig:
   conv_channels: tuple[int, ...] = (16, 32, 32, 64)
   state_pairs: bool = True
   state_distances: tuple[int, ...] = (2, 3)
+  state_squares: bool = True
+  feature_squash: float = 4.0
   threshold: float = 0.5
   train_steps: int = 2000
   add_task_steps: int = 1500
@@ -117,16 +123,23 @@ class SlotInfo:
   offset: float = 0.0  # Added to the slot's logit: the held-out calibration of its cut.
 
 
+# The fields that define the network (its parameter shapes or its function): fixed once the
+# detector is built. How to train and judge (steps, rates, threshold, ...) may change.
+NETWORK_FIELDS = ("torso", "head_hidden", "conv_channels", "state_pairs", "state_distances",
+                  "state_squares", "feature_squash")
+
+
 class SuccessDetector:
   """A multi-task success classifier: final observation -> p(success) for every slot."""
 
   def __init__(self, spec: EnvSpec, max_tasks: int, config: DetectorConfig | None = None,
                variables: dict | None = None):
     self.spec, self.max_tasks = spec, max_tasks
-    self.config = config or DetectorConfig()
+    self._config = config or DetectorConfig()
     self.model = make_classifier(spec, max_tasks, self.config.torso, self.config.head_hidden,
                                  self.config.conv_channels, self.config.state_pairs,
-                                 self.config.state_distances)
+                                 self.config.state_distances, self.config.state_squares,
+                                 self.config.feature_squash)
     if variables is None:
       variables = self.model.init(jax.random.PRNGKey(self.config.seed),
                                   dummy_observation(spec))
@@ -136,6 +149,17 @@ class SuccessDetector:
     self.slots: dict[int, SlotInfo] = {}
     self.examples: ExampleSet | None = None
     self.heldout: np.ndarray = np.zeros(0, bool)
+
+  @property
+  def config(self) -> DetectorConfig:
+    return self._config
+
+  @config.setter
+  def config(self, config: DetectorConfig) -> None:
+    """A new training / judging configuration; its NETWORK_FIELDS are ignored (the built
+    network stays, so that the config saved with it always describes it)."""
+    self._config = dataclasses.replace(
+        config, **{k: getattr(self._config, k) for k in NETWORK_FIELDS})
 
   @classmethod
   def create(cls, spec: EnvSpec, max_tasks: int, config: DetectorConfig | None = None
@@ -385,6 +409,8 @@ class SuccessDetector:
       config = dict(meta["config"])
       config.setdefault("state_distances", ())  # Saved before those features existed.
       config.setdefault("calibrate", False)
+      config.setdefault("state_squares", False)  # Saved before squares and squashing.
+      config.setdefault("feature_squash", 0.0)
       det = cls(EnvSpec.from_json(meta["spec"]), int(meta["max_tasks"]),
                 DetectorConfig.from_dict(config))
       with open(os.path.join(directory, VARIABLES_FILE), "rb") as f:

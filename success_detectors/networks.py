@@ -94,6 +94,14 @@ class SuccessClassifier(nn.Module):
       two runs of d consecutive entries (`window_log_distances`): a distance between two
       points (d=3) or in the table's plane (d=2) is then one input, where the pairwise
       differences give it only per axis (tabletop push predicates are planar distances).
+    state_squares: also feed the square of each normalised state entry: a predicate "the
+      gripper within r of a point offset from an object" is a sphere in the relative
+      coordinates, which is one linear threshold on the entries and their squares, where a
+      ReLU net fits it piecewise from the few hundred positives (reach precision).
+    feature_squash: if > 0, every normalised state feature z becomes squash(z) = c *
+      tanh(z / c): unchanged near the data, bounded far from it. A rare state (a cube
+      knocked onto its side gives quaternion entries and their derived features 20-30
+      standard deviations out) then cannot drive the logits anywhere by extrapolation.
   """
 
   image_keys: tuple[str, ...]
@@ -104,6 +112,8 @@ class SuccessClassifier(nn.Module):
   conv_channels: tuple[int, ...] = (16, 32, 32, 64)
   state_pairs: bool = False
   state_distances: tuple[int, ...] = ()
+  state_squares: bool = False
+  feature_squash: float = 0.0
 
   @nn.compact
   def __call__(self, obs: Mapping[str, jax.Array], head_inputs: bool = False) -> jax.Array:
@@ -119,16 +129,28 @@ class SuccessClassifier(nn.Module):
         d = f.shape[-1]
         mean = self.variable("norm", f"{name}_mean", jnp.zeros, (d,), jnp.float32)
         std = self.variable("norm", f"{name}_std", jnp.ones, (d,), jnp.float32)
-        states.append((f - mean.value) / std.value)
+        z = (f - mean.value) / std.value
+        if self.feature_squash > 0:
+          z = squash(z, self.feature_squash)
+        states.append(z)
+        if self.state_squares and name == k:
+          states.append(z * z)
     h = jnp.concatenate(parts + states, axis=-1)
     for i, n in enumerate(self.torso):
       h = nn.relu(nn.Dense(n, name=f"torso_{i}")(h))
     # The raw (normalised) state skips the torso, so a head trained on a frozen torso can
-    # still read state features that the old tasks never needed.
-    head_in = jnp.concatenate([h] + states, axis=-1)
+    # still read state features that the old tasks never needed (without a torso, the
+    # heads read the inputs once).
+    head_in = jnp.concatenate([h] + states, axis=-1) if self.torso else h
     if head_inputs:
       return head_in
     return SlotHeads(self.max_tasks, self.head_hidden, name="heads")(head_in)
+
+
+def squash(z, limit: float):
+  """limit * tanh(z / limit): ~z within a few units, never beyond +-limit; monotone, so
+  every threshold on z is still a threshold on the squashed value."""
+  return limit * jnp.tanh(z / limit)
 
 
 def state_features(name: str, x, pairs: bool, distances: Sequence[int] = ()) -> dict:
@@ -172,7 +194,8 @@ def pairwise_log_distances(x: jax.Array) -> jax.Array:
 def make_classifier(spec: EnvSpec, max_tasks: int, torso: Sequence[int] = (256, 256),
                     head_hidden: int = 64,
                     conv_channels: Sequence[int] = (16, 32, 32, 64),
-                    state_pairs: bool = False, state_distances: Sequence[int] = ()
+                    state_pairs: bool = False, state_distances: Sequence[int] = (),
+                    state_squares: bool = False, feature_squash: float = 0.0
                     ) -> SuccessClassifier:
   """The classifier for observations of `spec`, with `max_tasks` slots."""
   if not isinstance(max_tasks, int) or max_tasks < 1:
@@ -182,7 +205,8 @@ def make_classifier(spec: EnvSpec, max_tasks: int, torso: Sequence[int] = (256, 
     raise ValueError("the env spec has no observations for the detector")
   return SuccessClassifier(images, states, max_tasks, tuple(torso), int(head_hidden),
                            tuple(conv_channels), bool(state_pairs),
-                           tuple(int(d) for d in state_distances))
+                           tuple(int(d) for d in state_distances), bool(state_squares),
+                           float(feature_squash))
 
 
 def dummy_observation(spec: EnvSpec, batch: int = 1) -> dict[str, np.ndarray]:

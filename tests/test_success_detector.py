@@ -247,17 +247,70 @@ def test_sparsity_and_calibration_train_and_reload(tmp_path):
 
 def test_detector_saved_before_distance_features_and_calibration_loads(trained, tmp_path):
   import json
-  old_cfg = dataclasses.replace(FAST, state_distances=(), calibrate=False)
+  old_cfg = dataclasses.replace(FAST, state_distances=(), calibrate=False, state_squares=False,
+                                feature_squash=0.0)
   det = SuccessDetector.create(SPEC, MAX_TASKS, old_cfg)
   det.train(trained.examples, trained.task_names)
   path = det.save(str(tmp_path / "detector"))
   meta = json.loads((tmp_path / "detector" / "detector.json").read_text())
-  for k in ("state_distances", "calibrate", "input_sparsity"):
+  for k in ("state_distances", "calibrate", "input_sparsity", "state_squares", "feature_squash"):
     del meta["config"][k]
   for info in meta["slots"].values():
     del info["offset"]
   (tmp_path / "detector" / "detector.json").write_text(json.dumps(meta))
   back = SuccessDetector.load(path)
   assert back.config.state_distances == () and not back.config.calibrate
+  assert not back.config.state_squares and back.config.feature_squash == 0.0
   x = toy_states(np.random.default_rng(2), 64)
   np.testing.assert_array_equal(back.predict({"state": x}), det.predict({"state": x}))
+
+
+def test_squash_is_monotone_and_bounded():
+  from success_detectors.networks import squash
+  z = np.linspace(-100.0, 100.0, 2001)
+  out = np.asarray(squash(z, 4.0))
+  assert (np.diff(out) >= -1e-6).all() and np.abs(out).max() <= 4.0
+  assert (np.diff(out[np.abs(z) < 10]) > 0).all()  # Strictly within the data's range.
+  np.testing.assert_allclose(out[np.abs(z) < 0.5], z[np.abs(z) < 0.5], atol=0.01)
+
+
+def sphere_examples(rng, slot, n):
+  """Task `slot` succeeds iff state[:3] is within 0.3 of (0.2, -0.1, 0.3): a reach-like
+  predicate, a sphere around a point."""
+  x = rng.uniform(-1.0, 1.0, (n, D)).astype(np.float32)
+  near = rng.random(n) < 0.4
+  center = np.array([0.2, -0.1, 0.3], np.float32)
+  v = rng.normal(size=(near.sum(), 3))
+  v *= (rng.uniform(0, 0.45, near.sum()) / np.linalg.norm(v, axis=1))[:, None]
+  x[near, :3] = center + v
+  y = np.linalg.norm(x[:, :3] - center, axis=1) < 0.3
+  return ExampleSet({"state": x}, np.full(n, slot), y)
+
+
+def test_state_squares_learn_a_sphere_and_far_states_stay_bounded():
+  rng = np.random.default_rng(5)
+  cfg = dataclasses.replace(FAST, state_pairs=False, state_distances=(), state_squares=True,
+                            feature_squash=4.0, train_steps=600)
+  det = SuccessDetector.create(SPEC, MAX_TASKS, cfg)
+  det.train(sphere_examples(rng, 0, 1500), {0: "sphere"})
+  test = sphere_examples(np.random.default_rng(6), 0, 2000)
+  m = binary_metrics(det.predict(test.observations)[:, 0], test.success)
+  assert m["precision"] > 0.9 and m["recall"] > 0.9, m
+  # A state 1000x outside the examples: squashed inputs give a finite, bounded logit.
+  far = np.full((1, D), 1e3, np.float32)
+  assert np.isfinite(det.predict({"state": far})).all()
+
+
+def test_new_config_keeps_the_built_network(trained, tmp_path):
+  det = SuccessDetector.load(trained.save(str(tmp_path / "detector")))
+  x = toy_states(np.random.default_rng(8), 64)
+  before = det.predict({"state": x})
+  det.config = dataclasses.replace(det.config, state_squares=not det.config.state_squares,
+                                   feature_squash=1.0, torso=(8,), train_steps=7)
+  assert det.config.train_steps == 7
+  assert det.config.state_squares == trained.config.state_squares
+  assert det.config.feature_squash == trained.config.feature_squash
+  assert det.config.torso == trained.config.torso
+  np.testing.assert_array_equal(det.predict({"state": x}), before)
+  back = SuccessDetector.load(det.save(str(tmp_path / "again")))
+  np.testing.assert_array_equal(back.predict({"state": x}), before)
