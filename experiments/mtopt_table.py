@@ -1,6 +1,6 @@
 """The MT-Opt comparison on tabletop: does sharing + rebalancing let rare tasks learn?
 
-    python -m experiments.mtopt_table [--quick] [--seeds 0 1 2] [--steps N]
+    python -m experiments.mtopt_table [--quick] [--seeds 0 1 2] [--steps N] [--budget run|task]
 
 One imbalanced offline dataset per seed (scripted, noisy experts; the `lift_*` tasks get
 almost all episodes, the `reach_*` tasks a handful), labelled by a success detector
@@ -15,6 +15,11 @@ in the simulator:
   naive_multitask  one network, no sharing, batches in the data's own proportions
   mtopt            one network, sharing `all`, rebalanced batches (MT-Opt)
   conservative     one network, sharing `conservative`, rebalanced batches
+
+Learner budget (`--budget`): `run` gives every network --steps steps, so each single-task
+network sees its task's rows len(TASKS) times as often as the multi-task network does;
+`task` gives the multi-task networks --steps x len(TASKS) steps (as many rows per task as a
+single-task network), as extra rows `METHOD_task_budget` in the same table.
 
 Writes results/mtopt_table.{json,md}. The paper's reference (MT-Opt, real robots): rare
 tasks 50% (MT-Opt) vs 18% (naive multi-task) vs 1% (single task); the most frequent task
@@ -60,8 +65,10 @@ def base_overrides(run_dir: str, seed: int, steps: int, episodes: int, eval_epis
   ]
 
 
-def run_method(name: str, seed_dir: str, common: list[str], log) -> dict[str, float]:
-  """Trains `name` on the seed's shared dataset and detector; returns task -> success."""
+def run_method(name: str, seed_dir: str, common: list[str], log, steps: int,
+               key: str) -> dict[str, float]:
+  """Trains `name` for `steps` learner steps per network on the seed's shared dataset and
+  detector, in `seed_dir/key`; returns task -> success."""
   def one(run_dir: str, extra: list[str]) -> dict[str, float]:
     os.makedirs(run_dir, exist_ok=True)
     for shared in ("tasks.json", "detector"):  # Same slots and labels for every method.
@@ -71,15 +78,15 @@ def run_method(name: str, seed_dir: str, common: list[str], log) -> dict[str, fl
     config = load_config(os.path.join(ROOT, "configs", "tabletop_state.py"),
                          [*common, f"run_dir={run_dir}",
                           f"train.dataset_dir={os.path.join(seed_dir, 'data', 'offline')}",
-                          *extra])
+                          f"learner.num_steps={steps}", f"train.eval_every={steps}", *extra])
     return launch.train(config, log=log)["success"]
 
   if name == "single_task":
     out = {}
     for task in TASKS:
-      out.update(one(os.path.join(seed_dir, name, task), [*METHODS[name], f"train.tasks=['{task}']"]))
+      out.update(one(os.path.join(seed_dir, key, task), [*METHODS[name], f"train.tasks=['{task}']"]))
     return out
-  return one(os.path.join(seed_dir, name), METHODS[name])
+  return one(os.path.join(seed_dir, key), METHODS[name])
 
 
 def summarize(per_seed: dict[str, dict[int, dict[str, float]]]) -> dict:
@@ -102,7 +109,9 @@ def markdown(table: dict, meta: dict) -> str:
     cells = " | ".join(f"{r['per_task'][t]:.2f}" for t in TASKS)
     lines.append(f"| {m} | {r['rare_mean']:.2f} ± {r['rare_std']:.2f} | "
                  f"{r['frequent_mean']:.2f} ± {r['frequent_std']:.2f} | {cells} |")
-  lines += ["", f"Seeds: {meta['seeds']}; learner steps per run: {meta['steps']}; offline "
+  lines += ["", f"Seeds: {meta['seeds']}; learner steps per run: {meta['steps']} (rows "
+            f"`*_task_budget`: {meta['steps']} x {len(TASKS)}, as many rows per task as a "
+            f"single-task network gets); offline "
             f"episodes: {meta['episodes']}; evaluation episodes per task: "
             f"{meta['eval_episodes']}; labels: {meta['labels']}.",
             f"Rare tasks: {', '.join(RARE)} (weight {WEIGHTS[0]} each in collection); "
@@ -114,11 +123,16 @@ def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--quick", action="store_true", help="one seed, tiny budget (a smoke run)")
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  p.add_argument("--steps", type=int, default=5000)
+  p.add_argument("--steps", type=int, default=6000)
   p.add_argument("--episodes", type=int, default=600)
   p.add_argument("--eval-episodes", type=int, default=10)
   p.add_argument("--labels", default="learned", choices=["learned", "ground_truth"])
   p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+  p.add_argument("--budget", default="run", choices=["run", "task"],
+                 help="run: every network gets --steps learner steps (single-task networks "
+                      "then see each task's rows len(TASKS) times as often); task: the "
+                      "multi-task networks get --steps x len(TASKS), so every task gets as "
+                      "many rows as a single-task network (rows keyed METHOD_task_budget)")
   p.add_argument("--work-dir", default=os.path.join(ROOT, "runs", "mtopt_table"))
   p.add_argument("--out", default=os.path.join(ROOT, "results"))
   args = p.parse_args(argv)
@@ -129,12 +143,15 @@ def main(argv=None) -> dict:
   quiet = lambda *a, **k: None  # noqa: E731
   # Results accumulate across invocations (run seeds one at a time, keep what finished).
   store = os.path.join(args.work_dir, "per_seed.json")
-  per_seed: dict[str, dict[int, dict[str, float]]] = {m: {} for m in args.methods}
+  # Every stored method is kept (and tabled), whichever --methods this invocation runs.
+  per_seed: dict[str, dict[int, dict[str, float]]] = {}
   if os.path.exists(store):
     with open(store) as f:
-      for m, seeds in json.load(f).items():
-        if m in per_seed:
-          per_seed[m].update({int(k): v for k, v in seeds.items()})
+      per_seed = {m: {int(k): v for k, v in seeds.items()} for m, seeds in json.load(f).items()}
+  scaled = args.budget == "task"
+  keys = {m: f"{m}_task_budget" if scaled and m != "single_task" else m for m in args.methods}
+  for key in keys.values():
+    per_seed.setdefault(key, {})
   for seed in args.seeds:
     seed_dir = os.path.join(args.work_dir, f"seed{seed}")
     common = base_overrides(seed_dir, seed, args.steps, args.episodes, args.eval_episodes,
@@ -143,15 +160,16 @@ def main(argv=None) -> dict:
     prep = load_config(os.path.join(ROOT, "configs", "tabletop_state.py"),
                        [*common, "learner.num_steps=0", "eval.episodes_per_task=1"])
     launch.prepare(prep, log=print)
-    for method in args.methods:
+    for method, key in keys.items():
       t0 = time.time()
-      if seed in per_seed[method]:
+      if seed in per_seed[key]:
         continue  # Done by an earlier invocation.
-      per_seed[method][seed] = run_method(method, seed_dir, common, quiet)
+      steps = args.steps * (len(TASKS) if key.endswith("_task_budget") else 1)
+      per_seed[key][seed] = run_method(method, seed_dir, common, quiet, steps, key)
       with open(store, "w") as f:
         json.dump(per_seed, f, indent=1)
-      rates = per_seed[method][seed]
-      print(f"seed {seed} {method:16s} rare {np.mean([rates[t] for t in RARE]):.2f} "
+      rates = per_seed[key][seed]
+      print(f"seed {seed} {key:16s} rare {np.mean([rates[t] for t in RARE]):.2f} "
             f"frequent {np.mean([rates[t] for t in FREQUENT]):.2f} ({time.time() - t0:.0f} s)",
             flush=True)
   table = summarize(per_seed)
