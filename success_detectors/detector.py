@@ -181,7 +181,7 @@ class SuccessDetector:
     offsets = np.zeros(self.max_tasks, np.float32)
     for slot, info in self.slots.items():
       offsets[slot] = info.offset
-    return (1.0 / (1.0 + np.exp(-(logits + offsets)))).astype(np.float32)
+    return (0.5 + 0.5 * np.tanh(0.5 * (logits + offsets))).astype(np.float32)  # Sigmoid, no overflow.
 
   def __call__(self, episodes: Sequence) -> np.ndarray:
     """The labeller: float32 [N, max_tasks] from the episodes' final observations."""
