@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from mtopt.config import ConfigError
+from mtopt.config import ConfigError, load_config
 from mtopt.envs.tabletop_tasks import TASK_NAMES
 from mtopt.tasks import TaskRegistry
 from tests.conftest import ROOT
@@ -94,8 +94,8 @@ def test_collect_command_writes_dataset_that_tfds_loads(ray_session, tmp_path):
   # Scripted, noise-free episodes are a function of (seed, episode id, task): re-running
   # them locally must reproduce exactly what was written.
   reg = TaskRegistry.from_names(16, names)
-  local = RobotActor(0, {"name": "tabletop", "max_episode_steps": spec.max_episode_steps}, reg,
-                     seed=5)
+  env = {**load_config(CONFIG).env.to_dict(), "tasks": []}  # The env `collect` made.
+  local = RobotActor(0, env, reg, seed=5)
   for e in eps[:6]:
     again = local.run_episode(names[e.task_id], e.episode_id)
     again.robot_id = e.robot_id
