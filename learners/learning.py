@@ -9,8 +9,9 @@ for offline data: the soft maximum of the logits over uniformly random actions i
 down and the data action's logit up, so CEM does not chase values the data never showed
 (measured on Meta-World MT10 offline: without it greedy CEM drifts to states far from the
 data, where Q is overestimated). The push on the data action never stops, so with it the
-learner is closer to success-weighted behaviour cloning than to Q-learning (see below). One jitted `update_step`; with several devices the batch is
-split across them (GSPMD inserts the gradient all-reduce) and the state is replicated.
+learner is closer to success-weighted behaviour cloning than to Q-learning (see below).
+One jitted `update_step`; with several devices the batch is split across them (GSPMD
+inserts the gradient all-reduce) and the state is replicated.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class TabletopEnv(Env):
       obs = {"image": ArraySpec((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8, "image"),
              "state": ArraySpec((PROPRIO_DIM,), np.float32, "state")}
     self._spec = EnvSpec(obs, BoundedArraySpec((action_dim,), np.float32, "action", -1.0, 1.0),
-                         self._max_steps, 4 if self._terminate_action else None)
+                         self._max_steps, action_dim - 1 if self._terminate_action else None)
     self._task: str | None = None
     self._taskdef = None
     self._closed = False
