@@ -148,9 +148,12 @@ def main(argv=None) -> dict:
   if os.path.exists(store):
     with open(store) as f:
       per_seed = {m: {int(k): v for k, v in seeds.items()} for m, seeds in json.load(f).items()}
-  scaled = args.budget == "task"
-  keys = {m: f"{m}_task_budget" if scaled and m != "single_task" else m for m in args.methods}
-  for key in keys.values():
+  # method -> (stored key, learner steps per network).
+  runs = {m: (m, args.steps) for m in args.methods}
+  if args.budget == "task":
+    runs.update({m: (f"{m}_task_budget", args.steps * len(TASKS))
+                 for m in args.methods if m != "single_task"})
+  for key, _ in runs.values():
     per_seed.setdefault(key, {})
   for seed in args.seeds:
     seed_dir = os.path.join(args.work_dir, f"seed{seed}")
@@ -160,11 +163,10 @@ def main(argv=None) -> dict:
     prep = load_config(os.path.join(ROOT, "configs", "tabletop_state.py"),
                        [*common, "learner.num_steps=0", "eval.episodes_per_task=1"])
     launch.prepare(prep, log=print)
-    for method, key in keys.items():
+    for method, (key, steps) in runs.items():
       t0 = time.time()
       if seed in per_seed[key]:
         continue  # Done by an earlier invocation.
-      steps = args.steps * (len(TASKS) if key.endswith("_task_budget") else 1)
       per_seed[key][seed] = run_method(method, seed_dir, common, quiet, steps, key)
       with open(store, "w") as f:
         json.dump(per_seed, f, indent=1)

@@ -123,8 +123,9 @@ class SlotInfo:
   offset: float = 0.0  # Added to the slot's logit: the held-out calibration of its cut.
 
 
-# The fields that define the network (its parameter shapes or its function): fixed once the
-# detector is built. How to train and judge (steps, rates, threshold, ...) may change.
+# The fields that define the network (its parameter shapes or its function), named as
+# `make_classifier`'s arguments: fixed once the detector is built. How to train and judge
+# (steps, rates, threshold, ...) may change.
 NETWORK_FIELDS = ("torso", "head_hidden", "conv_channels", "state_pairs", "state_distances",
                   "state_squares", "feature_squash")
 
@@ -136,10 +137,8 @@ class SuccessDetector:
                variables: dict | None = None):
     self.spec, self.max_tasks = spec, max_tasks
     self._config = config or DetectorConfig()
-    self.model = make_classifier(spec, max_tasks, self.config.torso, self.config.head_hidden,
-                                 self.config.conv_channels, self.config.state_pairs,
-                                 self.config.state_distances, self.config.state_squares,
-                                 self.config.feature_squash)
+    self.model = make_classifier(spec, max_tasks,
+                                 **{k: getattr(self.config, k) for k in NETWORK_FIELDS})
     if variables is None:
       variables = self.model.init(jax.random.PRNGKey(self.config.seed),
                                   dummy_observation(spec))
@@ -181,7 +180,8 @@ class SuccessDetector:
     offsets = np.zeros(self.max_tasks, np.float32)
     for slot, info in self.slots.items():
       offsets[slot] = info.offset
-    return (0.5 + 0.5 * np.tanh(0.5 * (logits + offsets))).astype(np.float32)  # Sigmoid, no overflow.
+    # The sigmoid, as a tanh: no overflow warnings for very negative logits.
+    return (0.5 + 0.5 * np.tanh(0.5 * (logits + offsets))).astype(np.float32)
 
   def __call__(self, episodes: Sequence) -> np.ndarray:
     """The labeller: float32 [N, max_tasks] from the episodes' final observations."""
