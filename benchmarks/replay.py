@@ -5,8 +5,9 @@ Run: `python -m benchmarks.replay [--quick]`. Prints a table, then one JSON line
 - writer: episodes/s through `ReverbReplay.write_many` (validation, sharing, labels) vs a raw
   trajectory writer appending the same steps and creating the same items on the same tables.
 - sampler: rebalanced batches of 256 over 10 tasks vs raw `client.sample` of 256 items, with
-  `transitions_per_sample` 8 (the default config's; unsuffixed keys) and 1 (`_k1` keys); and the sampler's CPU ms per batch (all its
-  threads), the figure that decides whether it can feed a step on a host's spare cores.
+  `transitions_per_sample` K (the default config's; unsuffixed keys) and 1 (`_k1` keys); and
+  the sampler's CPU ms per batch (all its threads), the figure that decides whether it can
+  feed a step on a host's spare cores.
 - memory: server RSS growth per stored transition, `all` sharing over 10 tasks vs `none`
   (each episode counts for one task), measured in child processes.
 - learner: steps/s of a jitted ~2 ms MLP train step fed by the sampler vs on one fixed batch,
@@ -29,9 +30,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from mtopt.episode import Episode  # noqa: E402
+from configs.tabletop_state import get_config  # noqa: E402
 from mtopt.specs import ArraySpec, BoundedArraySpec, EnvSpec  # noqa: E402
 
 TASKS, STATE_DIM, ACTION_DIM, STEPS, P_SUCCESS = 10, 39, 4, 40, 0.2
+K = get_config().replay.transitions_per_sample  # The default config's rows per sampled episode.
 SPEC = EnvSpec({"state": ArraySpec((STATE_DIM,), np.float32, "state")},
                BoundedArraySpec((ACTION_DIM,), np.float32, "action", -1.0, 1.0), STEPS)
 
@@ -106,10 +109,10 @@ def bench_writer(n: int, repeats: int, group: int = 10) -> dict:
 
 def bench_sampler(replay, batches: int) -> dict:
   """Batches/s, and CPU ms per batch over all threads (less sensitive to other load on a
-  shared machine), with transitions_per_sample 1 and 8; then raw `client.sample`."""
+  shared machine), with transitions_per_sample K and 1; then raw `client.sample`."""
   from replay import tables
   out = {}
-  for k, suffix in ((8, ""), (1, "_k1")):  # 8: the default config's.
+  for k, suffix in ((K, ""), (1, "_k1")):
     replay.transitions_per_sample = k
     sampler = replay.sampler(256)
     for _ in range(2 * 8 * k):  # Two blocks (see balanced_sampler.make_dataset).
@@ -148,16 +151,21 @@ def memory_child(sharing: str, n: int) -> None:
 
 def bench_memory(n: int) -> dict:
   out = {}
-  for sharing in ("none", "all"):
-    res = subprocess.run([sys.executable, "-m", "benchmarks.replay", "--memory-child", sharing,
-                          str(n)], capture_output=True, text=True, check=True)
-    out[sharing] = json.loads(res.stdout.strip().splitlines()[-1])["bytes_per_transition"]
+  children = {sharing: subprocess.Popen(  # Concurrent: each measures only its own RSS.
+      [sys.executable, "-m", "benchmarks.replay", "--memory-child", sharing, str(n)],
+      stdout=subprocess.PIPE, text=True) for sharing in ("none", "all")}
+  for sharing, child in children.items():
+    stdout, _ = child.communicate()
+    if child.returncode:
+      raise RuntimeError(f"memory child ({sharing}) failed with exit code {child.returncode}")
+    out[sharing] = json.loads(stdout.strip().splitlines()[-1])["bytes_per_transition"]
   return {"bytes_per_transition_1task": out["none"], "bytes_per_transition_shared10": out["all"]}
 
 
 def bench_learner(replay, steps: int, repeats: int) -> dict:
   """Steps/s of the train step alone (one fixed batch on the device) and fed by samplers
-  (transitions_per_sample 8, the default, and 1), in interleaved runs of `steps` steps; best of each."""
+  (transitions_per_sample K, the default, and 1), in interleaved runs of `steps` steps; best
+  of each."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -215,7 +223,7 @@ def bench_learner(replay, steps: int, repeats: int) -> dict:
          "learner_steps_per_s_fed_k1": 0.0}
   for _ in range(repeats):
     for key, feed in (("learner_steps_per_s_alone", lambda: run(lambda: fixed)),
-                      ("learner_steps_per_s_fed", lambda: fed(8)),
+                      ("learner_steps_per_s_fed", lambda: fed(K)),
                       ("learner_steps_per_s_fed_k1", lambda: fed(1))):
       out[key] = max(out[key], feed())
   replay.transitions_per_sample = 1
@@ -231,7 +239,7 @@ def main(argv=None) -> None:
   if args.memory_child:
     memory_child(args.memory_child[0], int(args.memory_child[1]))
     return
-  n, repeats, batches, mem_n, learn = ((150, 2, 20, 600, 1000) if args.quick
+  n, repeats, batches, mem_n, learn = ((150, 2, 20, 600, 800) if args.quick
                                        else (1500, 3, 150, 4000, 3000))
   r, start = {}, time.perf_counter()
   r.update(bench_writer(n, repeats))
@@ -245,10 +253,11 @@ def main(argv=None) -> None:
   r["memory_shared10_vs_1"] = r["bytes_per_transition_shared10"] / r["bytes_per_transition_1task"]
   r["sampler_vs_raw_sample"] = r["sampler_batches_per_s"] / r["raw_sample_batches_per_s"]
   r["sampler_vs_raw_sample_k1"] = r["sampler_batches_per_s_k1"] / r["raw_sample_batches_per_s"]
-  r["sampler_cpu_k8_vs_k1"] = r["sampler_cpu_ms_per_batch"] / r["sampler_cpu_ms_per_batch_k1"]
+  r["sampler_cpu_k_vs_k1"] = r["sampler_cpu_ms_per_batch"] / r["sampler_cpu_ms_per_batch_k1"]
   r["learner_fed_vs_alone"] = r["learner_steps_per_s_fed"] / r["learner_steps_per_s_alone"]
   r["learner_fed_vs_alone_k1"] = (r["learner_steps_per_s_fed_k1"]
                                   / r["learner_steps_per_s_alone"])
+  r["transitions_per_sample"] = K
   r["quick"] = bool(args.quick)
   rows = [
       ("writer episodes/s (ours | raw)", "ours_eps_per_s", "raw_eps_per_s", "writer_vs_raw",
@@ -259,8 +268,8 @@ def main(argv=None) -> None:
        "raw_sample_batches_per_s", "sampler_vs_raw_sample", ""),
       ("  same, 1 transition per sampled episode", "sampler_batches_per_s_k1",
        "raw_sample_batches_per_s", "sampler_vs_raw_sample_k1", ""),
-      ("sampler CPU ms/batch @256 (k=8 | k=1)", "sampler_cpu_ms_per_batch",
-       "sampler_cpu_ms_per_batch_k1", "sampler_cpu_k8_vs_k1", ""),
+      (f"sampler CPU ms/batch @256 (k={K} | k=1)", "sampler_cpu_ms_per_batch",
+       "sampler_cpu_ms_per_batch_k1", "sampler_cpu_k_vs_k1", ""),
       ("bytes/transition (10 tasks | 1 task)", "bytes_per_transition_shared10",
        "bytes_per_transition_1task", "memory_shared10_vs_1", "<= 1.2"),
       ("learner steps/s (fed | alone)", "learner_steps_per_s_fed", "learner_steps_per_s_alone",
