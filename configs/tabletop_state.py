@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.replay.max_size = 100_000  # Episodes per (task, outcome) table; FIFO removal.
   c.replay.max_episodes = 0  # Episodes kept for export (0: same as max_size).
   c.replay.min_size = 16  # Episodes a (task, outcome) table needs before it is sampled.
-  c.replay.samples_per_insert = 0.0  # Sampled items per inserted episode; 0: no rate limit.
+  c.replay.samples_per_insert = 0.0  # Sampled items (k rows each) per inserted episode; 0: off.
   c.replay.sharing = "all"  # none | all | conservative
   c.replay.success_fraction = 0.5  # Successes per batch, within a task.
   # Rows taken from each sampled episode, each to a different batch. Sampling CPU per batch

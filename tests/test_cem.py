@@ -135,9 +135,9 @@ def test_threefry_matches_jax_bit_for_bit():
 
 def test_uniform_draws_are_uniform_and_independent():
   # The 16-bit uniforms CEM samples from: moments, no correlation across dims or samples.
-  from mtopt.cem import _uniform16
+  from mtopt.cem import _grid16
 
-  u = np.asarray(_uniform16(jax.random.PRNGKey(0), (512, 64, 5)), np.float64)
+  u = (np.asarray(_grid16(jax.random.PRNGKey(0), (512, 64, 5)), np.float64) + 0.5) / 65536
   assert 0 < u.min() and u.max() < 1
   assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
   flat = u.reshape(-1, 5)
@@ -147,3 +147,15 @@ def test_uniform_draws_are_uniform_and_independent():
   hist = np.histogram(u, bins=64, range=(0, 1))[0] / u.size
   assert np.abs(hist - 1 / 64).max() < 0.1 / 64
 
+
+
+def test_normal_quantile_table_is_the_inverse_normal_cdf():
+  # CEM's Gaussian samples come from a table on the 16-bit grid; it must be the quantile.
+  from mtopt.cem import _normal_icdf16
+
+  table = _normal_icdf16()
+  u = (np.arange(65536) + 0.5) / 65536
+  want = np.sqrt(2.0) * np.asarray(jax.lax.erf_inv(jnp.asarray(2 * u - 1, jnp.float32)))
+  np.testing.assert_allclose(table, want, atol=2e-4)
+  assert np.all(np.diff(table) > 0) and abs(table.mean()) < 1e-6
+  assert abs(table.std() - 1) < 1e-3
