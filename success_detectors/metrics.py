@@ -36,6 +36,7 @@ def binary_metrics(probs: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
       "accuracy": float(np.mean(pred == truth)) if n else 1.0,
       "ece": float(ece), "brier": float(np.mean((probs - truth) ** 2)) if n else 0.0,
       "positives": n_pos, "negatives": n - n_pos,
+      "true_positives": tp, "predicted_positives": tp + fp,
   }
 
 
@@ -43,3 +44,15 @@ def per_task_metrics(probs: np.ndarray, truth: np.ndarray, slots, threshold: flo
                      ) -> dict[int, dict]:
   """binary_metrics for each slot's column of probs / truth [N, max_tasks]."""
   return {int(s): binary_metrics(probs[:, s], truth[:, s], threshold) for s in slots}
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+  """The Wilson score interval (95% for z=1.96) of a proportion: how far a precision or
+  recall measured on `trials` held-out episodes may be from the true one."""
+  if trials <= 0:
+    return 0.0, 1.0
+  p = successes / trials
+  denom = 1 + z * z / trials
+  centre = (p + z * z / (2 * trials)) / denom
+  half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+  return float(max(0.0, centre - half)), float(min(1.0, centre + half))

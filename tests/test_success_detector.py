@@ -10,7 +10,7 @@ from mtopt.specs import ArraySpec, BoundedArraySpec, EnvSpec
 from success_detectors import training
 from success_detectors.detector import DetectorConfig, DetectorError, SuccessDetector
 from success_detectors.examples import ExampleSet, ExamplesError
-from success_detectors.metrics import binary_metrics
+from success_detectors.metrics import binary_metrics, wilson_interval
 
 D = 8
 MAX_TASKS = 6
@@ -162,6 +162,15 @@ def test_metrics_count_precision_recall_and_calibration():
   perfect = binary_metrics(np.array([1.0, 0.0]), np.array([True, False]))
   assert perfect["ece"] == 0.0 and perfect["brier"] == 0.0
   assert binary_metrics(np.array([0.1]), np.array([True]))["precision"] == 0.0
+  assert m["true_positives"] == 2 and m["predicted_positives"] == 3
+
+
+def test_wilson_interval_brackets_the_proportion_and_narrows_with_more_trials():
+  lo, hi = wilson_interval(26, 30)
+  assert lo < 26 / 30 < hi and (lo, hi) == pytest.approx((0.703, 0.947), abs=1e-3)
+  lo2, hi2 = wilson_interval(260, 300)
+  assert hi2 - lo2 < (hi - lo) / 2
+  assert wilson_interval(5, 5)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_image_detector_shapes():
