@@ -2,9 +2,7 @@
 
 For each observation kind (state; 64x64 image plus proprioception):
   1. runs noisy scripted episodes of every task and writes one example folder per task from
-     ground truth (at most --max-successes successes per task; the on-disk format); with
-     --wander, that share of these training episodes moves the gripper away at random
-     before stopping (varied examples, as a person would give; see examples_from_sim);
+     ground truth (at most --max-successes successes per task; the on-disk format);
   2. trains the detector on all tasks but the last, from those folders;
   3. adds the last task with `mtopt tasks add` (a fresh slot, only its head trained);
   4. measures per-task precision / recall on held-out episodes (fresh seeds, every task's
@@ -15,7 +13,7 @@ For each observation kind (state; 64x64 image plus proprioception):
   5. measures labelling throughput: episodes/s of `detector(episodes)` (one forward pass).
 
   .venv/bin/python -m benchmarks.success_detector [--quick] [--observation state|image|both]
-      [--test-episodes N] [--wander F]
+      [--test-episodes N]
 
 The last line printed is one JSON object of the figures.
 """
@@ -40,7 +38,6 @@ from success_detectors.examples_from_sim import collect_rollouts, write_task_exa
 from success_detectors.metrics import binary_metrics, wilson_interval
 
 MAX_TASKS = 16
-WANDER = 0.0  # 0.5 did not help (README: what was tried).
 IMAGE_TASKS = ["lift_red", "place_green_in_bin", "place_blue_on_plate", "lift_blue",
                "place_red_in_bin"]
 
@@ -80,14 +77,12 @@ def label_rate(det, test, n: int, budget_s: float = 3.0) -> float:
 
 
 def run(observation: str, quick: bool, max_successes: int, max_failures: int, seed: int,
-        work: str, test_episodes: int | None = None, wander: float = 0.0) -> dict:
+        work: str, test_episodes: int | None = None) -> dict:
   s = settings(observation, quick)
   t0 = time.perf_counter()
   with mtopt.envs.make("tabletop", observation=observation, seed=seed) as env:
     spec = env.spec()
-    train = collect_rollouts(env, s["train_eps"], s["tasks"], seed=seed,
-                             wander_fraction=wander)
-    # Held-out episodes never wander: the plain scripted episodes of every task.
+    train = collect_rollouts(env, s["train_eps"], s["tasks"], seed=seed)
     test = collect_rollouts(env, test_episodes or s["test_eps"], s["tasks"],
                             seed=seed + 1000)
   collect_s = time.perf_counter() - t0
@@ -193,9 +188,6 @@ def main(argv=None) -> None:
   p.add_argument("--test-episodes", type=int, default=None,
                  help="held-out episodes per task (default: 300 state, 200 image; 20 / 10 "
                       "with --quick; earlier versions held out 60)")
-  p.add_argument("--wander", type=float, default=WANDER,
-                 help="share of training episodes that move the gripper at random before "
-                      "stopping (0: the expert's own final posture only)")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   kinds = {"state": ["state"], "image": ["image"], "both": ["state", "image"]}[
@@ -204,7 +196,7 @@ def main(argv=None) -> None:
   with tempfile.TemporaryDirectory() as work:
     for kind in kinds:
       figures[kind] = report(kind, run(kind, args.quick, args.max_successes, args.max_failures,
-                                         args.seed, work, args.test_episodes, args.wander))
+                                         args.seed, work, args.test_episodes))
   first = figures[kinds[0]]
   out = {"min_precision": min(f["min_precision"] for f in figures.values()),
          "min_recall": min(f["min_recall"] for f in figures.values()),

@@ -7,12 +7,6 @@ truth of every task there. `write_task_examples` turns those into one task's exa
 folder (the `examples` format): successes are final states where the task holds, failures
 are where it does not, half from the task's own attempts (near misses) and half from other
 tasks' episodes (other tasks' successes are the natural negatives).
-
-With `wander_fraction`, some episodes do not stop where the expert would: the gripper
-moves away at random for a few steps first (never down, its grip kept), and the state it
-ends in is judged like any other. A person's examples vary in what is incidental to the task; scripted
-episodes all end in the expert's one posture, which a detector would otherwise learn as a
-cue (and then miss the task's chance successes in other tasks' episodes).
 """
 
 from __future__ import annotations
@@ -77,30 +71,9 @@ def _episode_knobs(rng, clean_fraction: float) -> dict:
           "stop_at": int(rng.integers(3, 30)) if rng.random() < 0.3 else None}
 
 
-def _wander(env, rng, stop: np.ndarray, steps: int) -> dict:
-  """`steps` random gripper moves that never descend (so the scene is left as the expert
-  left it; a held object is carried along), then the expert's `stop` action. For actions
-  [dx, dy, dz, gripper, terminate]; returns the last observation (earlier if the episode's
-  step limit comes first)."""
-  for _ in range(steps):
-    move = rng.uniform([-1.0, -1.0, 0.0], [1.0, 1.0, 1.0])
-    obs, done, _ = env.step(np.array([*move, stop[3], -1.0], np.float32))
-    if done:
-      return obs
-  obs, _, _ = env.step(stop)
-  return obs
-
-
 def collect_rollouts(env, episodes_per_task: int, tasks: Sequence[str] | None = None,
-                     clean_fraction: float = 0.4, seed: int = 0,
-                     wander_fraction: float = 0.0, wander_steps: int = 6) -> Rollouts:
-  """Runs `episodes_per_task` noisy expert episodes of each task and keeps final states.
-
-  A `wander_fraction` share of episodes, when the expert would stop (its terminate action),
-  first move the gripper at random for 1 to `wander_steps` steps (see the module
-  docstring). With 0 (the default), the episodes and their random draws are exactly those
-  of earlier versions.
-  """
+                     clean_fraction: float = 0.4, seed: int = 0) -> Rollouts:
+  """Runs `episodes_per_task` noisy expert episodes of each task and keeps final states."""
   names = list(env.task_names())
   tasks = list(tasks) if tasks else names
   rng = np.random.default_rng(seed)
@@ -109,16 +82,10 @@ def collect_rollouts(env, episodes_per_task: int, tasks: Sequence[str] | None = 
     for task in tasks:
       knobs = _episode_knobs(rng, clean_fraction)
       obs = env.reset(task, seed=int(rng.integers(1 << 31)))
-      wander = int(rng.integers(1, wander_steps + 1)) if (
-          wander_fraction and rng.random() < wander_fraction) else 0
       state = {"sticky_left": 0, "sticky": None}
       done, t = False, 0
       while not done and (knobs["stop_at"] is None or t < knobs["stop_at"]):
-        action = _noisy_action(env, rng, knobs, state)
-        if wander and action.shape[0] == 5 and action[4] > 0:
-          obs = _wander(env, rng, np.asarray(env.expert_action(), np.float32), wander)
-          break
-        obs, done, _ = env.step(action)
+        obs, done, _ = env.step(_noisy_action(env, rng, knobs, state))
         t += 1
       finals.append(obs)
       truth.append(np.asarray(env.success(), bool))
