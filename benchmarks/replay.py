@@ -29,8 +29,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from mtopt.episode import Episode  # noqa: E402
 from configs.tabletop_state import get_config  # noqa: E402
+from mtopt.episode import Episode  # noqa: E402
 from mtopt.specs import ArraySpec, BoundedArraySpec, EnvSpec  # noqa: E402
 
 TASKS, STATE_DIM, ACTION_DIM, STEPS, P_SUCCESS = 10, 39, 4, 40, 0.2
