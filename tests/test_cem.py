@@ -148,7 +148,6 @@ def test_uniform_draws_are_uniform_and_independent():
   assert np.abs(hist - 1 / 64).max() < 0.1 / 64
 
 
-
 def test_normal_quantile_table_is_the_inverse_normal_cdf():
   # CEM's Gaussian samples come from a table on the 16-bit grid; it must be the quantile.
   from mtopt.cem import _normal_icdf16
