@@ -55,13 +55,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.detector.threshold = 0.5
   c.detector.torso = (256, 256)
   c.detector.head_hidden = 32
+  # Heads refitted as 5 cross-fitted heads on the frozen torso: their mean labels, and the
+  # out-of-fold logits of all training examples calibrate each task's cut.
+  c.detector.head_folds = 5
   c.detector.conv_channels = (16, 32, 32, 64)
   c.detector.state_pairs = True  # log |x_i - x_j| features: for distance predicates.
   c.detector.state_distances = (2, 3)  # log distances between runs of 2 / 3 state entries.
   c.detector.state_squares = True  # Squares of the normalised state: spheres are linear.
   c.detector.feature_squash = 4.0  # Normalised state features bounded by 4 tanh(z / 4).
   c.detector.input_sparsity = 1e-3  # Group-lasso on the weights reading each input feature.
-  c.detector.calibrate = True  # Per-task logit shift chosen on the held-out examples.
+  c.detector.calibrate = True  # Per-task logit shift chosen on the out-of-fold logits.
   c.detector.train_steps = 3000
   c.detector.add_task_steps = 2000
   c.detector.batch_size = 256

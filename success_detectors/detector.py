@@ -41,7 +41,7 @@ from success_detectors import training
 from success_detectors.examples import ExampleSet, ExamplesError, final_observations, \
     holdout_mask
 from success_detectors.metrics import binary_metrics
-from success_detectors.networks import SlotHeads, dummy_observation, make_classifier
+from success_detectors.networks import dummy_observation, make_classifier
 
 FORMAT_VERSION = 1
 META_FILE = "detector.json"
@@ -57,7 +57,13 @@ class DetectorError(ValueError):
 class DetectorConfig:
   """Attributes:
     torso: hidden sizes of the shared MLP.
-    head_hidden: hidden units of each slot's head.
+    head_hidden: hidden units of each slot's head (of each of its fold heads).
+    head_folds: K >= 2: after the torso is trained, each trained slot's head is refitted as
+      K cross-fitted heads on the frozen torso (head k never sees fold k of the training
+      examples), packed as one head whose logit is their mean; the slot's cut is calibrated
+      on every training example's out-of-fold logit, and the held-out examples stay unused
+      until quality is measured. 1: one head trained with the torso, calibrated on the
+      held-out examples (detectors saved before folds existed).
     conv_channels: image encoder channels (image observations only).
     state_pairs: add log |x_i - x_j| of every pair of state entries as inputs (see
       networks.SuccessClassifier).
@@ -69,7 +75,8 @@ class DetectorConfig:
       states unlike any example (a tumbled cube's orientation) cannot swing the output.
     threshold: probability at or above which an episode counts as a success.
     train_steps: Adam steps when training all slots (fresh detector or retrain).
-    add_task_steps: Adam steps when training one new slot's head.
+    add_task_steps: Adam steps when fitting slot heads on the frozen torso: a new task's
+      head, and every head after full training when head_folds > 1.
     batch_size: examples per step.
     learning_rate: peak Adam learning rate (cosine-decayed).
     holdout_fraction: share of each task's successes and failures held out for quality.
@@ -77,13 +84,14 @@ class DetectorConfig:
     input_sparsity: weight of a group-lasso penalty on the weights that read each input
       feature (training.input_group_norm): prefers predicates on few features.
     calibrate: after training a slot, shift its logit so that `threshold` is the cut that
-      balances precision and recall best on its held-out examples (the slot's quality is
-      then measured on the same held-out examples, so it is slightly optimistic).
+      balances precision and recall best: on its out-of-fold logits (head_folds > 1), else
+      on its held-out examples (whose quality figures are then slightly optimistic).
     seed: initialisation, split and batch-order seed.
   """
 
   torso: tuple[int, ...] = (256, 256)
   head_hidden: int = 64
+  head_folds: int = 5
   conv_channels: tuple[int, ...] = (16, 32, 32, 64)
   state_pairs: bool = True
   state_distances: tuple[int, ...] = (2, 3)
@@ -126,8 +134,8 @@ class SlotInfo:
 # The fields that define the network (its parameter shapes or its function), named as
 # `make_classifier`'s arguments: fixed once the detector is built. How to train and judge
 # (steps, rates, threshold, ...) may change.
-NETWORK_FIELDS = ("torso", "head_hidden", "conv_channels", "state_pairs", "state_distances",
-                  "state_squares", "feature_squash")
+NETWORK_FIELDS = ("torso", "head_hidden", "head_folds", "conv_channels", "state_pairs",
+                  "state_distances", "state_squares", "feature_squash")
 
 
 class SuccessDetector:
@@ -225,40 +233,80 @@ class SuccessDetector:
     if bad:
       raise ExamplesError(f"examples: slot(s) {bad} outside [0, {self.max_tasks})")
 
-  def _fit(self, train_slots, steps: int) -> list[float]:
-    """Trains every parameter on the stored training examples of `train_slots`."""
+  def _fit(self, train_slots, steps: int) -> tuple[list[float], dict]:
+    """Trains the network on the stored training examples of `train_slots`; returns the
+    loss history and the heads it trained with.
+
+    With fold heads (head_folds > 1) it trains the torso with one plain head per slot,
+    started from each slot's first fold head, and keeps the detector's heads as they were
+    (`_fit_all` refits them on the new torso): training K times wider heads with the torso
+    would cost K times more in the heads, for heads that are replaced anyway.
+    """
+    c = self.config
     train = self.examples.take(~self.heldout)
     labels, weights = training.targets(train, self.max_tasks, train_slots,
-                                       self.config.other_task_negatives)
-    mask = training.full_mask(self.variables["params"])
-    self.variables, history = training.fit(
-        self.model, self.variables, train, labels, weights, mask, steps,
-        self.config.batch_size, self.config.learning_rate, self.config.seed + self.version,
-        self.config.input_sparsity)
-    self.variables = jax.tree_util.tree_map(np.asarray, self.variables)
+                                       c.other_task_negatives)
+    model, variables = self.model, self.variables
+    if c.head_folds > 1:
+      heads, h = self.variables["params"]["heads"], c.head_hidden
+      model = make_classifier(self.spec, self.max_tasks,
+                              **{**{k: getattr(c, k) for k in NETWORK_FIELDS}, "head_folds": 1})
+      first = {"w1": heads["w1"][..., :h], "b1": heads["b1"][:, :h],
+               "w2": heads["w2"][:, :h] * c.head_folds, "b2": heads["b2"]}
+      variables = {**variables, "params": {**variables["params"], "heads": first}}
+    variables, history = training.fit(
+        model, variables, train, labels, weights, steps, c.batch_size, c.learning_rate,
+        c.seed + self.version, c.input_sparsity)
+    variables = jax.tree_util.tree_map(np.asarray, variables)
+    trained_heads = variables["params"]["heads"]
+    if c.head_folds > 1:
+      variables["params"]["heads"] = self.variables["params"]["heads"]
+    self.variables = variables
     self.version += 1
-    return history
+    return history, trained_heads
 
-  def _fit_head(self, slot: int, steps: int) -> list[float]:
-    """Trains only `slot`'s head, on head inputs computed once by the frozen torso."""
+  def _fit_heads(self, slots: Sequence[int], steps: int, columns=None) -> None:
+    """Refits `slots`' heads on head inputs computed once by the frozen torso (fold heads,
+    see DetectorConfig.head_folds), reading only `columns` of them if given, then
+    calibrates them; other slots stay bit-identical."""
+    c = self.config
+    slots = sorted(slots)
     train = self.examples.take(~self.heldout)
-    labels, weights = training.targets(train, self.max_tasks, [slot],
-                                       self.config.other_task_negatives)
+    labels, weights = training.targets(train, self.max_tasks, slots, c.other_task_negatives)
+    labels, weights = labels[:, slots], weights[:, slots]
     use = weights.sum(1) > 0
     train, labels, weights = train.take(use), labels[use], weights[use]
     features = training.predict(self.model, self.variables, train.observations,
                                 fn=training.head_inputs)
-    heads = SlotHeads(self.max_tasks, self.config.head_hidden)
-    head_vars = {"params": self.variables["params"]["heads"], "norm": {}}
-    head_vars, history = training.fit(
-        heads, head_vars, ExampleSet({"features": features}, train.slot, train.success),
-        labels, weights, training.slot_mask(head_vars["params"], slot), steps,
-        self.config.batch_size, self.config.learning_rate, self.config.seed + self.version,
-        self.config.input_sparsity)
-    params = {**self.variables["params"],
-              "heads": jax.tree_util.tree_map(np.asarray, head_vars["params"])}
-    self.variables = {**self.variables, "params": params}
+    folds = training.fold_assignment(train, c.head_folds, c.seed + self.version)
+    packed, oof = training.fit_fold_heads(
+        features, labels, weights, folds, c.head_folds, c.head_hidden, steps, c.batch_size,
+        c.learning_rate, c.seed + self.version, c.input_sparsity, columns)
+    heads = {k: np.array(v) for k, v in self.variables["params"]["heads"].items()}
+    for k, v in packed.items():
+      heads[k][slots] = v
+    self.variables = {**self.variables, "params": {**self.variables["params"], "heads": heads}}
     self.version += 1
+    if oof is None:
+      self._calibrate(slots)
+      return
+    for j, s in enumerate(slots):
+      sel = weights[:, j] > 0
+      self.slots[s].offset = (training.calibration_offset(oof[sel, j], labels[sel, j] > 0.5,
+                                                          c.threshold) if c.calibrate else 0.0)
+
+  def _fit_all(self, steps: int) -> list[float]:
+    """Trains the whole network for every slot, then (with fold heads) refits the heads."""
+    slots = sorted(self.slots)
+    history, trained_heads = self._fit(slots, steps)
+    if self.config.head_folds > 1:
+      # The network trained with plain heads shows which inputs matter; a new task's head
+      # (add_task) reads them all instead, as it may need inputs no other task used.
+      columns = training.used_head_inputs({**self.variables["params"], "heads": trained_heads},
+                                          slots)
+      self._fit_heads(slots, self.config.add_task_steps, columns)
+    else:
+      self._calibrate(slots)
     return history
 
   def train(self, examples: ExampleSet, names: Mapping[int, str],
@@ -275,8 +323,7 @@ class SuccessDetector:
       norm = training.state_statistics(self.examples, self.variables["norm"])
       self.variables = {**self.variables, "norm": norm}
       self.slots = {int(s): SlotInfo(n) for s, n in names.items()}
-      history = self._fit(sorted(self.slots), steps or self.config.train_steps)
-      self._calibrate(sorted(self.slots))
+      history = self._fit_all(steps or self.config.train_steps)
       self._refresh_quality()
     return {"history": history, "quality": self.quality()}
 
@@ -298,10 +345,9 @@ class SuccessDetector:
     with self._transaction():
       self._add_examples(examples)
       self.slots[slot] = SlotInfo(name)
-      history = self._fit_head(slot, steps or self.config.add_task_steps)
-      self._calibrate([slot])
+      self._fit_heads([slot], steps or self.config.add_task_steps)
       self._refresh_quality()
-    return {"history": history, "quality": self.quality()}
+    return {"quality": self.quality()}
 
   def retrain(self, examples: ExampleSet | None = None, steps: int | None = None) -> dict:
     """Fine-tunes all parameters on new examples plus every stored one (rehearsal)."""
@@ -315,8 +361,7 @@ class SuccessDetector:
     with self._transaction():
       if examples is not None and len(examples):
         self._add_examples(examples)
-      history = self._fit(sorted(self.slots), steps or self.config.train_steps)
-      self._calibrate(sorted(self.slots))
+      history = self._fit_all(steps or self.config.train_steps)
       self._refresh_quality()
     return {"history": history, "quality": self.quality()}
 
@@ -411,6 +456,7 @@ class SuccessDetector:
       config.setdefault("calibrate", False)
       config.setdefault("state_squares", False)  # Saved before squares and squashing.
       config.setdefault("feature_squash", 0.0)
+      config.setdefault("head_folds", 1)  # Saved before fold heads.
       det = cls(EnvSpec.from_json(meta["spec"]), int(meta["max_tasks"]),
                 DetectorConfig.from_dict(config))
       with open(os.path.join(directory, VARIABLES_FILE), "rb") as f:

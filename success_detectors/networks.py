@@ -83,7 +83,9 @@ class SuccessClassifier(nn.Module):
     state_keys: observation names that are float vectors (normalised, then concatenated).
     max_tasks: number of output slots.
     torso: hidden sizes of the shared MLP.
-    head_hidden: hidden size of each slot's head.
+    head_hidden: hidden size of each slot's head (of each fold's head).
+    head_folds: heads per slot, packed as one head of head_folds * head_hidden units whose
+      logit is their mean (the detector trains them cross-fitted; see training.fit_fold_heads).
     conv_channels: channels of the image encoder's strided convs.
     state_pairs: also feed log(|x_i - x_j| + 1e-3) for every pair of a state vector's
       entries. Success predicates are mostly thresholds on small distances (gripper to
@@ -109,6 +111,7 @@ class SuccessClassifier(nn.Module):
   max_tasks: int
   torso: tuple[int, ...] = (256, 256)
   head_hidden: int = 64
+  head_folds: int = 1
   conv_channels: tuple[int, ...] = (16, 32, 32, 64)
   state_pairs: bool = False
   state_distances: tuple[int, ...] = ()
@@ -144,7 +147,7 @@ class SuccessClassifier(nn.Module):
     head_in = jnp.concatenate([h] + states, axis=-1) if self.torso else h
     if head_inputs:
       return head_in
-    return SlotHeads(self.max_tasks, self.head_hidden, name="heads")(head_in)
+    return SlotHeads(self.max_tasks, self.head_hidden * self.head_folds, name="heads")(head_in)
 
 
 def squash(z, limit: float):
@@ -192,7 +195,7 @@ def pairwise_log_distances(x: jax.Array) -> jax.Array:
 
 
 def make_classifier(spec: EnvSpec, max_tasks: int, torso: Sequence[int] = (256, 256),
-                    head_hidden: int = 64,
+                    head_hidden: int = 64, head_folds: int = 1,
                     conv_channels: Sequence[int] = (16, 32, 32, 64),
                     state_pairs: bool = False, state_distances: Sequence[int] = (),
                     state_squares: bool = False, feature_squash: float = 0.0
@@ -203,8 +206,10 @@ def make_classifier(spec: EnvSpec, max_tasks: int, torso: Sequence[int] = (256, 
   images, states = split_keys(spec)
   if not images and not states:
     raise ValueError("the env spec has no observations for the detector")
+  if int(head_folds) < 1:
+    raise ValueError(f"head_folds must be >= 1, got {head_folds}")
   return SuccessClassifier(images, states, max_tasks, tuple(torso), int(head_hidden),
-                           tuple(conv_channels), bool(state_pairs),
+                           int(head_folds), tuple(conv_channels), bool(state_pairs),
                            tuple(int(d) for d in state_distances), bool(state_squares),
                            float(feature_squash))
 

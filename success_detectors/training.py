@@ -1,4 +1,4 @@
-"""Training the success classifier from examples: targets, class balancing, masked updates.
+"""Training the success classifier from examples: targets, class balancing, fold heads.
 
 Targets: an example given for slot s is a positive or negative for s. With
 `other_task_negatives`, a positive for another slot is also a negative for s (MT-Opt's
@@ -6,8 +6,9 @@ Targets: an example given for slot s is a positive or negative for s. With
 (slot, example) pairs, which get weight 0. Each trained slot's positives and negatives
 carry half of its loss each, whatever their counts (class balancing).
 
-`update_mask` (a 0/1 pytree like the params) chooses what may change: everything for a
-fresh detector or a retrain, only one slot's head when a task is added.
+`fit` trains the whole network. `fit_fold_heads` fits slot heads alone on a frozen torso's
+features: a new task's head (the other slots stay as they were), or every head after `fit`,
+as cross-fitted fold heads whose out-of-fold logits calibrate each slot's cut.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.nn import initializers as nn_init
 
 from success_detectors.examples import ExampleSet, ExamplesError
 from success_detectors.networks import state_features
@@ -81,15 +83,6 @@ def state_statistics(examples: ExampleSet, norm: Mapping) -> dict:
   return out
 
 
-def full_mask(params) -> dict:
-  return jax.tree_util.tree_map(jnp.ones_like, params)
-
-
-def slot_mask(head_params, slot: int) -> dict:
-  """For the SlotHeads parameters: 1 on `slot`'s entries, 0 on every other slot's."""
-  return {k: jnp.zeros_like(v).at[slot].set(1) for k, v in head_params.items()}
-
-
 def input_group_norm(params, active_slots) -> jax.Array:
   """Sum over input features of the L2 norm of the weights that read them: the first
   torso layer's rows and, for each slot in `active_slots` (bool [S]), its head's rows.
@@ -103,8 +96,8 @@ def input_group_norm(params, active_slots) -> jax.Array:
   torso = params.get("torso_0")
   if torso is not None:
     total += jnp.sum(jnp.sqrt(jnp.sum(torso["kernel"] ** 2, axis=1) + 1e-12))
-  heads = params.get("heads", params)
-  if "w1" in heads:
+  heads = params.get("heads")
+  if heads is not None:
     rows = jnp.sqrt(jnp.sum(heads["w1"] ** 2, axis=2) + 1e-12)  # [S, F]
     total += jnp.sum(rows * active_slots[:, None])
   return total
@@ -120,14 +113,13 @@ def loss_fn(model, params, norm, obs, labels, weights, sparsity=0.0):
 
 
 @functools.partial(jax.jit, static_argnames="model", donate_argnames=("params", "opt_state"))
-def update_step(model, params, opt_state, norm, obs, labels, weights, update_mask,
-                learning_rate, sparsity=0.0):
-  """One Adam step on the weighted loss; parameters outside `update_mask` stay put."""
+def update_step(model, params, opt_state, norm, obs, labels, weights, learning_rate,
+                sparsity=0.0):
+  """One Adam step on the weighted loss."""
   loss, grads = jax.value_and_grad(
       lambda p: loss_fn(model, p, norm, obs, labels, weights, sparsity))(params)
   opt_state.hyperparams["learning_rate"] = learning_rate
   updates, opt_state = OPTIMIZER.update(grads, opt_state, params)
-  updates = jax.tree_util.tree_map(lambda u, m: u * m, updates, update_mask)
   return optax.apply_updates(params, updates), opt_state, loss
 
 
@@ -196,7 +188,7 @@ def predict(model, variables, obs: Mapping[str, np.ndarray], chunk: int = 4096,
 
 
 def fit(model, variables: dict, examples: ExampleSet, labels: np.ndarray, weights: np.ndarray,
-        update_mask, steps: int, batch_size: int, learning_rate: float, seed: int = 0,
+        steps: int, batch_size: int, learning_rate: float, seed: int = 0,
         sparsity: float = 0.0) -> tuple[dict, list[float]]:
   """Trains `variables["params"]` for `steps` Adam steps with a cosine-decayed rate, on the
   weighted loss plus `sparsity` times `input_group_norm`.
@@ -218,8 +210,135 @@ def fit(model, variables: dict, examples: ExampleSet, labels: np.ndarray, weight
     idx = usable[rng.integers(0, len(usable), batch_size)]
     obs = {k: v[idx] for k, v in examples.observations.items()}
     params, opt_state, loss = update_step(model, params, opt_state, norm, obs, labels[idx],
-                                          weights[idx], update_mask,
+                                          weights[idx],
                                           jnp.float32(schedule(step)), jnp.float32(sparsity))
     if step % 50 == 0 or step == steps - 1:
       history.append(float(loss))
   return {**variables, "params": params}, history
+
+
+def used_head_inputs(params, slots, threshold: float = 0.01) -> np.ndarray | None:
+  """Columns of the heads' inputs that a trained network reads: all of the torso's output,
+  plus the state features whose group-lasso norm (see `input_group_norm`) in the first
+  torso layer or in a trained slot's head exceeds `threshold` of the largest there. Refitted
+  heads need no others (tabletop: ~300 of ~1750 state features), which makes them several
+  times cheaper to fit. None: every column (a network without a torso)."""
+  if "torso_0" not in params:
+    return None
+  heads = np.asarray(params["heads"]["w1"])[list(slots)]  # [S, F, H]
+  first = np.linalg.norm(np.asarray(params["torso_0"]["kernel"]), axis=1)
+  head_rows = np.linalg.norm(heads, axis=2)  # [S, F]
+  last = max(int(k[len("torso_"):]) for k in params if k.startswith("torso_"))
+  torso_out = np.asarray(params[f"torso_{last}"]["kernel"]).shape[1]
+  states = head_rows.shape[1] - torso_out  # The head reads [torso output, state features].
+  used = first[-states:] > threshold * first.max() if states else np.zeros(0, bool)
+  used |= np.any(head_rows[:, torso_out:] > threshold * head_rows.max(1, keepdims=True), axis=0)
+  return np.r_[np.arange(torso_out), torso_out + np.flatnonzero(used)]
+
+
+def fold_assignment(examples: ExampleSet, num_folds: int, seed: int = 0) -> np.ndarray:
+  """int [N] in [0, num_folds): every (slot, success) group dealt out evenly, in random order."""
+  rng = np.random.default_rng(seed)
+  folds = np.zeros(len(examples), np.int32)
+  for s in np.unique(examples.slot):
+    for y in (True, False):
+      idx = rng.permutation(np.flatnonzero((examples.slot == s) & (examples.success == y)))
+      folds[idx] = np.arange(len(idx)) % num_folds
+  return folds
+
+
+def _fold_head_logits(params, x):
+  """Every fold head's logits [S, B, K] for head inputs x [S, B, F] (a batch per slot)."""
+  h = jax.nn.relu(jnp.einsum("sbf,sfkh->sbkh", x, params["w1"]) + params["b1"][:, None])
+  return jnp.einsum("sbkh,skh->sbk", h, params["w2"]) + params["b2"][:, None]
+
+
+@functools.partial(jax.jit, donate_argnames=("params", "opt_state"))
+def _fold_heads_step(params, opt_state, features, labels, weights, folds, idx, learning_rate,
+                     sparsity):
+  """One Adam step of every slot's fold heads on its own batch: rows idx [S, B] of
+  features [N, F], labels / weights [N, S] and folds [N] (all on the device)."""
+  num_folds = params["b2"].shape[-1]
+  x = features[idx]
+  y = jnp.take_along_axis(labels.T, idx, axis=1)
+  w = jnp.take_along_axis(weights.T, idx, axis=1)
+  # Fold k's head learns from every example outside fold k.
+  use = (folds[idx][..., None] != jnp.arange(num_folds)) if num_folds > 1 else \
+      jnp.ones((*idx.shape, 1), bool)
+  use = use.astype(jnp.float32) * w[..., None]
+
+  def loss_fn(p):
+    losses = optax.sigmoid_binary_cross_entropy(_fold_head_logits(p, x), y[..., None])
+    # Each (slot, fold) head's mean loss over its examples, plus its own group lasso: the
+    # heads are trained as if apart.
+    per_head = jnp.sum(losses * use, axis=1) / jnp.maximum(jnp.sum(use, axis=1), 1e-6)
+    rows = jnp.sqrt(jnp.sum(p["w1"] ** 2, axis=3) + 1e-12)  # [S, F, K]
+    return jnp.sum(per_head) + sparsity * jnp.sum(rows)
+
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  opt_state.hyperparams["learning_rate"] = learning_rate
+  updates, opt_state = OPTIMIZER.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
+def fit_fold_heads(features: np.ndarray, labels: np.ndarray, weights: np.ndarray,
+                   folds: np.ndarray, num_folds: int, hidden: int, steps: int,
+                   batch_size: int, learning_rate: float, seed: int = 0,
+                   sparsity: float = 0.0, columns: np.ndarray | None = None
+                   ) -> tuple[dict, np.ndarray | None]:
+  """Cross-fitted slot heads on fixed head inputs: `num_folds` fresh one-hidden-layer heads
+  per slot column, head k trained on the examples outside fold k.
+
+  Their mean is the slot's head (an ensemble of the folds' heads, packed as one head with
+  num_folds * hidden units), and each example's out-of-fold logit (from the head that never
+  saw it) calibrates the slot's cut on every training example instead of the few held out.
+  With num_folds == 1 there is one head trained on everything and no out-of-fold logits.
+  Every slot draws its own batches from its own examples (weight > 0), whose weights are
+  rescaled to mean 1.
+
+  Args:
+    features: head inputs [N, F] (the frozen torso's `head_inputs`).
+    labels, weights: [N, S] for the S slot columns trained (see `targets`).
+    folds: int [N], each example's fold (`fold_assignment`).
+    columns: if given, the heads read only these features (the others get zero weights).
+
+  Returns:
+    ({"w1": [S, F, K*h], "b1": [S, K*h], "w2": [S, K*h, 1], "b2": [S]} in SlotHeads' layout,
+     out-of-fold logits [N, S] or None).
+  """
+  n, f = features.shape
+  s = labels.shape[1]
+  columns = np.arange(f) if columns is None else np.asarray(columns)
+  rows = [np.flatnonzero(weights[:, j] > 0) for j in range(s)]
+  if any(len(r) == 0 for r in rows):
+    raise ExamplesError("a slot has no examples that carry a training signal")
+  weights = weights / np.array([weights[r, j].mean() for j, r in enumerate(rows)])
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  params = {"w1": nn_init.lecun_normal(in_axis=1, out_axis=3, batch_axis=(0, 2))(
+                k1, (s, len(columns), num_folds, hidden)),
+            "b1": jnp.zeros((s, num_folds, hidden)),
+            "w2": nn_init.lecun_normal(in_axis=2, out_axis=(), batch_axis=(0, 1))(
+                k2, (s, num_folds, hidden)),
+            "b2": jnp.zeros((s, num_folds))}
+  opt_state = OPTIMIZER.init(params)
+  schedule = optax.cosine_decay_schedule(learning_rate, max(steps, 1), alpha=0.05)
+  rng = np.random.default_rng(seed)
+  on_device = [jnp.asarray(a) for a in (features[:, columns], labels, weights, folds)]
+  for step in range(steps):
+    idx = np.stack([r[rng.integers(0, len(r), batch_size)] for r in rows])
+    params, opt_state, _ = _fold_heads_step(params, opt_state, *on_device, jnp.asarray(idx),
+                                            jnp.float32(schedule(step)), jnp.float32(sparsity))
+  oof = None
+  if num_folds > 1:
+    x = on_device[0]
+    logits = np.concatenate([np.asarray(_fold_head_logits(
+        params, jnp.broadcast_to(x[i:i + 1024], (s, *x[i:i + 1024].shape))))
+        for i in range(0, n, 1024)], axis=1)  # [S, N, K]
+    oof = np.take_along_axis(logits, folds[None, :, None].repeat(s, 0), axis=2)[..., 0].T
+  w1 = np.zeros((s, f, num_folds * hidden), np.float32)
+  w1[:, columns] = np.asarray(params["w1"]).reshape(s, len(columns), num_folds * hidden)
+  packed = {"w1": w1, "b1": np.asarray(params["b1"]).reshape(s, num_folds * hidden),
+            # The mean of the folds' logits: their output weights and biases, divided by K.
+            "w2": np.asarray(params["w2"]).reshape(s, num_folds * hidden, 1) / num_folds,
+            "b2": np.asarray(params["b2"]).mean(axis=1)}
+  return packed, oof

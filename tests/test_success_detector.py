@@ -323,3 +323,47 @@ def test_new_config_keeps_the_built_network(trained, tmp_path):
   np.testing.assert_array_equal(det.predict({"state": x}), before)
   back = SuccessDetector.load(det.save(str(tmp_path / "again")))
   np.testing.assert_array_equal(back.predict({"state": x}), before)
+
+
+def test_fold_assignment_deals_every_slot_and_class_evenly():
+  ex = ExampleSet({"state": np.zeros((47, D), np.float32)}, np.r_[np.zeros(30), np.ones(17)],
+                  np.arange(47) % 3 == 0)
+  folds = training.fold_assignment(ex, 5, seed=3)
+  for s in (0, 1):
+    for y in (True, False):
+      counts = np.bincount(folds[(ex.slot == s) & (ex.success == y)], minlength=5)
+      assert counts.max() - counts.min() <= 1
+
+
+def test_fold_heads_pack_into_one_head_and_out_of_fold_logits_are_held_out():
+  """Random labels on random features: the heads memorise them, so the packed head (the mean
+  of the folds' heads) scores its training examples well, but each example's out-of-fold
+  logit, from the one head that never saw it, is no better than chance."""
+  rng = np.random.default_rng(0)
+  n, f = 400, 64
+  x = rng.normal(size=(n, f)).astype(np.float32)
+  y = (rng.random((n, 2)) < 0.5).astype(np.float32)
+  ex = ExampleSet({"state": x}, np.zeros(n, int), y[:, 0] > 0)
+  folds = training.fold_assignment(ex, 4, seed=0)
+  packed, oof = training.fit_fold_heads(x, y, np.ones_like(y), folds, 4, 32, steps=600,
+                                        batch_size=128, learning_rate=3e-3)
+  assert packed["w1"].shape == (2, f, 128) and packed["w2"].shape == (2, 128, 1)
+  from success_detectors.networks import SlotHeads
+  logits = np.asarray(SlotHeads(2, 128).apply({"params": packed}, x))
+  assert np.mean((logits > 0) == (y > 0.5)) > 0.9
+  assert oof.shape == (n, 2)
+  assert 0.35 < np.mean((oof > 0) == (y > 0.5)) < 0.65
+
+
+def test_used_head_inputs_keep_the_torso_output_and_the_inputs_the_network_reads(trained):
+  params = trained.variables["params"]
+  torso_out = params["torso_1"]["kernel"].shape[1]
+  features = params["heads"]["w1"].shape[1]
+  # A head that reads only state feature 5, and a first torso layer that reads only 7.
+  heads = {k: np.zeros_like(v) for k, v in params["heads"].items()}
+  heads["w1"][0, torso_out + 5] = 1.0
+  first = np.zeros_like(params["torso_0"]["kernel"])
+  first[-(features - torso_out) + 7] = 1.0
+  cols = training.used_head_inputs(
+      {**params, "heads": heads, "torso_0": {**params["torso_0"], "kernel": first}}, [0])
+  np.testing.assert_array_equal(cols, np.r_[np.arange(torso_out), torso_out + 5, torso_out + 7])

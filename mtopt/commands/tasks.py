@@ -14,7 +14,6 @@ A bad example folder is rejected before anything is changed.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 
@@ -97,10 +96,9 @@ def _load_or_create_detector(args, config):
     if det.max_tasks != config.max_tasks:
       raise TaskError(f"{path}: detector has {det.max_tasks} slots, config max_tasks is "
                       f"{config.max_tasks}")
-    # The saved network shape stays; how to train and judge now comes from the config.
-    det.config = dataclasses.replace(det.config, **{
-        k: v for k, v in dataclasses.asdict(_detector_config(config)).items()
-        if k not in ("torso", "head_hidden", "conv_channels", "state_pairs", "state_distances")})
+    # The saved network shape stays (the setter keeps it); how to train and judge now
+    # comes from the config.
+    det.config = _detector_config(config)
     return det
   import mtopt.envs
   with mtopt.envs.make(config.env) as env:
