@@ -183,8 +183,9 @@ def main(argv=None) -> None:
                  help="default: both, or state with --quick")
   p.add_argument("--max-successes", type=int, default=200,
                  help="successes per task's example folder (the issue's limit: 200)")
-  p.add_argument("--max-failures", type=int, default=3000,
-                 help="failures per task's example folder (half near misses of the task)")
+  p.add_argument("--max-failures", type=int, default=6000,
+                 help="failures per task's example folder: up to half from its own attempts "
+                      "(near misses), the rest from other tasks' episodes")
   p.add_argument("--test-episodes", type=int, default=None,
                  help="held-out episodes per task (default: 300 state, 200 image; 20 / 10 "
                       "with --quick; earlier versions held out 60)")

@@ -57,7 +57,7 @@ def add_parser(sub):
   make.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
   make.add_argument("--episodes-per-task", type=int, default=300)
   make.add_argument("--max-successes", type=int, default=200)
-  make.add_argument("--max-failures", type=int, default=3000)
+  make.add_argument("--max-failures", type=int, default=6000)
   make.add_argument("--seed", type=int, default=0)
   cli.add_config_arg(make)
   make.set_defaults(func=_make_examples)
