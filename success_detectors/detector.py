@@ -350,7 +350,8 @@ class SuccessDetector:
     return {"quality": self.quality()}
 
   def retrain(self, examples: ExampleSet | None = None, steps: int | None = None) -> dict:
-    """Fine-tunes all parameters on new examples plus every stored one (rehearsal)."""
+    """Fine-tunes the network on new examples plus every stored one (rehearsal against
+    forgetting), then refits every slot's fold heads (head_folds > 1)."""
     if not self.slots:
       raise DetectorError("retrain() needs a trained detector")
     if examples is not None and len(examples):

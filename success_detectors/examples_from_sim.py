@@ -5,8 +5,8 @@ epsilon-random, sticky random actions, early stops), so that outcomes are mixed 
 failures include near misses; it keeps each episode's final observation and the ground
 truth of every task there. `write_task_examples` turns those into one task's example
 folder (the `examples` format): successes are final states where the task holds, failures
-are where it does not, half from the task's own attempts (near misses) and half from other
-tasks' episodes (other tasks' successes are the natural negatives).
+are where it does not: up to half from the task's own attempts (near misses), the rest
+from other tasks' episodes (other tasks' successes are the natural negatives).
 """
 
 from __future__ import annotations
@@ -97,12 +97,13 @@ def collect_rollouts(env, episodes_per_task: int, tasks: Sequence[str] | None = 
 def select_examples(rollouts: Rollouts, task: str, max_successes: int = 200,
                     max_failures: int = 6000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Indices of (successes, failures) for `task`: at most `max_successes` final states where
-  it holds; failures half from its own attempts, half from other tasks' episodes.
+  it holds; failures up to half from its own attempts (near misses), the rest from other
+  tasks' episodes.
 
   Failures are cheap and many of them matter: on tabletop, raising the cap from 400 to
   3000 lifted the precision of reach and push tasks from ~0.5 to ~0.8 on held-out episodes,
-  and from 3000 to all ~5500 (6000 episodes) the worst task's from 0.88 to 0.97 (fold heads,
-  one validation set of rollouts): most of a task's chance look-alikes are in other tasks'
+  and from 3000 to all of them (~5500 of 6000 episodes) the worst task's from 0.88 to 0.97
+  (fold heads, one validation set of rollouts): most of a task's chance look-alikes are in other tasks'
   episodes, which only many failures from them cover.
   """
   k = rollouts.task_names.index(task)
