@@ -367,3 +367,21 @@ def test_used_head_inputs_keep_the_torso_output_and_the_inputs_the_network_reads
   cols = training.used_head_inputs(
       {**params, "heads": heads, "torso_0": {**params["torso_0"], "kernel": first}}, [0])
   np.testing.assert_array_equal(cols, np.r_[np.arange(torso_out), torso_out + 5, torso_out + 7])
+
+
+def test_one_head_per_slot_detector_trains_and_adds_a_task():
+  """head_folds=1 (as detectors saved before fold heads load): one head per slot, trained
+  with the torso and calibrated on the held-out examples; adding a task fits one head."""
+  rng = np.random.default_rng(5)
+  det = SuccessDetector.create(SPEC, MAX_TASKS, dataclasses.replace(FAST, head_folds=1))
+  det.train(ExampleSet.concat([toy_examples(rng, s, 120, 120) for s in range(2)]),
+            {0: "a", 1: "b"})
+  assert det.variables["params"]["heads"]["w1"].shape[-1] == FAST.head_hidden
+  x = np.concatenate([toy_states(rng, 200, s) for s in range(3)] + [toy_states(rng, 200)])
+  before = det.predict({"state": x})
+  det.add_task(2, "c", toy_examples(rng, 2, 120, 120))
+  after = det.predict({"state": x})
+  np.testing.assert_array_equal(before[:, :2], after[:, :2])
+  for s in range(3):
+    m = binary_metrics(after[:, s], toy_truth(x)[:, s])
+    assert m["precision"] >= 0.95 and m["recall"] >= 0.95, (s, m)
