@@ -275,10 +275,10 @@ def _fold_heads_step(params, opt_state, features, labels, weights, folds, idx, l
     rows = jnp.sqrt(jnp.sum(p["w1"] ** 2, axis=3) + 1e-12)  # [S, F, K]
     return jnp.sum(per_head) + sparsity * jnp.sum(rows)
 
-  loss, grads = jax.value_and_grad(loss_fn)(params)
+  grads = jax.grad(loss_fn)(params)
   opt_state.hyperparams["learning_rate"] = learning_rate
   updates, opt_state = OPTIMIZER.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, loss
+  return optax.apply_updates(params, updates), opt_state
 
 
 def fit_fold_heads(features: np.ndarray, labels: np.ndarray, weights: np.ndarray,
@@ -309,10 +309,10 @@ def fit_fold_heads(features: np.ndarray, labels: np.ndarray, weights: np.ndarray
   n, f = features.shape
   s = labels.shape[1]
   columns = np.arange(f) if columns is None else np.asarray(columns)
-  rows = [np.flatnonzero(weights[:, j] > 0) for j in range(s)]
-  if any(len(r) == 0 for r in rows):
+  members = [np.flatnonzero(weights[:, j] > 0) for j in range(s)]  # Each slot's examples.
+  if any(len(m) == 0 for m in members):
     raise ExamplesError("a slot has no examples that carry a training signal")
-  weights = weights / np.array([weights[r, j].mean() for j, r in enumerate(rows)])
+  weights = weights / np.array([weights[m, j].mean() for j, m in enumerate(members)])
   k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
   params = {"w1": nn_init.lecun_normal(in_axis=1, out_axis=3, batch_axis=(0, 2))(
                 k1, (s, len(columns), num_folds, hidden)),
@@ -325,9 +325,9 @@ def fit_fold_heads(features: np.ndarray, labels: np.ndarray, weights: np.ndarray
   rng = np.random.default_rng(seed)
   on_device = [jnp.asarray(a) for a in (features[:, columns], labels, weights, folds)]
   for step in range(steps):
-    idx = np.stack([r[rng.integers(0, len(r), batch_size)] for r in rows])
-    params, opt_state, _ = _fold_heads_step(params, opt_state, *on_device, jnp.asarray(idx),
-                                            jnp.float32(schedule(step)), jnp.float32(sparsity))
+    idx = np.stack([m[rng.integers(0, len(m), batch_size)] for m in members])
+    params, opt_state = _fold_heads_step(params, opt_state, *on_device, jnp.asarray(idx),
+                                         jnp.float32(schedule(step)), jnp.float32(sparsity))
   oof = None
   if num_folds > 1:
     x = on_device[0]
