@@ -13,7 +13,11 @@ For each observation kind (state; 64x64 image plus proprioception):
   5. measures labelling throughput: episodes/s of `detector(episodes)` (one forward pass).
 
   .venv/bin/python -m benchmarks.success_detector [--quick] [--observation state|image|both]
-      [--test-episodes N]
+      [--test-episodes N] [--fine-features on|off]
+
+The state observation is the one the default experiment (configs/tabletop_state.py) gives
+the pipeline's detector: with its `env.fine_features` (object - tip in cm, clipped), unless
+--fine-features says otherwise.
 
 The last line printed is one JSON object of the figures.
 """
@@ -36,6 +40,7 @@ from success_detectors.detector import DetectorConfig, SuccessDetector
 from success_detectors.examples import ExampleSet, read_example_folder
 from success_detectors.examples_from_sim import collect_rollouts, write_task_examples
 from success_detectors.metrics import binary_metrics, wilson_interval
+from configs.tabletop_state import get_config
 
 MAX_TASKS = 16
 IMAGE_TASKS = ["lift_red", "place_green_in_bin", "place_blue_on_plate", "lift_blue",
@@ -77,10 +82,11 @@ def label_rate(det, test, n: int, budget_s: float = 3.0) -> float:
 
 
 def run(observation: str, quick: bool, max_successes: int, max_failures: int, seed: int,
-        work: str, test_episodes: int | None = None) -> dict:
+        work: str, test_episodes: int | None = None, fine_features: bool = True) -> dict:
   s = settings(observation, quick)
   t0 = time.perf_counter()
-  with mtopt.envs.make("tabletop", observation=observation, seed=seed) as env:
+  with mtopt.envs.make("tabletop", observation=observation, seed=seed,
+                       fine_features=fine_features) as env:
     spec = env.spec()
     train = collect_rollouts(env, s["train_eps"], s["tasks"], seed=seed)
     test = collect_rollouts(env, test_episodes or s["test_eps"], s["tasks"],
@@ -190,18 +196,24 @@ def main(argv=None) -> None:
                  help="held-out episodes per task (default: 300 state, 200 image; 20 / 10 "
                       "with --quick; earlier versions held out 60)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--fine-features", choices=["on", "off"], default=None,
+                 help="tabletop's fine state features (default: as configs/tabletop_state.py, "
+                      f"now {'on' if get_config().env.fine_features else 'off'})")
   args = p.parse_args(argv)
+  fine = (get_config().env.fine_features if args.fine_features is None
+          else args.fine_features == "on")
   kinds = {"state": ["state"], "image": ["image"], "both": ["state", "image"]}[
       args.observation or ("state" if args.quick else "both")]
   figures = {}
   with tempfile.TemporaryDirectory() as work:
     for kind in kinds:
       figures[kind] = report(kind, run(kind, args.quick, args.max_successes, args.max_failures,
-                                         args.seed, work, args.test_episodes))
+                                         args.seed, work, args.test_episodes, fine))
   first = figures[kinds[0]]
   out = {"min_precision": min(f["min_precision"] for f in figures.values()),
          "min_recall": min(f["min_recall"] for f in figures.values()),
-         "label_episodes_per_s": first["label_episodes_per_s"], "quick": args.quick}
+         "label_episodes_per_s": first["label_episodes_per_s"], "quick": args.quick,
+         "fine_features": fine}
   for kind, f in figures.items():
     out.update({f"{kind}_{k}": v for k, v in f.items()})
   print(json.dumps(out))

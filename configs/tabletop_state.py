@@ -64,6 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.detector.state_squares = True  # Squares of the normalised state: spheres are linear.
   c.detector.feature_squash = 4.0  # Normalised state features bounded by 4 tanh(z / 4).
   c.detector.input_sparsity = 1e-3  # Group-lasso on the weights reading each input feature.
+  # Group-lasso weights tried for each task's fold heads; the lowest out-of-fold loss wins.
+  c.detector.head_sparsity = (3e-3, 1e-2)
   c.detector.calibrate = True  # Per-task logit shift chosen on the out-of-fold logits.
   c.detector.train_steps = 3000
   c.detector.add_task_steps = 2000

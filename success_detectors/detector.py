@@ -82,7 +82,11 @@ class DetectorConfig:
     holdout_fraction: share of each task's successes and failures held out for quality.
     other_task_negatives: use other tasks' successes as failures for a task.
     input_sparsity: weight of a group-lasso penalty on the weights that read each input
-      feature (training.input_group_norm): prefers predicates on few features.
+      feature (training.input_group_norm): prefers predicates on few features. Used when
+      training the whole network, and for the heads when head_folds == 1.
+    head_sparsity: the group-lasso weights tried for each slot's fold heads (head_folds > 1);
+      each slot keeps the fit whose out-of-fold logits have the lowest loss
+      (training.fit_fold_heads_selected).
     calibrate: after training a slot, shift its logit so that `threshold` is the cut that
       balances precision and recall best: on its out-of-fold logits (head_folds > 1), else
       on its held-out examples (whose quality figures are then slightly optimistic).
@@ -105,6 +109,7 @@ class DetectorConfig:
   holdout_fraction: float = 0.2
   other_task_negatives: bool = True
   input_sparsity: float = 1e-3
+  head_sparsity: tuple[float, ...] = (3e-3, 1e-2)
   calibrate: bool = True
   seed: int = 0
 
@@ -119,6 +124,10 @@ class DetectorConfig:
     for k in ("torso", "conv_channels", "state_distances"):
       if k in d:
         d[k] = tuple(int(x) for x in d[k])
+    if "head_sparsity" in d:
+      d["head_sparsity"] = tuple(float(x) for x in d["head_sparsity"])
+      if not d["head_sparsity"] or min(d["head_sparsity"]) < 0:
+        raise DetectorError(f"head_sparsity must list weights >= 0, got {d['head_sparsity']}")
     return cls(**d)
 
 
@@ -129,6 +138,7 @@ class SlotInfo:
   failures: int = 0
   metrics: dict = dataclasses.field(default_factory=dict)
   offset: float = 0.0  # Added to the slot's logit: the held-out calibration of its cut.
+  head_sparsity: float | None = None  # The fold heads' group-lasso weight, where chosen.
 
 
 # The fields that define the network (its parameter shapes or its function), named as
@@ -279,9 +289,15 @@ class SuccessDetector:
     features = training.predict(self.model, self.variables, train.observations,
                                 fn=training.head_inputs)
     folds = training.fold_assignment(train, c.head_folds, c.seed + self.version)
-    packed, oof = training.fit_fold_heads(
-        features, labels, weights, folds, c.head_folds, c.head_hidden, steps, c.batch_size,
-        c.learning_rate, c.seed + self.version, c.input_sparsity, columns)
+    fit_args = (features, labels, weights, folds, c.head_folds, c.head_hidden, steps,
+                c.batch_size, c.learning_rate, c.seed + self.version)
+    if c.head_folds > 1:
+      packed, oof, chosen = training.fit_fold_heads_selected(*fit_args, c.head_sparsity,
+                                                             columns)
+      for j, s in enumerate(slots):
+        self.slots[s].head_sparsity = float(chosen[j])
+    else:
+      packed, oof = training.fit_fold_heads(*fit_args, c.input_sparsity, columns)
     heads = {k: np.array(v) for k, v in self.variables["params"]["heads"].items()}
     for k, v in packed.items():
       heads[k][slots] = v

@@ -355,6 +355,33 @@ def test_fold_heads_pack_into_one_head_and_out_of_fold_logits_are_held_out():
   assert 0.35 < np.mean((oof > 0) == (y > 0.5)) < 0.65
 
 
+def test_fold_heads_keep_per_slot_the_sparsity_with_the_lowest_out_of_fold_loss():
+  """Slot 0's label is a threshold on one feature; slot 1's labels are random. Without a
+  penalty slot 0 is learnt and slot 1 is memorised (out-of-fold: worse than a constant); a
+  penalty that zeroes every weight leaves the constant. Each slot must keep its better one,
+  and its heads and out-of-fold logits must be the ones fitted at that weight."""
+  rng = np.random.default_rng(1)
+  n, f = 400, 32
+  x = rng.normal(size=(n, f)).astype(np.float32)
+  y = np.stack([x[:, 3] > 0, rng.random(n) < 0.5], axis=1).astype(np.float32)
+  ex = ExampleSet({"state": x}, np.zeros(n, int), y[:, 0] > 0)
+  folds = training.fold_assignment(ex, 4, seed=0)
+  args = (x, y, np.ones_like(y), folds, 4, 16, 400, 128, 3e-3, 0)
+  packed, oof, chosen = training.fit_fold_heads_selected(*args, (0.0, 100.0))
+  assert chosen.tolist() == [0.0, 100.0]
+  assert packed["w1"].shape == (2, f, 64) and oof.shape == (n, 2)
+  plain, plain_oof = training.fit_fold_heads(*args, 0.0)
+  np.testing.assert_array_equal(packed["w1"][0], plain["w1"][0])
+  np.testing.assert_array_equal(oof[:, 0], plain_oof[:, 0])
+  assert np.abs(packed["w1"][1]).max() < 1e-2  # The penalised head reads (almost) nothing.
+  assert np.abs(packed["w1"][0]).max() > 0.1
+  assert np.mean((oof[:, 0] > 0) == (y[:, 0] > 0.5)) > 0.8  # Chance: 0.5.
+  assert np.ptp(oof[:, 1]) < 0.1  # Slot 1's out-of-fold logits: the penalised constant.
+  with pytest.raises(ValueError, match="num_folds"):
+    training.fit_fold_heads_selected(x, y, np.ones_like(y), folds, 1, 16, 10, 128, 3e-3, 0,
+                                     (0.0,))
+
+
 def test_used_head_inputs_keep_the_torso_output_and_the_inputs_the_network_reads(trained):
   params = trained.variables["params"]
   torso_out = params["torso_1"]["kernel"].shape[1]
