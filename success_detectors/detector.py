@@ -124,11 +124,13 @@ class DetectorConfig:
     for k in ("torso", "conv_channels", "state_distances"):
       if k in d:
         d[k] = tuple(int(x) for x in d[k])
-    if "head_sparsity" in d:
-      d["head_sparsity"] = tuple(float(x) for x in d["head_sparsity"])
-      if not d["head_sparsity"] or min(d["head_sparsity"]) < 0:
-        raise DetectorError(f"head_sparsity must list weights >= 0, got {d['head_sparsity']}")
     return cls(**d)
+
+  def __post_init__(self):
+    weights = tuple(float(x) for x in self.head_sparsity)
+    if not weights or min(weights) < 0:
+      raise DetectorError(f"head_sparsity must list weights >= 0, got {self.head_sparsity!r}")
+    object.__setattr__(self, "head_sparsity", weights)
 
 
 @dataclasses.dataclass

@@ -414,10 +414,12 @@ def test_one_head_per_slot_detector_trains_and_adds_a_task():
     assert m["precision"] >= 0.95 and m["recall"] >= 0.95, (s, m)
 
 
-def test_detector_config_from_dict_checks_keys_and_head_sparsity():
+def test_detector_config_checks_keys_and_head_sparsity():
   assert DetectorConfig.from_dict({"head_sparsity": [0.01]}).head_sparsity == (0.01,)
   for bad in ([], [0.01, -1.0]):
     with pytest.raises(DetectorError, match="head_sparsity"):
       DetectorConfig.from_dict({"head_sparsity": bad})
+    with pytest.raises(DetectorError, match="head_sparsity"):
+      DetectorConfig(head_sparsity=bad)
   with pytest.raises(DetectorError, match="unknown detector config key.*head_sparsty"):
     DetectorConfig.from_dict({"head_sparsty": [0.01]})
