@@ -139,7 +139,7 @@ class SlotInfo:
   successes: int = 0
   failures: int = 0
   metrics: dict = dataclasses.field(default_factory=dict)
-  offset: float = 0.0  # Added to the slot's logit: the held-out calibration of its cut.
+  offset: float = 0.0  # Added to the slot's logit: its cut's calibration (DetectorConfig).
   head_sparsity: float | None = None  # The fold heads' group-lasso weight, where chosen.
 
 

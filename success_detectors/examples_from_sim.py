@@ -103,8 +103,8 @@ def select_examples(rollouts: Rollouts, task: str, max_successes: int = 200,
   Failures are cheap and many of them matter: on tabletop, raising the cap from 400 to
   3000 lifted the precision of reach and push tasks from ~0.5 to ~0.8 on held-out episodes,
   and from 3000 to all of them (~5500 of 6000 episodes) the worst task's from 0.88 to 0.97
-  (fold heads, one validation set of rollouts): most of a task's chance look-alikes are in other tasks'
-  episodes, which only many failures from them cover.
+  (fold heads, one validation set of rollouts): most of a task's chance look-alikes are in
+  other tasks' episodes, which only many failures from them cover.
   """
   k = rollouts.task_names.index(task)
   rng = np.random.default_rng(seed)
