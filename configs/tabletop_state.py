@@ -66,11 +66,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.detector.input_sparsity = 1e-3  # Group-lasso on the weights reading each input feature.
   # Group-lasso weights tried for each task's fold heads; the lowest out-of-fold loss wins.
   c.detector.head_sparsity = (3e-3, 1e-2)
+  # ...and each of those refitted on only the inputs it kept, with 0.3 times the weight.
+  c.detector.head_relax = 0.3
   c.detector.calibrate = True  # Per-task logit shift chosen on the out-of-fold logits.
   c.detector.train_steps = 3000
   c.detector.add_task_steps = 2000
   c.detector.batch_size = 256
   c.detector.learning_rate = 1e-3
+  c.detector.head_learning_rate = 3e-2  # Heads on the frozen torso: sharp thresholds.
   c.detector.holdout_fraction = 0.2
   # Tabletop predicates overlap (a cube on the plate may also be next to another), so other
   # tasks' successes are not assumed to be failures; example folders carry real failures.

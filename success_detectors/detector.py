@@ -78,7 +78,7 @@ class DetectorConfig:
     add_task_steps: Adam steps when fitting slot heads on the frozen torso: a new task's
       head, and every head after full training when head_folds > 1.
     batch_size: examples per step.
-    learning_rate: peak Adam learning rate (cosine-decayed).
+    learning_rate: peak Adam learning rate (cosine-decayed) when training the whole network.
     holdout_fraction: share of each task's successes and failures held out for quality.
     other_task_negatives: use other tasks' successes as failures for a task.
     input_sparsity: weight of a group-lasso penalty on the weights that read each input
@@ -87,6 +87,11 @@ class DetectorConfig:
     head_sparsity: the group-lasso weights tried for each slot's fold heads (head_folds > 1);
       each slot keeps the fit whose out-of-fold logits have the lowest loss
       (training.fit_fold_heads_selected).
+    head_relax: > 0: each of those fits is also refitted on only the inputs it kept, with
+      its weight times this (the relaxed group lasso), and competes on the same loss; 0: off.
+    head_learning_rate: peak Adam rate of the slot heads fitted on the frozen torso. Higher
+      than the torso's: a predicate's threshold is sharp (millimetres on tabletop), and
+      Adam moves a weight by about the rate per step, so at 1e-3 the heads stayed soft.
     calibrate: after training a slot, shift its logit so that `threshold` is the cut that
       balances precision and recall best: on its out-of-fold logits (head_folds > 1), else
       on its held-out examples (whose quality figures are then slightly optimistic).
@@ -110,6 +115,8 @@ class DetectorConfig:
   other_task_negatives: bool = True
   input_sparsity: float = 1e-3
   head_sparsity: tuple[float, ...] = (3e-3, 1e-2)
+  head_relax: float = 0.3
+  head_learning_rate: float = 3e-2
   calibrate: bool = True
   seed: int = 0
 
@@ -131,6 +138,11 @@ class DetectorConfig:
     if not weights or min(weights) < 0:
       raise DetectorError(f"head_sparsity must list weights >= 0, got {self.head_sparsity!r}")
     object.__setattr__(self, "head_sparsity", weights)
+    if not self.head_relax >= 0:
+      raise DetectorError(f"head_relax must be >= 0, got {self.head_relax!r}")
+    for name in ("learning_rate", "head_learning_rate"):
+      if not getattr(self, name) > 0:
+        raise DetectorError(f"{name} must be > 0, got {getattr(self, name)!r}")
 
 
 @dataclasses.dataclass
@@ -140,7 +152,8 @@ class SlotInfo:
   failures: int = 0
   metrics: dict = dataclasses.field(default_factory=dict)
   offset: float = 0.0  # Added to the slot's logit: its cut's calibration (DetectorConfig).
-  head_sparsity: float | None = None  # The fold heads' group-lasso weight, where chosen.
+  head_sparsity: float | None = None  # The fold heads' group-lasso weight, where chosen...
+  head_relaxed: bool | None = None  # ...and whether they were refitted on what it kept.
 
 
 # The fields that define the network (its parameter shapes or its function), named as
@@ -292,12 +305,13 @@ class SuccessDetector:
                                 fn=training.head_inputs)
     folds = training.fold_assignment(train, c.head_folds, c.seed + self.version)
     fit_args = (features, labels, weights, folds, c.head_folds, c.head_hidden, steps,
-                c.batch_size, c.learning_rate, c.seed + self.version)
+                c.batch_size, c.head_learning_rate, c.seed + self.version)
     if c.head_folds > 1:
       packed, oof, chosen = training.fit_fold_heads_selected(*fit_args, c.head_sparsity,
-                                                             columns)
+                                                             columns, c.head_relax)
       for j, s in enumerate(slots):
-        self.slots[s].head_sparsity = float(chosen[j])
+        self.slots[s].head_sparsity = float(chosen["sparsity"][j])
+        self.slots[s].head_relaxed = bool(chosen["relaxed"][j])
     else:
       packed, oof = training.fit_fold_heads(*fit_args, c.input_sparsity, columns)
     heads = {k: np.array(v) for k, v in self.variables["params"]["heads"].items()}

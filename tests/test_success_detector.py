@@ -368,7 +368,8 @@ def test_fold_heads_keep_per_slot_the_sparsity_with_the_lowest_out_of_fold_loss(
   folds = training.fold_assignment(ex, 4, seed=0)
   args = (x, y, np.ones_like(y), folds, 4, 16, 400, 128, 3e-3, 0)
   packed, oof, chosen = training.fit_fold_heads_selected(*args, (0.0, 100.0))
-  assert chosen.tolist() == [0.0, 100.0]
+  assert chosen["sparsity"].tolist() == [0.0, 100.0]
+  assert chosen["relaxed"].tolist() == [False, False]  # relax=0: no refits.
   assert packed["w1"].shape == (2, f, 64) and oof.shape == (n, 2)
   plain, plain_oof = training.fit_fold_heads(*args, 0.0)
   np.testing.assert_array_equal(packed["w1"][0], plain["w1"][0])
@@ -380,6 +381,32 @@ def test_fold_heads_keep_per_slot_the_sparsity_with_the_lowest_out_of_fold_loss(
   with pytest.raises(ValueError, match="num_folds"):
     training.fit_fold_heads_selected(x, y, np.ones_like(y), folds, 1, 16, 10, 128, 3e-3, 0,
                                      (0.0,))
+
+
+def test_relaxed_refit_reads_only_what_its_fold_head_kept_and_wins_on_a_sharp_threshold():
+  """The label is a sharp threshold on feature 3 among 31 noise features. The group lasso
+  finds feature 3 but shrinks its weights, so its heads are soft; each fold head's refit
+  reads only the inputs that fold's first fit kept, with a smaller penalty, and is sharper:
+  its out-of-fold loss is lower, so the slot keeps it."""
+  rng = np.random.default_rng(2)
+  n, f = 600, 32
+  x = rng.normal(size=(n, f)).astype(np.float32)
+  y = (x[:, 3:4] > 0.3).astype(np.float32)
+  ex = ExampleSet({"state": x}, np.zeros(n, int), y[:, 0] > 0)
+  folds = training.fold_assignment(ex, 4, seed=0)
+  args = (x, y, np.ones_like(y), folds, 4, 16, 400, 128, 3e-2, 0)
+  lasso, lasso_oof = training.fit_fold_heads(*args, 0.05)
+  support = training.head_support(lasso["w1"], 4)
+  assert support.shape == (1, f, 4) and support[0, 3].all() and support.sum() < f * 4 / 2
+  refit, refit_oof = training.fit_fold_heads(*args, 0.005, support=support)
+  w1 = refit["w1"].reshape(1, f, 4, 16)
+  assert np.all(w1[~support] == 0) and np.all(np.abs(w1[0, 3]).max(axis=1) > 0)
+  packed, oof, chosen = training.fit_fold_heads_selected(*args, (0.05,), relax=0.1)
+  assert chosen["sparsity"].tolist() == [0.05] and chosen["relaxed"].tolist() == [True]
+  np.testing.assert_array_equal(packed["w1"], refit["w1"])
+  np.testing.assert_array_equal(oof, refit_oof)
+  loss = training.balanced_log_loss
+  assert loss(refit_oof, y, np.ones_like(y))[0] < 0.8 * loss(lasso_oof, y, np.ones_like(y))[0]
 
 
 def test_used_head_inputs_keep_the_torso_output_and_the_inputs_the_network_reads(trained):
@@ -416,6 +443,10 @@ def test_one_head_per_slot_detector_trains_and_adds_a_task():
 
 def test_detector_config_checks_keys_and_head_sparsity():
   assert DetectorConfig.from_dict({"head_sparsity": [0.01]}).head_sparsity == (0.01,)
+  for key, bad in (("head_relax", -0.1), ("head_learning_rate", 0.0), ("learning_rate", -1.0),
+                   ("head_relax", float("nan"))):
+    with pytest.raises(DetectorError, match=key):
+      DetectorConfig(**{key: bad})
   for bad in ([], [0.01, -1.0]):
     with pytest.raises(DetectorError, match="head_sparsity"):
       DetectorConfig.from_dict({"head_sparsity": bad})
