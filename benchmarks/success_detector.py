@@ -25,6 +25,7 @@ The last line printed is one JSON object of the figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -36,7 +37,7 @@ import mtopt.envs
 from mtopt import cli
 from mtopt.episode import Episode
 from mtopt.tasks import TaskRegistry
-from success_detectors.detector import DetectorConfig, SuccessDetector
+from success_detectors.detector import NETWORK_FIELDS, DetectorConfig, SuccessDetector
 from success_detectors.examples import ExampleSet, read_example_folder
 from success_detectors.examples_from_sim import collect_rollouts, write_task_examples
 from success_detectors.metrics import binary_metrics, wilson_interval
@@ -66,6 +67,15 @@ def settings(observation: str, quick: bool) -> dict:
                                     input_sparsity=0.0, head_sparsity=(0.0,),
                                     # Measured: 0.950 / 0.900 here, 0.935 / 0.900 at 3e-2.
                                     head_learning_rate=1e-3))
+
+
+def training_overrides(config: DetectorConfig) -> list[str]:
+  """`--config.detector.K=V` for every training field of `config`, so that `mtopt tasks add`
+  trains as the benchmark did (the network's fields come from the saved detector)."""
+  def value(v):
+    return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+  return [f"--config.detector.{f.name}={value(getattr(config, f.name))}"
+          for f in dataclasses.fields(config) if f.name not in NETWORK_FIELDS]
 
 
 def evaluate(det, test, slots: dict[str, int]) -> dict[str, dict]:
@@ -118,16 +128,10 @@ def run(observation: str, quick: bool, max_successes: int, max_failures: int, se
   run_dir = os.path.join(work, observation, "run")
   det.save(os.path.join(run_dir, "detector"))
   TaskRegistry.from_names(MAX_TASKS, base).save(run_dir)
-  c = s["config"]
   t0 = time.perf_counter()
   rc = cli.main(["tasks", "add", new, "--examples", os.path.join(root, new), "--no-relabel",
                  "--run-dir", run_dir, f"--config.max_tasks={MAX_TASKS}",
-                 f"--config.detector.add_task_steps={c.add_task_steps}",
-                 f"--config.detector.batch_size={c.batch_size}",
-                 f"--config.detector.head_sparsity={','.join(map(str, c.head_sparsity))}",
-                 f"--config.detector.head_relax={c.head_relax}",
-                 f"--config.detector.head_learning_rate={c.head_learning_rate}",
-                 f"--config.detector.other_task_negatives={c.other_task_negatives}"])
+                 *training_overrides(s["config"])])
   add_s = time.perf_counter() - t0
   if rc != 0:
     raise SystemExit(f"mtopt tasks add failed with exit code {rc}")

@@ -328,15 +328,15 @@ def fit_fold_heads_selected(features: np.ndarray, labels: np.ndarray, weights: n
   if num_folds < 2:
     raise ValueError("choosing the sparsity needs out-of-fold logits (num_folds >= 2)")
   best = None
+  fit_args = (features, labels, weights, folds, num_folds, hidden, steps, batch_size,
+              learning_rate, seed)
   for sparsity in sparsities:
-    fits = [(fit_fold_heads(features, labels, weights, folds, num_folds, hidden, steps,
-                            batch_size, learning_rate, seed, sparsity, columns), False)]
+    lasso = fit_fold_heads(*fit_args, sparsity, columns)
+    candidates = [(*lasso, False)]
     if relax > 0 and sparsity > 0:
-      support = head_support(fits[0][0][0]["w1"], num_folds)
-      fits.append((fit_fold_heads(features, labels, weights, folds, num_folds, hidden, steps,
-                                  batch_size, learning_rate, seed, sparsity * relax, columns,
-                                  support), True))
-    for (packed, oof), relaxed in fits:
+      support = head_support(lasso[0]["w1"], num_folds)
+      candidates.append((*fit_fold_heads(*fit_args, sparsity * relax, columns, support), True))
+    for packed, oof, relaxed in candidates:
       loss = balanced_log_loss(oof, labels, weights)
       info = {"sparsity": np.full(labels.shape[1], float(sparsity)),
               "relaxed": np.full(labels.shape[1], relaxed)}
