@@ -172,6 +172,43 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec("data"))
 
 
+# XLA:CPU's default schedule orders the update's ops to use little memory, which puts the
+# three torsos (online, Polyak target, lagged target) and the CEM in one chain; this one lets
+# the executor run independent ops side by side. Measured on the state update (batch 256, 2
+# cores, interleaved in one process): 4.20 -> 3.76 ms and 4.36 -> 3.96 ms per step.
+CPU_COMPILER_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": True}
+
+
+class CompiledWithOptions:
+  """`jitted(*args)`, compiled with XLA `options` (this JAX's `jax.jit` takes none).
+
+  Compiles on the first call and again for each new input signature (the compiled call
+  raises TypeError on one it was not compiled for). `lower` is the jitted function's.
+  """
+
+  def __init__(self, jitted, options: dict):
+    self._jitted, self._options = jitted, options
+    self._compiled = {}  # Input signature -> compiled executable.
+    self._last = None
+
+  def __call__(self, *args):
+    if self._last is not None:
+      try:
+        return self._last(*args)
+      except TypeError:  # Another input signature: look it up or compile for it below.
+        pass
+    leaves, tree = jax.tree.flatten(args)
+    signature = (tree, tuple((np.shape(x), jnp.result_type(x)) for x in leaves))
+    if signature not in self._compiled:
+      self._compiled[signature] = self._jitted.lower(*args).compile(
+          compiler_options=self._options)
+    self._last = self._compiled[signature]
+    return self._last(*args)
+
+  def lower(self, *args):
+    return self._jitted.lower(*args)
+
+
 def make_update_fn(network: networks.QNetwork, env_spec: EnvSpec, config: LearnerConfig,
                    max_tasks: int, mesh: Mesh | None = None
                    ) -> Callable[[TrainingState, Batch], tuple[TrainingState, dict]]:
@@ -182,6 +219,12 @@ def make_update_fn(network: networks.QNetwork, env_spec: EnvSpec, config: Learne
                          maximum=np.asarray(env_spec.action.maximum, np.float32),
                          max_tasks=max_tasks)
   if mesh is None or mesh.size == 1:
-    return jax.jit(fn)
-  return jax.jit(fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)))
+    jitted = jax.jit(fn)
+    devices = jax.devices()[:1]
+  else:
+    jitted = jax.jit(fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                     out_shardings=(replicated(mesh), replicated(mesh)))
+    devices = mesh.devices.flat
+  if all(d.platform == "cpu" for d in devices):
+    return CompiledWithOptions(jitted, CPU_COMPILER_OPTIONS)
+  return jitted

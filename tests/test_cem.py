@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtopt.cem import cem_maximize
+from mtopt.cem import cem_maximize, elite_masks
 
 LO3, HI3 = -np.ones(3, np.float32), np.ones(3, np.float32)
 
@@ -101,6 +101,24 @@ def test_discrete_dim_takes_only_its_two_values():
                             np.float32([1, 1]), discrete_dims=(1,))
   assert set(np.asarray(actions)[:, 1].tolist()) <= {-1.0, 1.0}
   assert np.all(np.asarray(actions)[:, 1] == -1.0)
+
+
+@pytest.mark.parametrize("num_elites", [1, 6, 20])  # 20: past the rounds, top_k's masks.
+def test_elite_masks_pick_what_top_k_picks(rng, num_elites):
+  scores = rng.normal(size=(50, 32)).astype(np.float32)
+  scores[1] = 0.0  # All tied: the lowest indices win, as in top_k.
+  scores[2, ::2] = 1.0  # Ties at the top.
+  scores[3] = -np.inf  # Nothing finite: still num_elites distinct picks.
+  scores[4, 5] = np.nan  # A NaN ranks last instead of first.
+  top, best, elite = map(np.asarray, elite_masks(jnp.asarray(scores), num_elites))
+  ranked = np.where(np.isnan(scores), -np.inf, scores)
+  want_top, want_idx = map(np.asarray, jax.lax.top_k(jnp.asarray(ranked), num_elites))
+  want_elite = np.zeros(scores.shape, bool)
+  np.put_along_axis(want_elite, want_idx, True, axis=1)
+  np.testing.assert_array_equal(elite, want_elite)
+  np.testing.assert_array_equal(best, np.arange(32) == want_idx[:, :1])
+  np.testing.assert_array_equal(top, want_top[:, 0])
+  assert elite.sum(1).tolist() == [num_elites] * 50
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -123,3 +123,27 @@ def test_env_spec_terminate_dim_round_trips_and_is_checked():
   assert EnvSpec.from_json(STATE_SPEC.to_json()).terminate_dim is None
   with pytest.raises(ValueError, match="terminate_dim 3"):
     EnvSpec(STATE_SPEC.observation, STATE_SPEC.action, 10, terminate_dim=3)
+
+
+def test_dense_matches_flax_dense_in_params_values_and_gradients(rng):
+  # Dense differs from nn.Dense only in how its backward pass lays out the dots.
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  key = jax.random.PRNGKey(1)
+  for shape in ((9, 12), (4, 5, 12)):  # A batch, and a batch of CEM samples.
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    ours, dense = networks.Dense(7).init(key, x), nn.Dense(7).init(key, x)
+    assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, dense)
+    np.testing.assert_array_equal(ours["params"]["kernel"], dense["params"]["kernel"])
+    params = jax.tree.map(lambda v: v + 0.1, dense)  # A non-zero bias too.
+    w = jnp.asarray(rng.normal(size=(*shape[:-1], 7)), jnp.float32)
+
+    def loss(module, p, x):
+      return jnp.sum(jnp.tanh(module.apply(p, x)) * w)
+
+    for argnums in (1, 2):  # Gradients for the parameters and for the input.
+      got = jax.grad(loss, argnums)(networks.Dense(7), params, x)
+      want = jax.grad(loss, argnums)(nn.Dense(7), params, x)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got,
+                   want)
