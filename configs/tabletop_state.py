@@ -93,6 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.log_every = 100
   c.learner.checkpoint_every = 1000  # 0: only on request.
   c.learner.publish_every = 100  # Steps between parameter publications to actors.
+  c.learner.updates_per_call = 4  # Updates per launch of the compiled step, on 4 batches.
   # CQL-style penalty on random actions' Q (learners/learning.py); for offline-only data.
   c.learner.conservative_weight = 0.0
   c.learner.conservative_samples = 16

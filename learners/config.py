@@ -91,6 +91,9 @@ class LearnerConfig:
     log_every: steps between TensorBoard writes.
     checkpoint_every: steps between Orbax checkpoints (0: only when asked).
     publish_every: steps between parameter publications to actors.
+    updates_per_call: updates that `Learner.run` runs per call of the compiled update, on
+      that many batches (fewer where a checkpoint or publication falls in between); more
+      per call spend less on launching each (see `learning.make_update_fn`).
     conservative_weight: weight of the CQL-style term (0: plain QT-Opt); see `learning`.
     conservative_samples: uniformly random actions per state in that term.
     network: the Q-network's shape.
@@ -107,6 +110,7 @@ class LearnerConfig:
   log_every: int = 100
   checkpoint_every: int = 1000
   publish_every: int = 100
+  updates_per_call: int = 4
   conservative_weight: float = 0.0
   conservative_samples: int = 16
   network: NetworkConfig = NetworkConfig()
@@ -126,7 +130,7 @@ class LearnerConfig:
     if self.conservative_weight < 0 or self.conservative_samples < 1:
       raise ConfigError("learner.conservative_weight must be >= 0 and "
                         "learner.conservative_samples >= 1")
-    for name in ("log_every", "publish_every"):
+    for name in ("log_every", "publish_every", "updates_per_call"):
       if getattr(self, name) < 1:
         raise ConfigError(f"learner.{name} must be >= 1, got {getattr(self, name)}")
 

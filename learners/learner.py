@@ -40,6 +40,9 @@ class Learner:
     self.network = networks.make_q_network(env_spec, max_tasks, config.network)
     self._update = learning.make_update_fn(self.network, env_spec, config, max_tasks,
                                            self._mesh)
+    self._updates_per_call = learning.updates_per_call(self.network, config, devices)
+    self._update_stacked = learning.make_update_fn(self.network, env_spec, config, max_tasks,
+                                                   self._mesh, stacked=True)
     self._state = learning.init_training_state(self.network, env_spec, config,
                                                jax.random.PRNGKey(seed))
     self._checkpointer = self._writer = None
@@ -58,28 +61,30 @@ class Learner:
   # Training.
   def step(self) -> dict:
     """One update on the next batch; returns its metrics (device arrays, not synced)."""
-    try:
-      batch = next(self._batches)
-    except StopIteration:
-      raise StopIteration("the learner's batch iterator is exhausted") from None
-    batch = self._prepare(batch)
+    batch = self._prepare(self._next_batch())
     self._state, metrics = self._update(self._state, batch)
-    self._step += 1
-    c = self.config
-    if self._writer is not None and self._step % c.log_every == 0:
-      self._log(metrics)
-    if self._checkpointer is not None and c.checkpoint_every and \
-        self._step % c.checkpoint_every == 0:
-      self._checkpointer.save(self._state, wait=False)
-    if self._publish is not None and self._step % c.publish_every == 0:
-      self._publish(self.get_params(), self._step)
+    self._after_updates(1, metrics)
     return metrics
 
   def run(self, num_steps: int) -> dict:
-    """Runs `num_steps` updates; returns the last step's metrics as numpy."""
+    """Runs `num_steps` updates, `updates_per_call` per call where no checkpoint or
+    publication falls in between (one per call elsewhere, and for image networks on CPUs:
+    see `learning.updates_per_call`); returns the last update's metrics as numpy."""
     metrics = {}
-    for _ in range(num_steps):
-      metrics = self.step()
+    while num_steps > 0:
+      n = min(num_steps, self._updates_per_call, self._steps_to_next_save())
+      if n == 1 or n < self._updates_per_call:  # Singly: no compile for each such n.
+        for _ in range(n):
+          metrics = self.step()
+      else:
+        batches = [self._prepare(self._next_batch(), stacked=True) for _ in range(n)]
+        batch = learning.stack_batches(batches)
+        if self._mesh is not None:
+          batch = jax.device_put(batch, learning.batch_sharding(self._mesh, stacked=True))
+        self._state, stacked = self._update_stacked(self._state, batch)
+        self._after_updates(n, stacked)
+        metrics = jax.tree.map(lambda m: m[-1], stacked)
+      num_steps -= n
     return jax.device_get(metrics)
 
   # State.
@@ -114,7 +119,41 @@ class Learner:
     self.close()
 
   # Internals.
-  def _prepare(self, batch: Batch) -> Batch:
+  def _next_batch(self) -> Batch:
+    try:
+      return next(self._batches)
+    except StopIteration:
+      raise StopIteration("the learner's batch iterator is exhausted") from None
+
+  def _steps_to_next_save(self) -> int:
+    """Updates until the next checkpoint or publication (the state exists only between
+    calls, so a call of several updates ends there)."""
+    c = self.config
+    periods = [c.checkpoint_every] if self._checkpointer is not None and c.checkpoint_every \
+        else []
+    if self._publish is not None:
+      periods.append(c.publish_every)
+    return min((p - self._step % p for p in periods), default=self._updates_per_call)
+
+  def _after_updates(self, n: int, metrics: dict) -> None:
+    """Logs, checkpoints and publishes for the `n` updates just run; with n > 1, `metrics`
+    holds each update's, stacked."""
+    c = self.config
+    first = self._step + 1
+    self._step += n
+    if self._writer is not None:
+      for step in range(first, self._step + 1):
+        if step % c.log_every == 0:
+          self._log(metrics if n == 1 else jax.tree.map(lambda m: m[step - first], metrics),
+                    step)
+    if self._checkpointer is not None and c.checkpoint_every and \
+        self._step % c.checkpoint_every == 0:
+      self._checkpointer.save(self._state, wait=False)
+    if self._publish is not None and self._step % c.publish_every == 0:
+      self._publish(self.get_params(), self._step)
+
+  def _prepare(self, batch: Batch, stacked: bool = False) -> Batch:
+    """Checks a batch; puts it on the mesh unless it is one of several to be stacked."""
     if not isinstance(batch, Batch):
       raise TypeError(f"the learner takes mtopt.batch.Batch, got {type(batch).__name__}")
     if not self._checked_keys:  # The layout does not change between batches.
@@ -132,21 +171,20 @@ class Learner:
         (task.min() < 0 or task.max() >= self.max_tasks):
       raise ValueError(f"batch.task has slots outside [0, {self.max_tasks}): "
                        f"{task.min()}..{task.max()}")
-    if self._mesh is not None:
+    if self._mesh is not None and not stacked:
       return jax.device_put(batch, learning.batch_sharding(self._mesh))
     return batch
 
-  def _log(self, metrics: dict) -> None:
+  def _log(self, metrics: dict, step: int) -> None:
     m = jax.device_get(metrics)
     now = time.perf_counter()
     t0, s0 = self._last_log
-    self._last_log = (now, self._step)
+    self._last_log = (now, step)
     w = self._writer
     for k, v in m.items():
       if np.ndim(v) == 0:
-        w.add_scalar(f"learner/{k}", float(v), self._step)
-    w.add_scalar("learner/steps_per_second", (self._step - s0) / max(now - t0, 1e-9),
-                 self._step)
+        w.add_scalar(f"learner/{k}", float(v), step)
+    w.add_scalar("learner/steps_per_second", (step - s0) / max(now - t0, 1e-9), step)
     for slot in np.flatnonzero(m["task_count"]):  # Only tasks present in this batch.
-      w.add_scalar(f"td_abs/task_{slot}", float(m["task_td_abs"][slot]), self._step)
+      w.add_scalar(f"td_abs/task_{slot}", float(m["task_td_abs"][slot]), step)
     w.flush()

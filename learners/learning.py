@@ -167,9 +167,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """The leading (batch) axis is split across the mesh's "data" axis."""
-  return NamedSharding(mesh, PartitionSpec("data"))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """The batch axis (the leading one, or the second for stacked batches) is split across
+  the mesh's "data" axis."""
+  return NamedSharding(mesh, PartitionSpec(None, "data") if stacked else PartitionSpec("data"))
 
 
 # XLA:CPU's default schedule orders the update's ops to use little memory, which puts the
@@ -210,21 +211,51 @@ class CompiledWithOptions:
 
 
 def make_update_fn(network: networks.QNetwork, env_spec: EnvSpec, config: LearnerConfig,
-                   max_tasks: int, mesh: Mesh | None = None
+                   max_tasks: int, mesh: Mesh | None = None, *, stacked: bool = False
                    ) -> Callable[[TrainingState, Batch], tuple[TrainingState, dict]]:
-  """The jitted update; data-parallel over `mesh` (batch split, state replicated)."""
+  """The jitted update; data-parallel over `mesh` (batch split, state replicated).
+
+  With `stacked`, one call runs several updates in turn, one per batch of a `Batch` whose
+  arrays are stacked along a new leading axis ([n, B, ...], see `stack_batches`), and
+  returns the state after the last and every update's metrics, stacked the same way.
+  Several updates per call save the per-call cost of launching the computation (measured on
+  the state update, 2 cores: 4 per call 14% more updates/s than 1, 8 per call 16% more).
+  """
   fn = functools.partial(update_step, network=network, config=config,
                          optimizer=make_optimizer(config),
                          minimum=np.asarray(env_spec.action.minimum, np.float32),
                          maximum=np.asarray(env_spec.action.maximum, np.float32),
                          max_tasks=max_tasks)
+  if stacked:
+    fn = functools.partial(jax.lax.scan, fn)
   if mesh is None or mesh.size == 1:
     jitted = jax.jit(fn)
     devices = jax.devices()[:1]
   else:
-    jitted = jax.jit(fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+    data = batch_sharding(mesh, stacked)
+    jitted = jax.jit(fn, in_shardings=(replicated(mesh), data),
                      out_shardings=(replicated(mesh), replicated(mesh)))
     devices = mesh.devices.flat
   if all(d.platform == "cpu" for d in devices):
     return CompiledWithOptions(jitted, CPU_COMPILER_OPTIONS)
   return jitted
+
+
+def updates_per_call(network: networks.QNetwork, config: LearnerConfig, devices) -> int:
+  """How many updates one call runs: `config.updates_per_call`, but 1 for image networks on
+  CPUs. There XLA compiles the convolutions' gradients in a program of several updates as
+  plain loops instead of Eigen's convolutions (64x64 image update, batch 64: 48 -> 490 ms
+  per update, in a scan or unrolled alike)."""
+  if network.has_image and all(d.platform == "cpu" for d in devices):
+    return 1
+  return config.updates_per_call
+
+
+def stack_batches(batches: list[Batch]) -> Batch:
+  """Batches of one shape -> one Batch with a leading [len(batches)] axis, for a stacked
+  update (`make_update_fn(..., stacked=True)`)."""
+  leaves = [jax.tree.leaves(b) for b in batches]
+  on_host = all(isinstance(x, np.ndarray) for x in leaves[0])
+  stack = np.stack if on_host else jnp.stack
+  return jax.tree.unflatten(jax.tree.structure(batches[0]),
+                            [stack(xs) for xs in zip(*leaves)])

@@ -87,6 +87,30 @@ def test_logs_to_tensorboard_with_per_task_td(tmp_path):
   assert [step for step, _ in scalars["learner/loss"]] == [2, 4]
 
 
+def test_several_updates_per_call_match_one_per_call(tmp_path):
+  # run() stacks updates_per_call batches into one call, but ends a call where a
+  # publication (or checkpoint) is due, so those see the state of their exact step.
+  runs = {}
+  for k in (1, 4):
+    config = dataclasses.replace(CONFIG, updates_per_call=k, publish_every=6, log_every=1)
+    published = []
+    with Learner(mdp.env_spec(), 4, config, mdp.batches(2, 32), run_dir=str(tmp_path / str(k)),
+                 publish=lambda p, s: published.append((s, p))) as learner:
+      metrics = learner.run(13)  # Calls of 4, 2 single, 4, 2 single, 1 single.
+      runs[k] = (jax.device_get(learner.state), metrics, published)
+    scalars = _read_scalars(glob.glob(os.path.join(tmp_path, str(k), "learner", "events.*"))[0])
+    runs[k] += ([step for step, _ in scalars["learner/loss"]], scalars["learner/loss"])
+  (one, m1, pub1, steps1, loss1), (four, m4, pub4, steps4, loss4) = runs[1], runs[4]
+  assert int(four.step) == 13 and steps4 == steps1 == list(range(1, 14))
+  assert [s for s, _ in pub4] == [s for s, _ in pub1] == [6, 12]
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  jax.tree.map(close, jax.tree.leaves(four), jax.tree.leaves(one))
+  for (_, p4), (_, p1) in zip(pub4, pub1):
+    jax.tree.map(close, p4, p1)
+  close([v for _, v in loss4], [v for _, v in loss1])  # Each update's own metrics logged.
+  close(m4["loss"], m1["loss"])
+
+
 def test_bad_batches_raise_clear_errors():
   batch = mdp.random_batch(np.random.default_rng(0), 8)
   bad_task = batch._replace(task=np.full(8, 9, np.int32))
@@ -111,6 +135,22 @@ def test_config_from_experiment_file():
     LearnerConfig.from_config(load)
   with pytest.raises(ConfigError, match="num_elites"):
     CEMConfig(num_samples=4, num_elites=8)
+  assert config.updates_per_call == 4
+  with pytest.raises(ConfigError, match="updates_per_call"):
+    LearnerConfig(updates_per_call=0)
+
+
+def test_image_networks_run_one_update_per_call_on_cpu():
+  # XLA:CPU compiles a multi-update program's convolution gradients as plain loops (~10x
+  # slower), so image networks there take one update per call; state networks take several.
+  from learners import learning, networks
+  from tests.test_learner_networks import IMAGE_SPEC, STATE_SPEC
+
+  cpu = jax.devices("cpu")
+  for spec, want in ((STATE_SPEC, 4), (IMAGE_SPEC, 1)):
+    net = networks.make_q_network(spec, 4, CONFIG.network)
+    assert learning.updates_per_call(net, dataclasses.replace(CONFIG, updates_per_call=4),
+                                     cpu) == want
 
 
 def test_policy_acts_greedily_within_bounds_and_explores():

@@ -157,13 +157,16 @@ for mesh in (None, learning.data_mesh()):
 (p1, l1), (p2, l2) = results
 jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p1, p2)
 assert abs(l1 - l2) < 1e-5, (l1, l2)
-# The Learner picks both devices up by itself and matches too.
+# The Learner picks both devices up by itself and matches too, one update per call and
+# three (batches stacked, split on their second axis).
+import dataclasses
 from learners.learner import Learner
-learner = Learner(spec, 4, config, iter(batches))
-learner.run(3)
-assert len(learner.state.step.sharding.device_set) == 2
-jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p1,
-             learner.get_params())
+for k in (1, 3):
+  learner = Learner(spec, 4, dataclasses.replace(config, updates_per_call=k), iter(batches))
+  learner.run(3)
+  assert len(learner.state.step.sharding.device_set) == 2
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p1,
+               learner.get_params())
 print("OK", l1, l2)
 """
 
