@@ -70,22 +70,23 @@ class Learner:
     """Runs `num_steps` updates, `updates_per_call` per call where no checkpoint or
     publication falls in between (one per call elsewhere, and for image networks on CPUs:
     see `learning.updates_per_call`); returns the last update's metrics as numpy."""
-    metrics = {}
+    metrics, stacked = {}, False
     while num_steps > 0:
       n = min(num_steps, self._updates_per_call, self._steps_to_next_save())
       if n == 1 or n < self._updates_per_call:  # Singly: no compile for each such n.
         for _ in range(n):
-          metrics = self.step()
+          metrics, stacked = self.step(), False
       else:
         batches = [self._prepare(self._next_batch(), stacked=True) for _ in range(n)]
         batch = learning.stack_batches(batches)
         if self._mesh is not None:
           batch = jax.device_put(batch, learning.batch_sharding(self._mesh, stacked=True))
-        self._state, stacked = self._update_stacked(self._state, batch)
-        self._after_updates(n, stacked)
-        metrics = jax.tree.map(lambda m: m[-1], stacked)
+        self._state, metrics = self._update_stacked(self._state, batch)
+        self._after_updates(n, metrics)
+        stacked = True
       num_steps -= n
-    return jax.device_get(metrics)
+    metrics = jax.device_get(metrics)  # Sliced here, not per call: a slice is a dispatch.
+    return {k: v[-1] for k, v in metrics.items()} if stacked else metrics
 
   # State.
   @property
