@@ -111,7 +111,7 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
     samples, best, elite = jax.lax.optimization_barrier((samples, best, elite))
     weight = elite.astype(jnp.float32)[..., None] * (1.0 / num_elites)  # [B, N, 1]
     better = top_score > best_scores
-    # A one-hot sum picks the best sample exactly (the other terms are 0 * finite).
+    # One row of each is kept, the rest zeroed: the sum is the best sample exactly.
     best_sample = jnp.sum(jnp.where(best[..., None], samples, 0.0), axis=1)
     best_actions = jnp.where(better[:, None], best_sample, best_actions)
     best_scores = jnp.where(better, top_score, best_scores)
