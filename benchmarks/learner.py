@@ -5,10 +5,9 @@ steps/s of a plain supervised step on the same network; steps/s of the full upda
 (CEM 64/6/2 targets, clipped double Q) for the split design, as the Learner runs it
 (`updates_per_call` updates per call on stacked batches) and one per call, and for the
 reference that runs the whole network per CEM sample; their ratio; achieved GFLOP/s of the
-state update
-(XLA's cost analysis) against a large f32 matmul whose timing windows are interleaved with
-the updates' (so both see the same load on a shared machine); and the latency of one
-CEMPolicy action for a single state.
+state update (XLA's cost analysis) against a large f32 matmul whose timing windows are
+interleaved with the updates' (so both see the same load on a shared machine); and the
+latency of one CEMPolicy action for a single state.
 
   .venv/bin/python -m benchmarks.learner [--quick]
 
@@ -181,11 +180,11 @@ def measure(name: str, spec: EnvSpec, batch_size: int, budget_s: float, act_call
   # all cores at once and loses more wall time than small ops when other processes take
   # one, so under load this ratio is the steadier one.
   row["peak_gflops_per_cpu_s"] = _matmul_gflops(timers["matmul"], per_cpu_s=True)
-  stacked = timers.get("split_stacked", timers["split"])
-  row["update_flops_vs_peak_cpu_time"] = (row["update_flops"] * stacked.best_per_cpu_s * per_call
-                                          / 1e9 / row["peak_gflops_per_cpu_s"])
+  as_learner = timers.get("split_stacked", timers["split"])  # `per_call` updates a call.
+  row["update_flops_vs_peak_cpu_time"] = (row["update_flops"] * as_learner.best_per_cpu_s
+                                          * per_call / 1e9 / row["peak_gflops_per_cpu_s"])
   row["supervised_steps_per_s"] = timers["supervised"].best
-  row["update_steps_per_s"] = stacked.best * per_call
+  row["update_steps_per_s"] = as_learner.best * per_call
   row["update_steps_per_s_one_per_call"] = timers["split"].best
   row["reference_steps_per_s"] = timers["whole"].best
   # The reference runs one update per call: launching a call (~0.2-0.3 ms between calls in
@@ -193,7 +192,7 @@ def measure(name: str, spec: EnvSpec, batch_size: int, budget_s: float, act_call
   row["speedup_vs_reference"] = row["update_steps_per_s"] / row["reference_steps_per_s"]
   row["speedup_vs_reference_one_per_call"] = (row["update_steps_per_s_one_per_call"]
                                               / row["reference_steps_per_s"])
-  row["speedup_vs_reference_cpu_time"] = (stacked.best_per_cpu_s * per_call
+  row["speedup_vs_reference_cpu_time"] = (as_learner.best_per_cpu_s * per_call
                                           / timers["whole"].best_per_cpu_s)
   row["update_gflops_per_s"] = row["update_flops"] * row["update_steps_per_s"] / 1e9
   row["update_gflops_per_s_one_per_call"] = (row["update_flops"]
