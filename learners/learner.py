@@ -142,11 +142,11 @@ class Learner:
     c = self.config
     first = self._step + 1
     self._step += n
-    if self._writer is not None:
-      for step in range(first, self._step + 1):
-        if step % c.log_every == 0:
-          self._log(metrics if n == 1 else jax.tree.map(lambda m: m[step - first], metrics),
-                    step)
+    logged = [s for s in range(first, self._step + 1) if s % c.log_every == 0]
+    if self._writer is not None and logged:
+      host = jax.device_get(metrics)  # One transfer, then numpy rows for each logged step.
+      for step in logged:
+        self._log(host if n == 1 else {k: v[step - first] for k, v in host.items()}, step)
     if self._checkpointer is not None and c.checkpoint_every and \
         self._step % c.checkpoint_every == 0:
       self._checkpointer.save(self._state, wait=False)
@@ -176,8 +176,8 @@ class Learner:
       return jax.device_put(batch, learning.batch_sharding(self._mesh))
     return batch
 
-  def _log(self, metrics: dict, step: int) -> None:
-    m = jax.device_get(metrics)
+  def _log(self, m: dict, step: int) -> None:
+    """Writes one update's metrics (numpy) to TensorBoard at `step`."""
     now = time.perf_counter()
     t0, s0 = self._last_log
     self._last_log = (now, step)
