@@ -46,3 +46,68 @@ def evaluate(ray, actors: Sequence, tasks: Sequence[str], episodes_per_task: int
     for ep, i in zip(episodes, idx):
       wins[plan[i]].append(bool(ep.success[ep.task_id]))
   return {t: float(np.mean(v)) for t, v in wins.items()}
+
+
+def start_seed(seed: int, index: int) -> int:
+  """The env reset seed of evaluation episode `index`: the same start state for every task
+  and every method evaluated with `seed` (paired comparisons)."""
+  return int(np.random.SeedSequence([seed, EVAL_EPISODE_BASE + index]).generate_state(1)[0])
+
+
+def rollouts(envs: Sequence, act_batch, tasks: Sequence[str], slots: Sequence[int],
+             seeds: Sequence[int]) -> list[dict]:
+  """One episode in each of `envs` at once, every step's observations batched into one
+  `act_batch(observation dict [B, ...], task slots int32 [B]) -> (actions [B, A], _)` call.
+
+  Returns per env: `success` (the env's ground truth for its task at the end), `final`
+  (the final observation), `terminated` and `steps`.
+  """
+  spec = envs[0].spec()
+  lo, hi = spec.action.minimum, spec.action.maximum
+  obs = [env.reset(task, seed=s) for env, task, s in zip(envs, tasks, seeds)]
+  live = list(range(len(envs)))
+  out = [{"steps": 0, "terminated": False} for _ in envs]
+  while live:
+    batch = {k: np.stack([obs[i][k] for i in live]) for k in obs[live[0]]}
+    actions, _ = act_batch(batch, np.asarray([slots[i] for i in live], np.int32))
+    still = []
+    for i, action in zip(live, np.clip(np.asarray(actions, np.float32), lo, hi)):
+      obs[i], done, info = envs[i].step(action)
+      out[i]["steps"] += 1
+      if done:
+        names = envs[i].task_names()
+        out[i].update(success=bool(envs[i].success()[names.index(tasks[i])]), final=obs[i],
+                      terminated=bool(info.get("terminated", False)))
+      else:
+        still.append(i)
+    live = still
+  return out
+
+
+def evaluate_in_process(make_env, act_batch, tasks: Sequence[str], task_slots: Sequence[int],
+                        episodes_per_task: int, seed: int, num_envs: int = 100) -> dict:
+  """Greedy evaluation in this process, `num_envs` episodes stepped together.
+
+  Episode j of every task starts from `start_seed(seed, j)`. Returns task -> {"success":
+  bool [episodes_per_task], "final": observation dict [episodes_per_task, ...]}, in
+  episode order, so results of different methods pair up episode by episode.
+  """
+  if episodes_per_task < 1 or not tasks or len(tasks) != len(task_slots):
+    raise ValueError("evaluate_in_process: need tasks, their slots and episodes_per_task >= 1")
+  plan = [(t, k, j) for t, k in zip(tasks, task_slots) for j in range(episodes_per_task)]
+  envs = [make_env() for _ in range(min(num_envs, len(plan)))]
+  results = []
+  try:
+    for first in range(0, len(plan), len(envs)):
+      part = plan[first:first + len(envs)]
+      results += rollouts(envs[:len(part)], act_batch, [p[0] for p in part],
+                          [p[1] for p in part], [start_seed(seed, p[2]) for p in part])
+  finally:
+    for env in envs:
+      env.close()
+  out = {}
+  for t in tasks:
+    rows = [r for p, r in zip(plan, results) if p[0] == t]
+    out[t] = {"success": np.array([r["success"] for r in rows]),
+              "final": {k: np.stack([r["final"][k] for r in rows]) for k in rows[0]["final"]}}
+  return out

@@ -63,6 +63,8 @@ class RobotActor:
     self.policy = make_policy(policy, self.env, gaussian_std, epsilon, sticky_prob,
                               sticky_steps, early_terminate_prob,
                               seed=[self.seed, self.robot_id, 2])
+    if hasattr(self.policy, "reseed"):  # A given policy object explores with this robot's seed.
+      self.policy.reseed([self.seed, self.robot_id, 2])
     self.sink = sink
     self._counter = 0
     self.episodes_run = 0

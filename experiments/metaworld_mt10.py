@@ -40,8 +40,8 @@ def markdown(per_seed: dict[int, dict[str, float]], meta: dict) -> str:
                             for t in tasks) + " |")
   lines += ["", f"Data: {meta['episodes']} episodes of Meta-World's scripted experts with "
             f"epsilon={meta['epsilon']} random actions, labels: {meta['labels']}; learner "
-            f"steps per run: {meta['steps']} (conservative_weight "
-            f"{meta['conservative_weight']}); greedy CEM evaluation episodes per task: "
+            f"steps per run: {meta['steps']} (negatives "
+            f"{meta.get('negative_actions')} x {meta.get('negative_weight')}); greedy CEM evaluation episodes per task: "
             f"{meta['eval_episodes']}; overrides: {meta['overrides'] or 'none'}."]
   return "\n".join(lines) + "\n"
 
@@ -90,7 +90,8 @@ def main(argv=None) -> dict:
   meta = {"seeds": sorted(per_seed), "steps": int(config.learner.num_steps),
           "episodes": int(config.train.offline_episodes), "epsilon": float(config.actors.epsilon),
           "labels": config.train.labels,
-          "conservative_weight": float(config.learner.conservative_weight),
+          "negative_actions": int(config.learner.negative_actions),
+          "negative_weight": float(config.learner.negative_weight),
           "eval_episodes": int(config.eval.episodes_per_task), "overrides": overrides,
           "quick": args.quick, "note": "quick smoke run" if args.quick else "state observations"}
   result = {"mean_success": float(np.mean(means)), "mean_success_std": float(np.std(means)),

@@ -81,7 +81,8 @@ class LearnerConfig:
   Attributes:
     batch_size: transitions per update (split across devices when there are several).
     learning_rate: Adam step size.
-    gamma: discount; the batch's per-row discount (0 at episode end) is multiplied by it.
+    gamma: discount; the batch's per-row discount (0 where an episode terminated) is
+      multiplied by it.
     num_steps: updates that `mtopt train` runs.
     grad_clip_norm: global gradient norm clip before Adam.
     polyak_tau: the first target moves this far towards the online network per step
@@ -94,8 +95,10 @@ class LearnerConfig:
     updates_per_call: updates that `Learner.run` runs per call of the compiled update, on
       that many batches (fewer where a checkpoint or publication falls in between); more
       per call spend less on launching each (see `learning.make_update_fn`).
-    conservative_weight: weight of the CQL-style term (0: plain QT-Opt); see `learning`.
-    conservative_samples: uniformly random actions per state in that term.
+    negative_actions: uniformly random actions per row trained toward Q = 0 (artificial
+      negatives, see `learning`); 0: none (plain QT-Opt).
+    negative_weight: weight of the negatives' cross-entropy beside the Bellman term's.
+    mc_lower_bound: targets are at least the row's Monte-Carlo return (see `learning`).
     network: the Q-network's shape.
     cem: how targets and actions maximise Q.
   """
@@ -111,8 +114,9 @@ class LearnerConfig:
   checkpoint_every: int = 1000
   publish_every: int = 100
   updates_per_call: int = 4
-  conservative_weight: float = 0.0
-  conservative_samples: int = 16
+  negative_actions: int = 8
+  negative_weight: float = 1.0
+  mc_lower_bound: bool = True
   network: NetworkConfig = NetworkConfig()
   cem: CEMConfig = CEMConfig()
 
@@ -127,9 +131,9 @@ class LearnerConfig:
       raise ConfigError(f"learner.lagged_period must be >= 1, got {self.lagged_period}")
     if self.learning_rate <= 0 or self.grad_clip_norm <= 0:
       raise ConfigError("learner.learning_rate and learner.grad_clip_norm must be > 0")
-    if self.conservative_weight < 0 or self.conservative_samples < 1:
-      raise ConfigError("learner.conservative_weight must be >= 0 and "
-                        "learner.conservative_samples >= 1")
+    if self.negative_actions < 0 or not self.negative_weight >= 0:
+      raise ConfigError(f"learner.negative_actions and learner.negative_weight must be >= 0, "
+                        f"got {self.negative_actions}, {self.negative_weight}")
     for name in ("log_every", "publish_every", "updates_per_call"):
       if getattr(self, name) < 1:
         raise ConfigError(f"learner.{name} must be >= 1, got {getattr(self, name)}")

@@ -1,15 +1,23 @@
 """The QT-Opt update: Bellman targets with CEM and clipped double Q, cross-entropy loss.
 
-    target = r + gamma * discount * min(Q1(s', a*), Q2(s', a*)),  a* = CEM_a Q1(s', a)
+    target = max(r + gamma * discount * min(Q1(s', a*), Q2(s', a*)),  outcome * gamma**k)
+    a* = CEM_a Q1(s', a)
 
 Q1 is a Polyak average of the online network, Q2 a lagged copy of it (refreshed every
 `lagged_period` steps). Q = sigmoid(logit), trained with sigmoid cross-entropy against
-the target clipped to [0, 1]. With `conservative_weight` > 0 a CQL-style term is added
-for offline data: the soft maximum of the logits over uniformly random actions is pushed
-down and the data action's logit up, so CEM does not chase values the data never showed
-(measured on Meta-World MT10 offline: without it greedy CEM drifts to states far from the
-data, where Q is overestimated). The push on the data action never stops, so with it the
-learner is closer to success-weighted behaviour cloning than to Q-learning (see below).
+the target clipped to [0, 1]. The second term of the max is the row's Monte-Carlo return
+(`mc_lower_bound`; Q-Transformer): a successful episode's actions are worth at least what
+they got, so value reaches the start of long episodes without waiting for the bootstrap.
+
+Offline, CEM maximises Q over actions the data never showed, where nothing anchors Q. With
+`negative_actions` > 0, each row also scores that many uniformly random actions and trains
+them toward Q = 0 with the same cross-entropy, weighted by `negative_weight` (Actionable
+Models' artificial negatives). The term is bounded: its gradient on a negative's logit is
+sigmoid(logit), which vanishes once that Q is 0, so it cannot push the data's own actions
+up forever (as the CQL-style term it replaced did), and Q stays a value. Where a random
+action is as good as the data's, the Bellman term on the data's nearby actions pulls it
+back up.
+
 One jitted `update_step`; with several devices the batch is split across them (GSPMD
 inserts the gradient all-reduce) and the state is replicated.
 """
@@ -96,8 +104,16 @@ def bellman_targets(network: networks.QNetwork, config: LearnerConfig, target_pa
   discount = config.gamma * batch.discount
   # r + gamma * q can pass 1 when a reward arrives mid-episode; the CE label must be in [0, 1].
   targets = jnp.clip(batch.reward + discount * jnp.minimum(q1, q2), 0.0, 1.0)
+  if config.mc_lower_bound and batch.outcome is not None:
+    targets = jnp.maximum(targets, batch.outcome * config.gamma ** batch.steps_after)
   return {"targets": jax.lax.stop_gradient(targets), "next_action": next_action,
           "q1": q1, "q2": q2}
+
+
+def negatives_loss(logits: jax.Array) -> jax.Array:
+  """Cross-entropy toward Q = 0 of the artificial negatives' logits [B, N], mean over rows
+  and negatives: softplus(logit), whose gradient sigmoid(logit) vanishes as Q -> 0."""
+  return jax.nn.softplus(logits).mean()
 
 
 def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwork,
@@ -110,30 +126,24 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
                       cem_key, minimum, maximum)
   targets = t["targets"]
 
-  if config.conservative_weight:
-    key, random_key = split_key(key)
-    random_actions = jax.random.uniform(
-        random_key, (batch.size, config.conservative_samples, batch.action.shape[-1]),
+  if config.negative_actions:
+    key, negative_key = split_key(key)
+    negatives = jax.random.uniform(
+        negative_key, (batch.size, config.negative_actions, batch.action.shape[-1]),
         minval=minimum, maxval=maximum)
 
   def loss_fn(params):
     features = networks.encode(network, params, batch.observation, batch.task)
     logits = networks.head_logits(network, params, features, batch.action)
     loss = optax.sigmoid_binary_cross_entropy(logits, targets).mean()
-    gap = jnp.zeros(())
-    if config.conservative_weight:
-      random_logits = networks.head_logits(network, params, features, random_actions)
-      # Unbounded: the data action's logit gets a constant upward push, failures' too, so
-      # Q stops being a value estimate; with the cross-entropy it acts like behaviour
-      # cloning weighted toward successes. On MT10 that is what works: 0.88 at 5k steps
-      # (seed 0), where CQL(H) proper (the data action inside the soft maximum, so the
-      # push stops once it dominates) gave 0.13, and hinged versions (5 or 50 logits) 0.06.
-      gap = (jax.nn.logsumexp(random_logits, axis=1) - jnp.log(random_logits.shape[1])
-             - logits).mean()
-      loss = loss + config.conservative_weight * gap
-    return loss, (logits, gap)
+    negative_q = jnp.zeros(())
+    if config.negative_actions:
+      negative_logits = networks.head_logits(network, params, features, negatives)
+      loss = loss + config.negative_weight * negatives_loss(negative_logits)
+      negative_q = jax.nn.sigmoid(negative_logits).mean()
+    return loss, (logits, negative_q)
 
-  (loss, (logits, gap)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, negative_q)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step = state.step + 1
@@ -151,7 +161,7 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
       "loss": loss, "q_mean": q.mean(), "q_min": q.min(), "q_max": q.max(),
       "target_mean": targets.mean(), "next_q1_mean": t["q1"].mean(),
       "next_q2_mean": t["q2"].mean(), "td_abs_mean": td.mean(),
-      "grad_norm": optax.global_norm(grads), "conservative_gap": gap,
+      "grad_norm": optax.global_norm(grads), "negative_q_mean": negative_q,
       "task_td_abs": task_td / jnp.maximum(task_count, 1.0), "task_count": task_count,
   }
   return TrainingState(params, target_params, lagged_params, opt_state, step, key), metrics

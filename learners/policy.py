@@ -25,9 +25,11 @@ def _act(network, cem: CEMConfig, minimum, maximum, params, observation, task, k
 class CEMPolicy:
   """Greedy (CEM) action for one observation and task slot, with optional exploration.
 
-  Exploration: with probability `epsilon` a uniformly random action; otherwise the CEM
-  action plus Gaussian noise of std `gaussian_std` (a fraction of each dimension's half
-  range), clipped to the bounds. Discrete dimensions are not perturbed by the noise.
+  Exploration: with probability `epsilon` a uniformly random action that never presses
+  terminate (exploration must not end episodes by chance); otherwise the CEM action plus
+  Gaussian noise of std `gaussian_std` (a fraction of each dimension's half range),
+  clipped to the bounds. Discrete dimensions are not perturbed by the noise. `seed` may be
+  an int or a sequence of ints (e.g. [run seed, robot id]).
   """
 
   def __init__(self, env_spec: EnvSpec, max_tasks: int, network_config: NetworkConfig,
@@ -47,7 +49,8 @@ class CEMPolicy:
     self._continuous[list(cem_config.discrete_dims)] = False
     self._act = jax.jit(functools.partial(_act, self.network, cem_config, self._minimum,
                                           self._maximum))
-    self._key = jax.random.PRNGKey(seed)
+    self._terminate_dim = env_spec.terminate_dim
+    self._key = jax.random.PRNGKey(np.random.SeedSequence(seed).generate_state(1)[0])
     self._rng = np.random.default_rng(seed)
     self._calls = 0
     self._params = None
@@ -64,7 +67,10 @@ class CEMPolicy:
     if not 0 <= int(task_slot) < self.max_tasks:
       raise ValueError(f"task slot {task_slot} outside [0, {self.max_tasks})")
     if self.epsilon and self._rng.random() < self.epsilon:
-      return self._rng.uniform(self._minimum, self._maximum).astype(np.float32)
+      a = self._rng.uniform(self._minimum, self._maximum).astype(np.float32)
+      if self._terminate_dim is not None:
+        a[self._terminate_dim] = self._minimum[self._terminate_dim]
+      return a
     batched = {}
     for k, spec in self.env_spec.observation.items():
       if k not in observation:

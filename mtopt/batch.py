@@ -10,14 +10,23 @@ import numpy as np
 class Batch(NamedTuple):
   """Transitions (s, a, r, s', done) for one task slot per row.
 
+  The reward rule (one for every env): a task's success is rewarded once, at the final
+  transition of an episode that *ended by termination* (a terminate action, or the env
+  ending it on success) with a success label for that task; there the discount is 0. An
+  episode cut by the time limit is not terminal: the observation holds no time, so its last
+  transition bootstraps like any other (discount 1) and carries no reward.
+
   Attributes:
     observation: name -> [B, ...] (numpy or JAX arrays).
     action: float32 [B, action_dim].
-    reward: float32 [B]; 1 at the final step of an episode that succeeded at `task`.
-    discount: float32 [B]; 0 where the episode ended at s' (done), else 1. The learner
+    reward: float32 [B]; `outcome` at an episode's final transition, else 0.
+    discount: float32 [B]; 0 where the episode terminated at s', else 1. The learner
       multiplies this by gamma.
     next_observation: name -> [B, ...].
     task: int32 [B], the task slot each row is trained for.
+    outcome: float32 [B] or None; 1 if the row's episode terminated in success at `task`.
+    steps_after: float32 [B] or None; transitions after this one in its episode (0 at the
+      last), so that outcome * gamma**steps_after is the row's Monte-Carlo return.
   """
 
   observation: dict
@@ -26,6 +35,8 @@ class Batch(NamedTuple):
   discount: np.ndarray
   next_observation: dict
   task: np.ndarray
+  outcome: np.ndarray | None = None
+  steps_after: np.ndarray | None = None
 
   @property
   def size(self) -> int:

@@ -37,6 +37,14 @@ class PulledCEMPolicy:
     state["_policy"], state["version"] = None, -1  # Jitted functions do not pickle.
     return state
 
+  def reseed(self, seed) -> None:
+    """Each robot explores with its own noise: RobotActor calls this with its own seed (one
+    pickled policy would otherwise give every actor the same random stream)."""
+    self._explore["seed"] = seed
+    self._rng = np.random.default_rng(seed)
+    self._policy = None
+    self.version = -1
+
   def reset(self) -> None:
     import ray
     version, params = ray.get(self._ps.pull.remote(self.version))

@@ -76,7 +76,7 @@ def episode_to_rlds(ep: Episode, max_tasks: int) -> dict:
   t = ep.num_steps
   action = np.concatenate([ep.actions, np.zeros((1, *ep.actions.shape[1:]), np.float32)])
   reward = np.zeros(t + 1, np.float32)
-  reward[t - 1] = outcome(ep)
+  reward[t - 1] = outcome(ep) if ep.terminated else 0.0  # The rule of `mtopt.batch.Batch`.
   discount = np.ones(t + 1, np.float32)
   if ep.terminated:
     discount[t] = 0.0

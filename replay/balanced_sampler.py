@@ -4,8 +4,8 @@ Each batch holds a fixed number of rows per task (from `task_shares`, default eq
 within a task a fixed success fraction. One `reverb.TrajectoryDataset` per (task, outcome)
 table samples whole-episode items; a tf.data map picks a random transition inside each
 (items are sampled in proportion to episode length, so transitions are uniform) and sets
-the reward from the table it read: 1 at an episode's final transition in a success table,
-else 0. The per-table datasets are zipped and concatenated, so every batch has exactly the
+the reward from the table it read: 1 at the final transition of an episode in a success
+table that ended by termination, else 0 (see `mtopt.batch.Batch` for the rule). The per-table datasets are zipped and concatenated, so every batch has exactly the
 planned composition.
 
 Sampling a whole-episode item costs Reverb ~10 us of CPU (mostly unpacking its chunks), so
@@ -114,20 +114,27 @@ def _transition_picker(slot: int, success: bool, k: int, batches: int) -> Callab
     steps = tf.gather(steps, item)
     t = tf.minimum(tf.cast(tf.random.uniform([k, n]) * tf.cast(steps, tf.float32), tf.int32),
                    steps - 1)  # [k, N]
-    last = tf.equal(t, steps - 1)
     shape = [k * batches, n // batches]
     at = lambda t_: tf.stack([item, t_], -1)
     take = lambda v, i: tf.reshape(tf.gather_nd(v, i),
                                    tf.concat([shape, tf.shape(v)[2:]], 0))
+    # The pad row after an episode's last action says whether it ended by termination.
+    terminated = tf.cast(take(act, at(steps))[..., 0] > 0.5, tf.float32)
+    steps_after = tf.reshape(tf.cast(steps - 1 - t, tf.float32), shape)
+    last = tf.cast(tf.equal(steps_after, 0.0), tf.float32)
+    outcome = terminated * (1.0 if success else 0.0)
     obs = data["observation"]
     return {
         "observation": {n_: take(v, at(t)) for n_, v in obs.items()},
         "next_observation": {n_: take(v, at(t + 1)) for n_, v in obs.items()},
         "action": take(act, at(t)),
-        # MT-Opt episodes end with the (sparse) outcome; the final transition is terminal.
-        "reward": tf.reshape(tf.cast(last, tf.float32) * (1.0 if success else 0.0), shape),
-        "discount": tf.reshape(1.0 - tf.cast(last, tf.float32), shape),
+        # See `Batch`: the outcome is the reward of a terminal final transition; an episode
+        # cut by the time limit ends in no reward and is bootstrapped (discount 1).
+        "reward": last * outcome,
+        "discount": 1.0 - last * terminated,
         "task": tf.fill(shape, tf.constant(slot, tf.int32)),
+        "outcome": outcome,
+        "steps_after": steps_after,
     }
   return pick
 
@@ -204,7 +211,7 @@ def to_batch(x: dict, i: int) -> Batch:
   return Batch(observation={n: v[i] for n, v in x["observation"].items()}, action=x["action"][i],
                reward=x["reward"][i], discount=x["discount"][i],
                next_observation={n: v[i] for n, v in x["next_observation"].items()},
-               task=x["task"][i])
+               task=x["task"][i], outcome=x["outcome"][i], steps_after=x["steps_after"][i])
 
 
 class BalancedSampler:

@@ -20,11 +20,11 @@ SamplerFactory = Callable[[int], Iterator[Batch]]
 
 def concat_batches(a: Batch, b: Batch) -> Batch:
   """Rows of `a` then rows of `b`."""
-  cat = lambda x, y: np.concatenate([np.asarray(x), np.asarray(y)])  # noqa: E731
-  return Batch({k: cat(v, b.observation[k]) for k, v in a.observation.items()},
-               cat(a.action, b.action), cat(a.reward, b.reward), cat(a.discount, b.discount),
-               {k: cat(v, b.next_observation[k]) for k, v in a.next_observation.items()},
-               cat(a.task, b.task))
+  def cat(x, y):
+    if isinstance(x, dict):
+      return {k: cat(v, y[k]) for k, v in x.items()}
+    return None if x is None else np.concatenate([np.asarray(x), np.asarray(y)])
+  return Batch(*(cat(x, y) for x, y in zip(a, b)))
 
 
 class MixedBatches:

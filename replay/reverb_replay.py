@@ -158,7 +158,7 @@ class ReverbReplay(Replay):
 
   def _append(self, ep: Episode, targets: list[sharing_rules.Target]) -> int:
     w, t_len = self._writer, ep.num_steps
-    pad = np.zeros(ep.actions.shape[1:], np.float32)
+    pad = tables.final_pad(ep.actions.shape[1:], ep.terminated)
     for t in range(t_len + 1):
       step = {"observation": {k: v[t] for k, v in ep.observations.items()},
               "action": ep.actions[t] if t < t_len else pad}

@@ -73,12 +73,23 @@ def task_tables(layout: TableLayout) -> list[str]:
 
 
 def steps_signature(spec: EnvSpec) -> dict:
-  """Observation [T+1, ...] and action [T+1, A] (the last action is a zero pad)."""
+  """Observation [T+1, ...] and action [T+1, A]; the last action row is a pad (see
+  `final_pad`)."""
   return {
       "observation": {k: tf.TensorSpec([None, *s.shape], tf.as_dtype(s.dtype))
                       for k, s in spec.observation.items()},
       "action": tf.TensorSpec([None, *spec.action.shape], tf.float32),
   }
+
+
+def final_pad(shape, terminated: bool) -> np.ndarray:
+  """The action row stored with an episode's final observation (which has no action): zeros,
+  with 1 in its first entry if the episode ended by termination rather than the time limit,
+  so that a sampled item tells the sampler where to stop bootstrapping (items written
+  before this rule have zeros: time limit)."""
+  pad = np.zeros(shape, np.float32)
+  pad[0] = float(terminated)
+  return pad
 
 
 def shared_signature(spec: EnvSpec, max_tasks: int) -> dict:

@@ -88,11 +88,11 @@ def test_polyak_and_lagged_targets_follow_their_rules(rng):
   assert counts.sum() == 32 and counts[2:].sum() == 0  # Per-task TD covers tasks 0 and 1.
 
 
-def test_conservative_term_lowers_q_of_actions_the_data_never_took():
-  """With data that only ever moved right (a >= 0.3), the CQL-style term makes Q of moving
+def test_negatives_lower_q_of_actions_the_data_never_took():
+  """With data that only ever moved right (a >= 0.3), artificial negatives make Q of moving
   left lower, relative to the data's actions, than plain Q-learning's extrapolation."""
-  def train(weight):
-    config, spec, net, state = _setup(conservative_weight=weight, learning_rate=3e-3)
+  def train(negatives):
+    config, spec, net, state = _setup(negative_actions=negatives, learning_rate=3e-3)
     update = learning.make_update_fn(net, spec, config, MAX_TASKS)
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -102,19 +102,47 @@ def test_conservative_term_lowers_q_of_actions_the_data_never_took():
     obs = {"state": np.eye(mdp.N, dtype=np.float32)[pos]}
     logit = lambda a: np.asarray(networks.q_logits(  # noqa: E731
         net, state.params, obs, task, np.full((len(pos), 1), a, np.float32)))
-    return float(np.mean(logit(-0.9) - logit(0.9))), float(metrics["conservative_gap"])
+    return float(np.mean(logit(-0.9) - logit(0.9))), float(metrics["negative_q_mean"])
 
-  plain, _ = train(0.0)
-  conservative, gap = train(1.0)
-  assert np.isfinite(gap)
+  plain, _ = train(0)
+  conservative, negative_q = train(8)
+  assert 0.0 <= negative_q < 1.0
   assert conservative < plain - 0.5, (plain, conservative)
+
+
+def test_negatives_gradient_vanishes_once_their_q_is_zero():
+  grad = jax.grad(lambda x: learning.negatives_loss(x))
+  at_zero_q = np.asarray(grad(np.full((4, 8), -30.0, np.float32)))
+  assert np.abs(at_zero_q).max() < 1e-12
+  # At Q = 0.5 each of the 32 logits gets sigmoid(0) / 32; the push is bounded by 1 / N.
+  np.testing.assert_allclose(grad(np.zeros((4, 8), np.float32)), 0.5 / 32, rtol=1e-6)
+  # The loss itself is bounded below (0) and never rewards the data's actions.
+  assert float(learning.negatives_loss(np.full((2, 3), -30.0, np.float32))) < 1e-12
+
+
+def test_targets_are_at_least_the_monte_carlo_return(rng):
+  config, spec, net, state = _setup(gamma=0.8, mc_lower_bound=True)
+  batch = mdp.random_batch(rng, 64)
+  outcome = (rng.random(64) < 0.5).astype(np.float32)
+  steps_after = rng.integers(0, 6, 64).astype(np.float32)
+  batch = batch._replace(outcome=outcome, steps_after=steps_after)
+  lo, hi = spec.action.minimum, spec.action.maximum
+  targets = lambda c: np.asarray(learning.bellman_targets(  # noqa: E731
+      net, c, state.target_params, state.lagged_params, batch, jax.random.PRNGKey(3), lo,
+      hi)["targets"])
+  bootstrap = targets(config.__class__(**{**config.__dict__, "mc_lower_bound": False}))
+  with_bound = targets(config)
+  np.testing.assert_allclose(with_bound, np.maximum(bootstrap, outcome * 0.8 ** steps_after),
+                             atol=1e-6)
+  assert np.any(with_bound > bootstrap + 0.1)
 
 
 @pytest.mark.slow
 def test_offline_q_learning_reaches_analytic_q_on_chain():
   gamma = 0.9
-  config, spec, net, state = _setup(
+  config, spec, net, state = _setup(  # Plain QT-Opt: negatives bias Q* downward.
       batch_size=128, learning_rate=3e-3, gamma=gamma, polyak_tau=0.05, lagged_period=20,
+      negative_actions=0,
       network=NetworkConfig(torso_sizes=(64, 64), merge_width=32, head_sizes=(32,),
                             task_embedding_dim=8))
   update = learning.make_update_fn(net, spec, config, MAX_TASKS)

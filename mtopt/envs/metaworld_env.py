@@ -136,9 +136,10 @@ class MetaWorldEnv(Env):
     self._obs = obs
     self._succeeded = self._succeeded or success_now
     self._t += 1
-    terminated = self._terminate_action and bool(a[4] > 0)
-    self._done = (terminated or self._t >= self._max_steps
+    # Ending on success is a terminal state too (no bootstrap past it; see mtopt.batch).
+    terminated = ((self._terminate_action and bool(a[4] > 0))
                   or (self._end_on_success and self._succeeded))
+    self._done = terminated or self._t >= self._max_steps
     return (self._observation(obs), self._done,
             {"success": self.success(), "terminated": terminated, "success_now": success_now})
 
