@@ -46,8 +46,9 @@ def get_config():
   c.learner.gamma = 0.95  # Episodes are longer than QT-Opt's (~20 steps).
   c.learner.num_steps = 15000
   # Offline only: without a conservative term greedy CEM drifts off the data (mean success
-  # 0.07-0.10 at 15k steps). The learner's artificial negatives (its default) are that term;
-  # results/metaworld_mt10.md was measured with the unbounded CQL-style term they replaced.
+  # 0.07-0.10 at 15k steps). Artificial negatives are that term here (not yet measured:
+  # results/metaworld_mt10.md was measured with the unbounded CQL-style term they replaced).
+  c.learner.negative_actions = 8
   c.learner.network.merge_width = 128  # A wider per-sample head than tabletop's.
   c.learner.network.head_sizes = (128,)
   c.cem.discrete_dims = ()  # Meta-World's gripper effort is continuous.

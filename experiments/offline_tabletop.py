@@ -13,7 +13,8 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
   (`learned`: trained from simulated examples, as `mtopt train` does).
 - Methods, each 6000 gradient steps at batch 256 from the same Reverb replay:
   `mtopt`: the QT-Opt learner with the config's settings (rebalanced batches, all-task
-  sharing); `iql`: Implicit Q-Learning with its library defaults, on the same batches;
+  sharing; ablations: `mtopt_negatives` adds 8 artificial negatives per row,
+  `mtopt_no_mc_bound` drops the Monte-Carlo lower bound); `iql`: Implicit Q-Learning with its library defaults, on the same batches;
   `filtered_bc`: behaviour cloning of the rows of successful episodes (shared across
   tasks by label, as mtopt shares them); `bc`: behaviour cloning of every episode for the
   task it was collected for, in the data's own proportions.
@@ -47,6 +48,9 @@ from mtopt.tasks import TaskRegistry
 ROOT = protocol.ROOT
 CONFIG = os.path.join(ROOT, "configs", "tabletop_state.py")
 METHODS = ("mtopt", "iql", "filtered_bc", "bc")
+# mtopt with one setting changed: the ablations of its offline terms (learners/learning.py).
+ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
+             "mtopt_no_mc_bound": ["learner.mc_lower_bound=False"]}
 DATASETS = {"default": [], "hard": ["actors.epsilon=0.7"]}
 EPISODES = 1200
 REPORT = {"collect_seed": 0, "eval_seed": 20261202}
@@ -154,9 +158,11 @@ def main(argv=None) -> dict:
   p.add_argument("--quick", action="store_true", help="tiny budget: a smoke run of the path")
   p.add_argument("--dev", action="store_true", help="tuning data and start states")
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+  p.add_argument("--methods", nargs="+", default=list(METHODS),
+                 choices=[*METHODS, *ABLATIONS])
   p.add_argument("--blocks", nargs="+", default=["default", "hard", "default_learned"],
-                 help="dataset blocks: default, hard, default_learned")
+                 help="dataset blocks: default, hard, default_learned; BLOCK:m1,m2 runs only "
+                      "those of --methods there")
   p.add_argument("--work-dir", default=os.path.join(ROOT, "runs", "offline_tabletop"))
   p.add_argument("--out", default=os.path.join(ROOT, "results"))
   p.add_argument("overrides", nargs="*", help="config overrides for every method, key=value")
@@ -172,12 +178,15 @@ def main(argv=None) -> dict:
   os.makedirs(work_dir, exist_ok=True)
   results, stamps = {}, {}
   ray = None
-  for block in args.blocks:
+  for block_arg in args.blocks:
+    block, _, only = block_arg.partition(":")
+    methods = [m for m in args.methods if not only or m in only.split(",")]
     name, _, labels = block.partition("_")
     labels = labels or "ground_truth"
-    config = load_config(CONFIG, [*overrides, *DATASETS[name], f"train.labels={labels}",
-                                  f"seed={which['collect_seed']}",
-                                  f"run_dir={os.path.join(work_dir, 'run_' + block)}"])
+    settings = [*overrides, *DATASETS[name], f"train.labels={labels}",
+                f"seed={which['collect_seed']}",
+                f"run_dir={os.path.join(work_dir, 'run_' + block)}"]
+    config = load_config(CONFIG, settings)
     env = envs.make(config.env)
     spec = env.spec()
     registry = TaskRegistry.from_names(int(config.max_tasks), list(config.env.tasks))
@@ -188,19 +197,21 @@ def main(argv=None) -> dict:
     labeller = launch.make_labeller(config, env, registry, config.run_dir)
     replays = None
     block_results, data_success = {}, None
-    for method in args.methods:
+    for method in methods:
+      mconfig = load_config(CONFIG, [*settings, *ABLATIONS.get(method, [])])
       per_seed = {}
       for seed in args.seeds:
         path = os.path.join(work_dir, block, method, f"seed{seed}.json")
-        want = protocol.stamp(config.to_dict(), {name: sha})
+        want = protocol.stamp(mconfig.to_dict(), {name: sha})
         want["config"].update(method=method, seed=seed, eval_seed=which["eval_seed"],
                               episodes_per_task=per_task)
         saved = protocol.load_if_same(path, want)
         if saved is None:
           if replays is None:
             replays = import_replays(config, spec, registry, labeller, data_dir)
-          act, seconds = train_and_act(method, config, spec, registry, replays, seed)
-          evals = _evaluate(config, act, registry, per_task, which["eval_seed"], seed)
+          act, seconds = train_and_act(method.split("_")[0] if method in ABLATIONS else method,
+                                       mconfig, spec, registry, replays, seed)
+          evals = _evaluate(mconfig, act, registry, per_task, which["eval_seed"], seed)
           saved = {"success": {t: v["success"].tolist() for t, v in evals.items()},
                    "train_seconds": seconds, "meta": want}
           os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -221,8 +232,8 @@ def main(argv=None) -> dict:
     results[block] = {"methods": block_results, "labels": labels,
                       "data_success": data_success if data_success is not None
                       else _data_success(data_dir)}
-  first = results[args.blocks[0]]
-  any_stamp = stamps[args.blocks[0]]
+  first = next(iter(results.values()))
+  any_stamp = next(iter(stamps.values()))
   lcfg = any_stamp["config"]["learner"]
   meta = {"commit": any_stamp["commit"], "dirty": any_stamp["dirty"],
           "config": {b: s["config"] for b, s in stamps.items()},

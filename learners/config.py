@@ -114,7 +114,7 @@ class LearnerConfig:
   checkpoint_every: int = 1000
   publish_every: int = 100
   updates_per_call: int = 4
-  negative_actions: int = 8
+  negative_actions: int = 0
   negative_weight: float = 1.0
   mc_lower_bound: bool = True
   network: NetworkConfig = NetworkConfig()

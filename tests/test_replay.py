@@ -69,7 +69,7 @@ def test_rows_carry_each_tasks_own_label(rng):
   with new_replay(sharing="all") as r:
     r.write_many(eps)
     sampler = r.sampler(64)
-    seen_rewards = 0
+    seen_rewards = seen_time_limit_ends = 0
     for _ in range(10):
       b = next(sampler)
       assert b.action.dtype == np.float32 and b.task.dtype == np.int32
@@ -83,10 +83,16 @@ def test_rows_carry_each_tasks_own_label(rng):
         np.testing.assert_array_equal(b.next_observation["state"][i],
                                       ep.observations["state"][t + 1])
         np.testing.assert_array_equal(b.observation["image"][i], ep.observations["image"][t])
-        assert b.reward[i] == float(last and ep.success[k])
-        assert b.discount[i] == float(not last)
+        # The rule of mtopt.batch.Batch: reward and discount 0 only where the episode
+        # terminated; a time-limit end bootstraps, unrewarded.
+        outcome = float(ep.terminated and ep.success[k])
+        assert b.outcome[i] == outcome
+        assert b.steps_after[i] == ep.num_steps - 1 - t
+        assert b.reward[i] == float(last) * outcome
+        assert b.discount[i] == float(not (last and ep.terminated))
         seen_rewards += int(b.reward[i])
-    assert seen_rewards > 0
+        seen_time_limit_ends += int(last and not ep.terminated)
+    assert seen_rewards > 0 and seen_time_limit_ends > 0
 
 
 def test_batch_task_and_outcome_shares(rng):
