@@ -99,6 +99,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.mc_lower_bound = True
   c.learner.negative_actions = 0
   c.learner.negative_weight = 1.0
+  c.learner.negative_terminate_prob = 0.5
+  c.learner.unjudged_weight = 0.0
   c.learner.network = ml_collections.ConfigDict()
   c.learner.network.architecture = "split"  # split (torso once, head per CEM sample) | whole
   c.learner.network.torso_sizes = (256, 256)

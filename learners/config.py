@@ -98,7 +98,11 @@ class LearnerConfig:
     negative_actions: uniformly random actions per row trained toward Q = 0 (artificial
       negatives, see `learning`); 0: none (plain QT-Opt).
     negative_weight: weight of the negatives' cross-entropy beside the Bellman term's.
+    negative_terminate_prob: chance that a negative presses terminate (where the env has
+      a terminate action); see `learning`.
     mc_lower_bound: targets are at least the row's Monte-Carlo return (see `learning`).
+    unjudged_weight: weight of the cross-entropy toward Q = 0 of terminating at a row's
+      state where its episode went on (see `learning`); 0: off.
     network: the Q-network's shape.
     cem: how targets and actions maximise Q.
   """
@@ -116,7 +120,9 @@ class LearnerConfig:
   updates_per_call: int = 4
   negative_actions: int = 0
   negative_weight: float = 1.0
+  negative_terminate_prob: float = 0.5
   mc_lower_bound: bool = True
+  unjudged_weight: float = 0.0
   network: NetworkConfig = NetworkConfig()
   cem: CEMConfig = CEMConfig()
 
@@ -131,6 +137,9 @@ class LearnerConfig:
       raise ConfigError(f"learner.lagged_period must be >= 1, got {self.lagged_period}")
     if self.learning_rate <= 0 or self.grad_clip_norm <= 0:
       raise ConfigError("learner.learning_rate and learner.grad_clip_norm must be > 0")
+    if not 0.0 <= self.negative_terminate_prob <= 1.0:
+      raise ConfigError(f"learner.negative_terminate_prob must be in [0, 1], got "
+                        f"{self.negative_terminate_prob}")
     if self.negative_actions < 0 or not self.negative_weight >= 0:
       raise ConfigError(f"learner.negative_actions and learner.negative_weight must be >= 0, "
                         f"got {self.negative_actions}, {self.negative_weight}")

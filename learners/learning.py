@@ -16,10 +16,12 @@ Models' artificial negatives). The term is bounded: its gradient on a negative's
 sigmoid(logit), which vanishes once that Q is 0, so it cannot push the data's own actions
 up forever (as the CQL-style term it replaced did), and Q stays a value. Where a random
 action is as good as the data's, the Bellman term on the data's nearby actions pulls it
-back up. Negatives never press terminate: that is one discrete action, which the data
-shows directly (its terminations, premature ones included), and half of all uniform
-negatives would be it, driving Q(s, terminate) to 0 in every state, successes' final
-states too (measured on tabletop: the policy then hardly ever terminated).
+back up. A negative presses terminate with probability `negative_terminate_prob`:
+terminate is one discrete action whose Q is a success classifier of the state, and
+without negatives CEM terminates wherever that classifier extrapolates to 1 (tabletop:
+holding the cube 2 cm short of a lift); at the final state of a success the data's
+terminate (weight 1) meets the negatives' (weight w * p), so Q there settles at
+1 / (1 + w * p) while it goes to 0 where the data never terminated successfully.
 
 One jitted `update_step`; with several devices the batch is split across them (GSPMD
 inserts the gradient all-reduce) and the state is replicated.
@@ -134,14 +136,25 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
     negatives = jax.random.uniform(
         negative_key, (batch.size, config.negative_actions, batch.action.shape[-1]),
         minval=minimum, maxval=maximum)
-    if network.terminate_dim is not None:  # Negatives never terminate (module docstring).
-      negatives = negatives.at[..., network.terminate_dim].set(minimum[network.terminate_dim])
+    if network.terminate_dim is not None:  # Terminate at its own rate (module docstring).
+      key, stop_key = split_key(key)
+      d = network.terminate_dim
+      stop = jax.random.uniform(stop_key, negatives.shape[:-1]) < config.negative_terminate_prob
+      negatives = negatives.at[..., d].set(jnp.where(stop, maximum[d], minimum[d]))
 
   def loss_fn(params):
     features = networks.encode(network, params, batch.observation, batch.task)
     logits = networks.head_logits(network, params, features, batch.action)
     loss = optax.sigmoid_binary_cross_entropy(logits, targets).mean()
     negative_q = jnp.zeros(())
+    if config.unjudged_weight and network.terminate_dim is not None and \
+        batch.steps_after is not None:
+      stop = jnp.zeros_like(batch.action).at[:, network.terminate_dim].set(
+          maximum[network.terminate_dim])
+      stop_logits = networks.head_logits(network, params, features, stop)
+      unjudged = (batch.steps_after > 0).astype(stop_logits.dtype)
+      loss = loss + config.unjudged_weight * (
+          jax.nn.softplus(stop_logits) * unjudged).sum() / jnp.maximum(unjudged.sum(), 1.0)
     if config.negative_actions:
       negative_logits = networks.head_logits(network, params, features, negatives)
       loss = loss + config.negative_weight * negatives_loss(negative_logits)
