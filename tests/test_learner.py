@@ -185,3 +185,34 @@ def test_policy_acts_greedily_within_bounds_and_explores():
     policy({"pixels": obs["state"]}, 0)
   with pytest.raises(RuntimeError, match="set_params"):
     CEMPolicy(spec, 4, CONFIG.network)(obs, 0)
+
+
+def test_exploration_never_presses_terminate_by_chance():
+  """Epsilon-random actions leave the terminate dimension off; only CEM's own choice ends."""
+  from mtopt.specs import ArraySpec, BoundedArraySpec, EnvSpec
+  from learners import networks
+  spec = EnvSpec({"state": ArraySpec((3,), np.float32)},
+                 BoundedArraySpec((3,), np.float32, "action", -1.0, 1.0), 10, terminate_dim=2)
+  params = networks.init_params(networks.make_q_network(spec, 4, CONFIG.network), spec,
+                                jax.random.PRNGKey(0))
+  explorer = CEMPolicy(spec, 4, CONFIG.network, params, epsilon=1.0, seed=3)
+  actions = np.array([explorer({"state": np.zeros(3, np.float32)}, 0) for _ in range(300)])
+  assert np.all(actions[:, 2] == -1.0)
+  assert actions[:, 0].std() > 0.4  # The other dimensions are still uniformly random.
+
+
+def test_each_robot_explores_with_its_own_seed():
+  """One policy object pickled to several actors: each reseeds it with its own robot id."""
+  import pickle
+  from actors.robot_actor import RobotActor
+  from mtopt.policy_client import PulledCEMPolicy
+  from mtopt.tasks import TaskRegistry
+  registry = TaskRegistry.from_names(4, ["reach_red"])
+  policy = PulledCEMPolicy(None, mdp.env_spec(), 4, CONFIG.network, CEMConfig(), epsilon=0.5)
+  streams = []
+  for robot in (0, 1):
+    actor = RobotActor(robot, {"name": "tabletop", "tasks": ["reach_red"]}, registry,
+                       pickle.loads(pickle.dumps(policy)), seed=7)
+    streams.append(actor.policy._rng.random(5))
+    assert actor.policy._explore["seed"] == [7, robot, 2]
+  assert not np.allclose(*streams)
