@@ -28,7 +28,7 @@ import optax
 
 from learners import networks
 from learners.config import NetworkConfig
-from mtopt.batch import Batch
+from mtopt.batch import Batch, check_task_slots
 from mtopt.config import ConfigError
 from mtopt.specs import EnvSpec
 
@@ -326,11 +326,7 @@ class BaselineLearner:
           raise ValueError(f"batch.{name}: expected shape {want}, "
                            f"got {tuple(np.shape(getattr(batch, name)))}")
       self._checked = True
-    task = batch.task
-    if isinstance(task, np.ndarray) and task.size and \
-        (task.min() < 0 or task.max() >= self.max_tasks):
-      raise ValueError(f"batch.task has slots outside [0, {self.max_tasks}): "
-                       f"{task.min()}..{task.max()}")
+    check_task_slots(batch, self.max_tasks)
 
 
 def _check_observation(env_spec: EnvSpec, observation: Mapping, name: str,

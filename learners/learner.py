@@ -12,7 +12,7 @@ import numpy as np
 from learners import learning, networks
 from learners.checkpointing import Checkpointer
 from learners.config import LearnerConfig
-from mtopt.batch import Batch
+from mtopt.batch import Batch, check_task_slots
 from mtopt.specs import EnvSpec
 
 # publish(params as numpy, step): how parameters reach actors (a parameter server, a queue).
@@ -167,11 +167,7 @@ class Learner:
         raise ValueError(f"batch size {batch.size} does not split over "
                          f"{self._mesh.size} devices")
       self._checked_keys = True
-    task = batch.task
-    if isinstance(task, np.ndarray) and task.size and \
-        (task.min() < 0 or task.max() >= self.max_tasks):
-      raise ValueError(f"batch.task has slots outside [0, {self.max_tasks}): "
-                       f"{task.min()}..{task.max()}")
+    check_task_slots(batch, self.max_tasks)
     if self._mesh is not None and not stacked:
       return jax.device_put(batch, learning.batch_sharding(self._mesh))
     return batch

@@ -41,3 +41,12 @@ class Batch(NamedTuple):
   @property
   def size(self) -> int:
     return int(self.action.shape[0])
+
+
+def check_task_slots(batch: Batch, max_tasks: int) -> None:
+  """ValueError unless every row's task slot is in [0, max_tasks) (host arrays only: a
+  device array is not pulled back for the check)."""
+  task = batch.task
+  if isinstance(task, np.ndarray) and task.size and (task.min() < 0 or task.max() >= max_tasks):
+    raise ValueError(f"batch.task has slots outside [0, {max_tasks}): "
+                     f"{task.min()}..{task.max()}")
