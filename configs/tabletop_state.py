@@ -109,12 +109,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.network.task_embedding_dim = 32
   c.learner.network.conv_channels = (16, 32, 32)  # Image observations only.
   c.learner.network.image_embedding_dim = 128
+  # A success-filtered behaviour head that CEM searches around (learners/learning.py).
+  c.learner.network.behaviour_sizes = (256, 256)
 
   c.cem = ml_collections.ConfigDict()
   c.cem.num_samples = 64
   c.cem.num_elites = 6
   c.cem.num_iterations = 2
   c.cem.discrete_dims = (3, 4)  # Binary action dims: gripper open/close, terminate.
+  c.cem.prior_std = 0.2  # Around the behaviour head's action, where there is one.
 
   c.train = ml_collections.ConfigDict()  # mtopt train (see mtopt/launch.py).
   # offline | online | mixed. Offline-only Q-learning on tabletop exploits the Q-function

@@ -26,6 +26,9 @@ class NetworkConfig:
     task_embedding_dim: width of the learned task-slot embedding (`max_tasks` rows).
     conv_channels: output channels of the image torso's 3x3 stride-2 convolutions.
     image_embedding_dim: width of the dense layer after the convolutions.
+    behaviour_sizes: hidden widths of a behaviour head pi(s, task) -> action, trained to
+      imitate the rows of successful episodes; CEM then searches around its action (see
+      `learners.learning`). Empty: no head, CEM searches the whole action box.
   """
 
   architecture: str = "split"
@@ -35,12 +38,13 @@ class NetworkConfig:
   task_embedding_dim: int = 32
   conv_channels: tuple[int, ...] = (16, 32, 32)
   image_embedding_dim: int = 128
+  behaviour_sizes: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.architecture not in ARCHITECTURES:
       raise ConfigError(f"learner.network.architecture must be one of {ARCHITECTURES}, "
                         f"got {self.architecture!r}")
-    for name in ("torso_sizes", "head_sizes", "conv_channels"):
+    for name in ("torso_sizes", "head_sizes", "conv_channels", "behaviour_sizes"):
       sizes = tuple(int(s) for s in getattr(self, name))
       if any(s < 1 for s in sizes):
         raise ConfigError(f"learner.network.{name} must be positive widths, got {sizes}")
@@ -59,14 +63,20 @@ class CEMConfig:
     num_elites: best samples the next sampling distribution is fitted to.
     num_iterations: sampling rounds.
     discrete_dims: indices of binary action dimensions (e.g. gripper open/close).
+    prior_std: where the network has a behaviour head (`NetworkConfig.behaviour_sizes`),
+      the first round samples around its action with this std (a fraction of each
+      dimension's half range) and keeps its discrete choices (see `mtopt.cem`).
   """
 
   num_samples: int = 64
   num_elites: int = 6
   num_iterations: int = 2
   discrete_dims: tuple[int, ...] = ()
+  prior_std: float = 0.2
 
   def __post_init__(self):
+    if not self.prior_std > 0:
+      raise ConfigError(f"cem.prior_std must be > 0, got {self.prior_std}")
     try:
       check_cem_sizes(self.num_samples, self.num_elites, self.num_iterations)
     except ValueError as e:

@@ -23,6 +23,14 @@ holding the cube 2 cm short of a lift); at the final state of a success the data
 terminate (weight 1) meets the negatives' (weight w * p), so Q there settles at
 1 / (1 + w * p) while it goes to 0 where the data never terminated successfully.
 
+With a behaviour head (`network.behaviour_sizes`), the network also imitates the rows
+of episodes that ended in success at the row's task, and CEM, for targets and for acting
+alike, starts from that head's action (continuous dims perturbed by `cem.prior_std`,
+gripper and terminate as the head chose) instead of the whole box: Q picks the best motion
+near what succeeded in the data. Measured before it was built (tuning data, one seed, a
+trained Q and a separately trained filtered-BC policy): 0.59 mean success, against 0.31
+for that policy and ~0.15 for CEM over the whole box with the same Q.
+
 One jitted `update_step`; with several devices the batch is split across them (GSPMD
 inserts the gradient all-reduce) and the state is replicated.
 """
@@ -87,10 +95,14 @@ def cem_best_actions(network: networks.QNetwork, params: Params, observation: di
                      cem: CEMConfig) -> tuple[jax.Array, jax.Array]:
   """argmax_a Q(s, a, task) by CEM: (actions [B, A], logits [B]). Encodes s only once."""
   features = networks.encode(network, params, observation, task)
+  prior = None
+  if network.config.behaviour_sizes:
+    prior = networks.behaviour_actions(network, params, observation, task, minimum, maximum)
   return cem_maximize(functools.partial(_score_actions, network), key, task.shape[0],
                       minimum, maximum, score_args=(params, features),
                       num_samples=cem.num_samples, num_elites=cem.num_elites,
-                      num_iterations=cem.num_iterations, discrete_dims=cem.discrete_dims)
+                      num_iterations=cem.num_iterations, discrete_dims=cem.discrete_dims,
+                      prior=prior, prior_std=cem.prior_std)
 
 
 def _score_actions(network, actions, params, features):
@@ -147,6 +159,12 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
     logits = networks.head_logits(network, params, features, batch.action)
     loss = optax.sigmoid_binary_cross_entropy(logits, targets).mean()
     negative_q = jnp.zeros(())
+    if network.config.behaviour_sizes and batch.outcome is not None:
+      # Success-filtered behaviour cloning: the head CEM searches around (module docstring).
+      predicted = networks.behaviour_actions(network, params, batch.observation, batch.task,
+                                             minimum, maximum)
+      err = jnp.square(predicted - batch.action).mean(axis=-1)
+      loss = loss + (err * batch.outcome).sum() / jnp.maximum(batch.outcome.sum(), 1.0)
     if config.unjudged_weight and network.terminate_dim is not None and \
         batch.steps_after is not None:
       stop = jnp.zeros_like(batch.action).at[:, network.terminate_dim].set(

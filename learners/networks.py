@@ -144,6 +144,7 @@ class QNetwork(nn.Module):
   max_tasks: int
   config: NetworkConfig
   terminate_dim: int | None = None  # See `canonical_action`.
+  action_dim: int = 0  # The behaviour head's output width (`config.behaviour_sizes`).
 
   def setup(self):
     c = self.config
@@ -159,6 +160,9 @@ class QNetwork(nn.Module):
       sizes = (*c.torso_sizes, c.merge_width, *c.head_sizes)
       self.whole_layers = [Dense(s) for s in sizes]
     self.output = Output()
+    if c.behaviour_sizes:
+      self.behaviour_layers = [Dense(s) for s in c.behaviour_sizes]
+      self.behaviour_output = Dense(self.action_dim)
 
   def _vector(self, observation: dict) -> list[jax.Array]:
     parts = []
@@ -213,7 +217,20 @@ class QNetwork(nn.Module):
       x = nn.relu(layer(x))
     return self.output(x)
 
+  def behaviour(self, observation: dict, task: jax.Array) -> jax.Array:
+    """The behaviour head's action in [-1, 1]^A (tanh; `learning` maps it to the bounds):
+    its own MLP over the state vectors and the task embedding (and the image features)."""
+    parts = [*self._vector(observation), self._embed_task(task)]
+    if self.has_image:
+      parts.append(self.image_encoder(observation[IMAGE_KEY]))
+    x = jnp.concatenate(parts, axis=-1)
+    for layer in self.behaviour_layers:
+      x = nn.relu(layer(x))
+    return jnp.tanh(self.behaviour_output(x))
+
   def __call__(self, observation: dict, task: jax.Array, action: jax.Array) -> jax.Array:
+    if self.config.behaviour_sizes and self.is_initializing():
+      self.behaviour(observation, task)  # Creates its parameters too.
     return self.head(self.torso(observation, task), action)
 
 
@@ -229,7 +246,8 @@ def make_q_network(env_spec: EnvSpec, max_tasks: int, config: NetworkConfig) -> 
   if not state_keys and not has_image:
     raise ValueError("env spec has no observations")
   return QNetwork(state_keys=state_keys, has_image=has_image, max_tasks=max_tasks,
-                  config=config, terminate_dim=env_spec.terminate_dim)
+                  config=config, terminate_dim=env_spec.terminate_dim,
+                  action_dim=int(env_spec.action.shape[-1]))
 
 
 def dummy_inputs(env_spec: EnvSpec, batch_size: int = 1):
@@ -252,6 +270,13 @@ def q_logits(network: QNetwork, params, observation: dict, task, action) -> jax.
 def encode(network: QNetwork, params, observation: dict, task):
   """Per-state features (run once per state)."""
   return network.apply(params, observation, task, method=QNetwork.torso)
+
+
+def behaviour_actions(network: QNetwork, params, observation: dict, task, minimum,
+                      maximum) -> jax.Array:
+  """The behaviour head's actions [B, A] within [minimum, maximum]."""
+  unit = network.apply(params, observation, task, method=QNetwork.behaviour)
+  return minimum + (unit + 1.0) * 0.5 * (maximum - minimum)
 
 
 def head_logits(network: QNetwork, params, features, action) -> jax.Array:

@@ -49,7 +49,9 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
                  num_samples: int = 64,
                  num_elites: int = 6,
                  num_iterations: int = 2,
-                 discrete_dims: Sequence[int] = ()) -> tuple[jax.Array, jax.Array]:
+                 discrete_dims: Sequence[int] = (),
+                 prior: jax.Array | None = None,
+                 prior_std: float = 0.2) -> tuple[jax.Array, jax.Array]:
   """Maximises `score_fn` over actions in [minimum, maximum], independently per batch row.
 
   Args:
@@ -65,6 +67,10 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
     num_elites: how many of the best samples the next distribution is fitted to.
     num_iterations: sampling rounds.
     discrete_dims: indices of binary action dimensions (take their minimum or maximum).
+    prior: optional [B, A] actions (e.g. a behaviour model's) that the first round samples
+      around instead of the whole box: continuous dims at N(prior, (prior_std * half
+      range)^2), discrete dims as the prior chose; the prior itself is the first sample.
+    prior_std: see `prior`.
 
   Returns:
     (best_actions [B, A], best_scores [B]): the best sample seen per row and its score.
@@ -87,6 +93,10 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
   mean = jnp.broadcast_to((minimum + maximum) / 2, (batch_size, action_dim))
   std = jnp.broadcast_to(span / 2, (batch_size, action_dim))
   prob_max = jnp.full((batch_size, action_dim), 0.5)  # P(discrete dim at its maximum).
+  if prior is not None:
+    prior = jnp.clip(jnp.asarray(prior, jnp.float32), minimum, maximum)
+    prob_max = (prior > mean).astype(jnp.float32)
+    mean, std = prior, jnp.broadcast_to(prior_std * span / 2, (batch_size, action_dim))
   best_actions = jnp.broadcast_to(mean, (batch_size, action_dim))
   best_scores = jnp.full((batch_size,), -jnp.inf)
   for it in range(num_iterations):
@@ -96,7 +106,7 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
     # block of counters, so its samples do not depend on how many iterations follow.
     grid = _grid16(key, shape, block=it)
     u = (grid.astype(jnp.float32) + 0.5) * (1.0 / 65536)
-    if it == 0:
+    if it == 0 and prior is None:
       cont = minimum + span * u
     else:
       noise = jnp.asarray(_normal_icdf16())[grid]  # The standard normal quantile of u.
@@ -104,6 +114,8 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
     samples = cont
     if discrete_dims:  # Static: continuous-only actions skip the select.
       samples = jnp.where(discrete, jnp.where(u < prob_max[:, None], maximum, minimum), cont)
+    if it == 0 and prior is not None:
+      samples = samples.at[:, 0].set(prior)
     scores = score_fn(samples, *score_args)
     top_score, best, elite = elite_masks(scores, num_elites)
     # The barrier stops XLA:CPU from fusing the sampling into each masked sum below, which

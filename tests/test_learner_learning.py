@@ -207,3 +207,26 @@ def test_data_parallel_over_two_devices_matches_one():
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "OK" in out.stdout
+
+
+def test_behaviour_head_imitates_only_successful_rows(rng):
+  """Rows of successful episodes move right, the others left: the head learns right."""
+  config, spec, net, state = _setup(learning_rate=3e-3, network=NetworkConfig(
+      torso_sizes=(32, 32), merge_width=16, head_sizes=(16,), task_embedding_dim=4,
+      behaviour_sizes=(32,)))
+  update = learning.make_update_fn(net, spec, config, MAX_TASKS)
+  for _ in range(300):
+    b = mdp.random_batch(rng, 32)
+    outcome = (rng.random(32) < 0.5).astype(np.float32)
+    action = np.where(outcome[:, None] > 0, 0.9, -0.9).astype(np.float32)
+    state, _ = update(state, b._replace(action=action, outcome=outcome,
+                                        steps_after=np.ones(32, np.float32)))
+  obs = {"state": np.eye(mdp.N, dtype=np.float32)}
+  pi = np.asarray(networks.behaviour_actions(net, state.params, obs, np.zeros(mdp.N, np.int32),
+                                             spec.action.minimum, spec.action.maximum))
+  assert np.all(pi > 0.5), pi
+  # CEM for targets and acting starts from it: with a narrow prior the action stays near.
+  a, _ = learning.cem_best_actions(net, state.params, obs, np.zeros(mdp.N, np.int32),
+                                   jax.random.PRNGKey(0), spec.action.minimum,
+                                   spec.action.maximum, CEMConfig(prior_std=0.05))
+  assert np.all(np.abs(np.asarray(a) - pi) < 0.3)
