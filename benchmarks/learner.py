@@ -7,9 +7,11 @@ steps/s of a plain supervised step on the same network; steps/s of the full upda
 reference that runs the whole network per CEM sample; their ratio; achieved GFLOP/s of the
 state update (XLA's cost analysis) against a large f32 matmul whose timing windows are
 interleaved with the updates' (so both see the same load on a shared machine); and the
-latency of one CEMPolicy action for a single state.
+latency of one CEMPolicy action for a single state. A third update, as the tabletop config
+runs it (behaviour head + Monte-Carlo bound on batches carrying outcomes), gives what the
+offline terms cost against the plain update (`with_terms_vs_plain`).
 
-  .venv/bin/python -m benchmarks.learner [--quick]
+  .venv/bin/python -m benchmarks.learner [--quick] [learner.network.behaviour_sizes=...]
 
 The last line printed is one JSON object of the figures.
 """
@@ -31,16 +33,21 @@ from learners import learning, networks
 from learners.config import LearnerConfig, NetworkConfig
 from learners.policy import CEMPolicy
 from mtopt.batch import Batch
+from mtopt.config import load_config
 from mtopt.specs import ArraySpec, BoundedArraySpec, EnvSpec
 
 MAX_TASKS = 16
+# The third update's settings (its learner section; the network's shape is the plain one's).
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "tabletop_state.py")
 ACTION = BoundedArraySpec((4,), np.float32, "action", -1.0, 1.0)
 STATE_SPEC = EnvSpec({"state": ArraySpec((32,), np.float32)}, ACTION, 40)
 IMAGE_SPEC = EnvSpec({"image": ArraySpec((64, 64, 3), np.uint8),
                       "state": ArraySpec((8,), np.float32)}, ACTION, 40)
 
 
-def _batch(spec: EnvSpec, size: int, rng: np.random.Generator) -> Batch:
+def _batch(spec: EnvSpec, size: int, rng: np.random.Generator,
+           outcomes: bool = False) -> Batch:
   def obs():
     out = {}
     for k, s in spec.observation.items():
@@ -50,10 +57,14 @@ def _batch(spec: EnvSpec, size: int, rng: np.random.Generator) -> Batch:
         out[k] = rng.normal(size=(size, *s.shape)).astype(np.float32)
     return out
 
-  return Batch(obs(), rng.uniform(-1, 1, (size, 4)).astype(np.float32),
-               (rng.random(size) < 0.3).astype(np.float32),
-               (rng.random(size) < 0.9).astype(np.float32), obs(),
-               rng.integers(0, MAX_TASKS, size).astype(np.int32))
+  batch = Batch(obs(), rng.uniform(-1, 1, (size, 4)).astype(np.float32),
+                (rng.random(size) < 0.3).astype(np.float32),
+                (rng.random(size) < 0.9).astype(np.float32), obs(),
+                rng.integers(0, MAX_TASKS, size).astype(np.int32))
+  if outcomes:  # As the sampler emits them: the Monte-Carlo bound and the behaviour loss.
+    batch = batch._replace(outcome=(rng.random(size) < 0.5).astype(np.float32),
+                           steps_after=rng.integers(0, 40, size).astype(np.float32))
+  return batch
 
 
 class _Timer:
@@ -136,7 +147,7 @@ def act_latency_ms(spec: EnvSpec, config: LearnerConfig, params, calls: int) -> 
 
 
 def measure(name: str, spec: EnvSpec, batch_size: int, budget_s: float, act_calls: int,
-            rounds: int = 3, reference_rounds: int = 3) -> dict:
+            configured: LearnerConfig, rounds: int = 3, reference_rounds: int = 3) -> dict:
   """One network's figures; the steps' timing windows are interleaved `rounds` times (the
   slow reference's only in the last `reference_rounds`), and so are those of the large
   matmul that `peak_gflops` (the denominator of "of peak") comes from: other processes on
@@ -145,11 +156,25 @@ def measure(name: str, spec: EnvSpec, batch_size: int, budget_s: float, act_call
   batch = jax.device_put(_batch(spec, batch_size, rng))
   row = {"network": name, "batch": batch_size}
   timers = {"matmul": _matmul_timer()}
-  for arch in ("split", "whole"):
-    config = LearnerConfig(batch_size=batch_size, network=NetworkConfig(architecture=arch))
+  for arch in ("split", "whole", "split_terms"):
+    # "split_terms": the learner as CONFIG sets it, with the offline terms the plain rows
+    # leave out (a behaviour head that CEM searches around, the Monte-Carlo lower bound).
+    terms = arch == "split_terms"
+    # CONFIG's CEM less its discrete dims (this spec's action has no gripper or terminate).
+    config = (dataclasses.replace(configured, batch_size=batch_size,
+                                  cem=dataclasses.replace(configured.cem, discrete_dims=()))
+              if terms else
+              LearnerConfig(batch_size=batch_size, network=NetworkConfig(architecture=arch)))
     net = networks.make_q_network(spec, MAX_TASKS, config.network)
     state = learning.init_training_state(net, spec, config, jax.random.PRNGKey(0))
     update = learning.make_update_fn(net, spec, config, MAX_TASKS)
+    if terms:
+      terms_batch = jax.device_put(_batch(spec, batch_size, rng, outcomes=True))
+      if per_call > 1:
+        update = learning.make_update_fn(net, spec, config, MAX_TASKS, stacked=True)
+        terms_batch = learning.stack_batches([terms_batch] * per_call)
+      timers[arch] = _Timer(update, state, terms_batch)
+      continue
     flops_key = "update_flops" if arch == "split" else "reference_update_flops"
     row[flops_key] = _flops(update, state, batch)  # Of one update.
     timers[arch] = _Timer(update, state, batch)
@@ -171,6 +196,7 @@ def measure(name: str, spec: EnvSpec, batch_size: int, budget_s: float, act_call
     timers["split"].window(budget_s / rounds)
     if "split_stacked" in timers:
       timers["split_stacked"].window(budget_s / rounds)
+    timers["split_terms"].window(budget_s / rounds)
     if i >= rounds - reference_rounds:
       timers["whole"].window(budget_s / rounds, min_steps=1)
   row["peak_gflops"] = _matmul_gflops(timers["matmul"])
@@ -186,6 +212,8 @@ def measure(name: str, spec: EnvSpec, batch_size: int, budget_s: float, act_call
   row["supervised_steps_per_s"] = timers["supervised"].best
   row["update_steps_per_s"] = as_learner.best * per_call
   row["update_steps_per_s_one_per_call"] = timers["split"].best
+  row["update_steps_per_s_with_terms"] = timers["split_terms"].best * per_call
+  row["with_terms_vs_plain"] = row["update_steps_per_s_with_terms"] / row["update_steps_per_s"]
   row["reference_steps_per_s"] = timers["whole"].best
   # The reference runs one update per call: launching a call (~0.2-0.3 ms between calls in
   # a profile of ours) is under 1% of its ~45 ms (state) update.
@@ -205,16 +233,19 @@ def measure(name: str, spec: EnvSpec, batch_size: int, budget_s: float, act_call
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="short timings (under a minute)")
+  parser.add_argument("overrides", nargs="*",
+                      help="key=value overrides of the configured learner (CONFIG)")
   args = parser.parse_args(argv)
   q = args.quick
+  configured = LearnerConfig.from_config(load_config(CONFIG, args.overrides))
   device = jax.devices()[0]
   # More, shorter interleaved windows for the state row: its best windows are then more
   # likely to be the undisturbed ones on a shared machine.
   rows = [measure("state", STATE_SPEC, 256, 2.4 if q else 12.0, 200 if q else 1000,
-                  rounds=6 if q else 24, reference_rounds=6 if q else 24),
+                  configured, rounds=6 if q else 24, reference_rounds=6 if q else 24),
           # The image reference takes seconds per step on a CPU: one window when quick.
           measure("image64", IMAGE_SPEC, 64, 1.0 if q else 8.0, 100 if q else 500,
-                  reference_rounds=1 if q else 3)]
+                  configured, reference_rounds=1 if q else 3)]
   state_row, image_row = rows
   peak = state_row["peak_gflops"]  # "of peak" is against the matmul timed alongside each row.
 
@@ -238,6 +269,12 @@ def main(argv=None) -> dict:
              f"{r['update_gflops_per_s_one_per_call'] / r['peak_gflops']:.2f}",
              f"{r['act_p50_ms']:.3f}", f"{r['act_p99_ms']:.3f}")
     print(" | ".join(f"{c:>12}" for c in cells))
+  print(f"as configured (configs/tabletop_state.py {' '.join(args.overrides)}: behaviour head "
+        f"{configured.network.behaviour_sizes}, Monte-Carlo bound "
+        f"{configured.mc_lower_bound}, {configured.negative_actions} negatives), update/s and "
+        "vs plain: " + ", ".join(
+            f"{r['network']} {r['update_steps_per_s_with_terms']:.1f} "
+            f"({r['with_terms_vs_plain']:.2f})" for r in rows))
   print(f"ours/reference in steps per CPU-second of this process (steadier under load): "
         f"state {state_row['speedup_vs_reference_cpu_time']:.1f}x, image "
         f"{image_row['speedup_vs_reference_cpu_time']:.1f}x")
@@ -273,6 +310,10 @@ def main(argv=None) -> dict:
       "update_steps_per_s_state_one_per_call": round(
           state_row["update_steps_per_s_one_per_call"], 2),
       "reference_steps_per_s_state": round(state_row["reference_steps_per_s"], 3),
+      "update_steps_per_s_state_with_terms": round(state_row["update_steps_per_s_with_terms"],
+                                                   2),
+      "with_terms_vs_plain_state": round(state_row["with_terms_vs_plain"], 3),
+      "with_terms_vs_plain_image": round(image_row["with_terms_vs_plain"], 3),
       "cem_speedup_vs_reference_state": round(state_row["speedup_vs_reference"], 2),
       "cem_speedup_vs_reference_state_one_per_call": round(
           state_row["speedup_vs_reference_one_per_call"], 2),
