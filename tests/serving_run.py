@@ -52,3 +52,40 @@ def add_step(run_dir: str, step: int, seed: int) -> None:
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=10)
   add_checkpoint(ckpt, net, spec, lcfg, step, seed)
   ckpt.close()
+
+
+class Served:
+  """A running server on a small run, with two registered robots."""
+
+  def __init__(self, run_dir: str, **config):
+    from mtopt.serving import auth
+    from mtopt.serving.server import PolicyServer, ServerConfig
+    self.run_dir = run_dir
+    self.tokens = {name: auth.add_robot(run_dir, name) for name in ("r1", "r2")}
+    defaults = dict(port=0, max_batch=8, replay=False, poll_seconds=0.2)
+    self.server = PolicyServer(run_dir, ServerConfig(**{**defaults, **config}),
+                               log=lambda *a: None).start()
+
+  @property
+  def url(self) -> str:
+    return self.server.url
+
+  def client(self, robot: str = "r1", **kwargs):
+    from mtopt.robot_client import RobotClient
+    return RobotClient(self.url, robot, self.tokens[robot], **kwargs)
+
+  def healthz(self) -> dict:
+    import json
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{self.server.port}/healthz", timeout=5) as r:
+      return json.loads(r.read())
+
+  def stop(self):
+    self.server.stop()
+
+
+def episode(rng, steps: int = 8, dim: int = 44, action_dim: int = 5, max_tasks: int = 16):
+  """A well-formed upload's fields (labels included: the test runs have no detector)."""
+  return dict(observations={"state": rng.normal(size=(steps + 1, dim)).astype("float32")},
+              actions=rng.uniform(-1, 1, size=(steps, action_dim)).astype("float32"),
+              labels=rng.uniform(size=max_tasks).astype("float32"))

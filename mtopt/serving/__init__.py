@@ -7,6 +7,7 @@ replay, and `mtopt export`. The robot side is `mtopt.robot_client`.
   batcher.py        concurrent act requests -> one CEM call, with a bounded wait
   journal.py        the durable log of uploaded episodes (what an acknowledgement means)
   ingest.py         uploaded episodes: validate, label, journal, write to the replay once
+  config.py         ServerConfig (ports, batching, limits)
   server.py         the WebSocket server: metadata, /healthz, limits, dispatch
   export.py         a self-contained jax.export artifact of the policy
 """

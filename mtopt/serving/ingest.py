@@ -86,8 +86,8 @@ def task_slot(task: Any, tasks: dict[str, int]) -> int:
 
 
 def _record(ep: Episode) -> dict:
-  r = {"episode_id": ep.episode_id, "robot_id": ep.robot_id, "task_id": ep.task_id,
-       "terminated": ep.terminated, "observations": ep.observations, "actions": ep.actions,
+  r = {"type": "episode", "episode_id": ep.episode_id, "robot_id": ep.robot_id,
+       "task_id": ep.task_id, "terminated": ep.terminated, "observations": ep.observations, "actions": ep.actions,
        "labels": ep.labels}
   if ep.success is not None:
     r["success"] = ep.success
