@@ -87,8 +87,8 @@ def task_slot(task: Any, tasks: dict[str, int]) -> int:
 
 def _record(ep: Episode) -> dict:
   r = {"type": "episode", "episode_id": ep.episode_id, "robot_id": ep.robot_id,
-       "task_id": ep.task_id, "terminated": ep.terminated, "observations": ep.observations, "actions": ep.actions,
-       "labels": ep.labels}
+       "task_id": ep.task_id, "terminated": ep.terminated, "observations": ep.observations,
+       "actions": ep.actions, "labels": ep.labels}
   if ep.success is not None:
     r["success"] = ep.success
   return r
