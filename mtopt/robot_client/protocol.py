@@ -22,9 +22,11 @@ import numpy as np
 PROTOCOL_VERSION = 1
 _ND = "__nd__"
 # Numeric dtypes only: no object, string or void dtypes ever come off the network.
-ALLOWED_DTYPES = frozenset(np.dtype(d).str for d in (
+_DTYPES = tuple(np.dtype(d) for d in (
     "bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
     "<f2", "<f4", "<f8"))
+ALLOWED_DTYPES = frozenset(d.str for d in _DTYPES)
+_NAMES = {d: d.str for d in _DTYPES}  # dtype -> its string, without dtype.str's cost.
 
 
 class ProtocolError(ValueError):
@@ -34,11 +36,12 @@ class ProtocolError(ValueError):
 def _default(obj):
   if isinstance(obj, np.ndarray):
     arr = np.ascontiguousarray(obj)
-    if arr.dtype.byteorder == ">":
-      arr = arr.astype(arr.dtype.newbyteorder("<"))
-    if arr.dtype.str not in ALLOWED_DTYPES:
+    name = _NAMES.get(arr.dtype)
+    if name is None:
+      if arr.dtype.byteorder == ">":
+        return _default(arr.astype(arr.dtype.newbyteorder("<")))
       raise TypeError(f"cannot send arrays of dtype {arr.dtype}")
-    return {_ND: [arr.dtype.str, list(arr.shape), arr.tobytes()]}
+    return {_ND: [name, list(arr.shape), arr.tobytes()]}
   if isinstance(obj, np.generic):
     return obj.item()
   raise TypeError(f"cannot encode {type(obj).__name__}")
