@@ -13,7 +13,8 @@ format (`mtopt.robot_client.protocol`); one more row times the synchronous Robot
 - server_cpu_ms_per_action_64 (and unbatched_...): the server process's CPU time per
   action, a figure that depends less on what else the machine runs.
 - upload_episodes_per_s: 16 robots uploading 50-step episodes, counted when acknowledged
-  (validated, journalled with fsync, written to the replay).
+  (validated, journalled with fsync, written to the replay); `_journal_only` without the
+  replay (`--no-replay`): the difference is ReverbReplay.write_many's per-step appends.
 Clients and server share this machine's cores, so every figure includes the robots' own
 cost; on a 2-core machine with other jobs running they are lower bounds.
 """
@@ -218,12 +219,15 @@ def main(argv=None) -> None:
   finally:
     server.stop()
 
-  server = ServerProcess(run, "--max-batch", "1", "--no-uploads")
+  # The same server unbatched; its uploads go to the journal only (no Reverb replay).
+  server = ServerProcess(run, "--max-batch", "1", "--no-replay")
   try:
     run_fleet(server.url, robots, act_messages(spec, tasks), 1.0)
     cpu = server.cpu_seconds()
     lat, unbatched = run_fleet(server.url, robots, act_messages(spec, tasks), seconds)
     r["unbatched_server_cpu_ms_per_action_64"] = (server.cpu_seconds() - cpu) * 1e3 / len(lat)
+    _, r["upload_episodes_per_s_journal_only"] = run_fleet(
+        server.url, robots[16:32], upload_messages(spec, tasks, max_tasks), seconds)
   finally:
     server.stop()
   r["unbatched_actions_per_s_64"] = unbatched
@@ -232,6 +236,8 @@ def main(argv=None) -> None:
                                                 f"{r['batched_vs_unbatched_64']:.1f}x)  server CPU "
                                                 f"{r['unbatched_server_cpu_ms_per_action_64']:.3f}"
                                                 " ms/action"))
+  rows.append(("upload, 16 robots, journal only", f"{r['upload_episodes_per_s_journal_only']:.0f}"
+                                                 " episodes/s (--no-replay)"))
   r.update(observation="image" if args.image else "state", cpus=os.cpu_count(),
            load_avg_1m=os.getloadavg()[0], quick=args.quick)
 
