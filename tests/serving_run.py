@@ -13,13 +13,13 @@ from tests.conftest import ROOT
 DEFAULT = os.path.join(ROOT, "configs", "tabletop_state.py")
 
 
-def make_run(run_dir: str, steps=(10,), seeds=None) -> str:
+def make_run(run_dir: str, steps=(10,), seeds=None, overrides=()) -> str:
   """Writes config.json, tasks and a checkpoint per step (params from seed i for step i)."""
   import jax
   from learners import learning, networks
   from learners.checkpointing import Checkpointer
   from learners.config import LearnerConfig
-  config = load_config(DEFAULT, [f"run_dir={run_dir}"])
+  config = load_config(DEFAULT, [f"run_dir={run_dir}", *overrides])
   os.makedirs(run_dir, exist_ok=True)
   launch.save_config(run_dir, config)
   spec = envs.make(config.env).spec()

@@ -111,7 +111,7 @@ class EpisodeIngest:
   """
 
   def __init__(self, run_dir: str, spec: EnvSpec, tasks: dict[str, int], max_tasks: int,
-               replay=None, labeller: Callable | None = None):
+               replay=None, labeller: Callable | None = None, refill: bool = True):
     self.spec, self.tasks, self.max_tasks = spec, dict(tasks), int(max_tasks)
     self.replay, self.labeller = replay, labeller
     self.journal = Journal(journal_path(run_dir))
@@ -119,7 +119,7 @@ class EpisodeIngest:
     restored = [_from_record(r) for r in self.journal.records]
     self.journal.records = []
     self.stored_ids.update(ep.episode_id for ep in restored)
-    if replay is not None:  # The replay is in memory: refill it from the journal.
+    if replay is not None and refill:  # An in-memory replay: refill it from the journal.
       for i in range(0, len(restored), 256):
         replay.write_many(restored[i:i + 256])
     self.num_restored = len(restored)

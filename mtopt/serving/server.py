@@ -39,7 +39,11 @@ class PolicyServer:
   """Serves RUN's policy. `start()` runs it in a background thread (tests, benchmarks);
   `serve_forever()` in the calling one (the CLI)."""
 
-  def __init__(self, run_dir: str, config: ServerConfig = ServerConfig(), log=print):
+  def __init__(self, run_dir: str, config: ServerConfig = ServerConfig(), log=print,
+               replay=None, refill_replay: bool = True):
+    """`replay`: write uploads to this replay (e.g. a training run's) instead of one of its
+    own; `refill_replay=False` when that replay restores its own checkpoint (the journal
+    would otherwise add what it already holds)."""
     self.config, self._log = config, log
     self.source = policy_source.RunPolicy(run_dir)
     self.run_dir = self.source.run_dir
@@ -49,15 +53,15 @@ class PolicyServer:
     self._params: tuple[int, Any] | None = None  # (version, device params), swapped whole.
     self._counter = itertools.count()
     self._connections: set = set()
-    self.replay = self.ingest = None
+    self.replay, self.ingest, self._own_replay = replay, None, replay is None
     if config.uploads:
-      if config.replay:
+      if config.replay and replay is None:
         from replay.reverb_replay import ReverbReplay
         self.replay = ReverbReplay.from_config(self.source.config, self.spec,
                                                slots=self.source.registry.slots)
       self.ingest = ingest.EpisodeIngest(
           self.run_dir, self.spec, self.tasks, self.source.registry.max_tasks, self.replay,
-          ingest.run_labeller(self.run_dir, self.source.config))
+          ingest.run_labeller(self.run_dir, self.source.config), refill=refill_replay)
       if self.ingest.num_restored:
         log(f"serve: {self.ingest.num_restored} uploaded episodes restored from the journal")
     self.watcher = policy_source.ParamWatcher(self.source, self._set_params,
@@ -262,7 +266,7 @@ class PolicyServer:
     self._upload_pool.shutdown(wait=True)
     if self.ingest is not None:
       self.ingest.close()
-    if self.replay is not None:
+    if self.replay is not None and self._own_replay:
       self.replay.close()
 
   def __enter__(self):
