@@ -62,7 +62,8 @@ class Served:
     from mtopt.serving.server import PolicyServer, ServerConfig
     self.run_dir = run_dir
     self.tokens = {name: auth.add_robot(run_dir, name) for name in ("r1", "r2")}
-    defaults = dict(port=0, max_batch=8, replay=False, poll_seconds=0.2)
+    # Compiled on first use: warming every batch size up would slow each test's start.
+    defaults = dict(port=0, max_batch=8, replay=False, poll_seconds=0.2, warm_up=False)
     self.server = PolicyServer(run_dir, ServerConfig(**{**defaults, **config}),
                                log=lambda *a: None).start()
 

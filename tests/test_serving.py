@@ -2,6 +2,8 @@
 versions, hot reload, pin and rollback, uploads (stored once), and `mtopt export`."""
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,6 +13,7 @@ import pytest
 from mtopt import cli
 from mtopt.robot_client import ServerError
 from mtopt.serving import journal
+from tests.conftest import ROOT
 from tests.serving_run import Served, add_step, episode, make_run
 
 OBS = {"state": np.zeros(44, np.float32)}
@@ -148,6 +151,22 @@ def test_exported_policy_acts_like_the_server(served, tmp_path, rng):
   cli.main(["pin", "--run-dir", served.run_dir, "--latest"])
 
 
+@pytest.mark.slow
+def test_exported_artifact_loads_with_jax_alone(served, tmp_path):
+  """No flax, TensorFlow, Ray or mtopt learner code is needed to act with the export."""
+  out = str(tmp_path / "export")
+  assert cli.main(["export", "--run-dir", served.run_dir, "--out", out]) == 0
+  code = ("import sys, numpy as np\n"
+          "from mtopt.serving.export import ExportedPolicy\n"
+          f"p = ExportedPolicy({out!r})\n"
+          "a = p.act({'state': np.zeros(44, np.float32)}, 'lift_red', np.uint32([1, 2]))\n"
+          "bad = {'flax', 'tensorflow', 'ray', 'learners', 'reverb', 'optax', 'orbax'}\n"
+          "print(a.shape, sorted(bad & {m.split('.')[0] for m in sys.modules}))\n")
+  out_text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=120, cwd=ROOT).stdout
+  assert out_text.strip().splitlines()[-1] == "(5,) []"
+
+
 def test_unknown_robot_name_is_rejected_by_cli(tmp_path):
   assert cli.main(["robots", "add", "bad name!", "--run-dir", str(tmp_path)]) == 2
 
@@ -159,3 +178,49 @@ def _wait(cond, timeout=20.0):
       return
     time.sleep(0.05)
   raise AssertionError("condition not reached in time")
+
+
+def _self_signed(tmp_path):
+  import datetime
+  import ipaddress
+  from cryptography import x509
+  from cryptography.hazmat.primitives import hashes, serialization
+  from cryptography.hazmat.primitives.asymmetric import ec
+  from cryptography.x509.oid import NameOID
+  key = ec.generate_private_key(ec.SECP256R1())
+  name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+  now = datetime.datetime.now(datetime.timezone.utc)
+  cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+          .public_key(key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+              ipaddress.ip_address("127.0.0.1"))]), critical=False)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(key, hashes.SHA256()))
+  cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+  cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+  key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+  return str(cert_path), str(key_path)
+
+
+@pytest.mark.slow
+def test_tls(tmp_path):
+  import ssl
+  from mtopt.robot_client import RobotClient
+  cert, key = _self_signed(tmp_path)
+  s = Served(make_run(str(tmp_path / "run")), warm_up=False, max_batch=1, tls_cert=cert,
+             tls_key=key)
+  try:
+    assert s.url.startswith("wss://")
+    context = ssl.create_default_context(cafile=cert)
+    with RobotClient(s.url, "r1", s.tokens["r1"], ssl_context=context) as c:
+      assert c.act(OBS, "reach_red").shape == (5,)
+    with pytest.raises(Exception):  # Unverified certificates are refused by default.
+      RobotClient(s.url, "r1", s.tokens["r1"], timeout=3)
+    with pytest.raises(Exception):  # Plain WebSocket to a TLS port.
+      RobotClient(s.url.replace("wss:", "ws:"), "r1", s.tokens["r1"], timeout=3)
+  finally:
+    s.stop()
