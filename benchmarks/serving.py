@@ -162,7 +162,8 @@ def upload_messages(spec, tasks, max_tasks, steps=50):
   def per_robot(r):
     rng = np.random.default_rng(100 + r)
     obs = {k: (rng.normal(size=(steps + 1, *s)) if dt.kind == "f"
-               else rng.integers(0, 255, (steps + 1, *s))).astype(dt) for k, (s, dt) in shapes.items()}
+               else rng.integers(0, 255, (steps + 1, *s))).astype(dt)
+           for k, (s, dt) in shapes.items()}
     actions = rng.uniform(-1, 1, (steps, a_dim)).astype(np.float32)
     labels = (rng.random(max_tasks) < 0.3).astype(np.float32)
     return lambda i: {"type": "upload", "id": i, "episode": {

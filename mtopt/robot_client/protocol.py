@@ -16,6 +16,8 @@ Messages (every one a msgpack map with a "type"):
 
 from __future__ import annotations
 
+import math
+
 import msgpack
 import numpy as np
 
@@ -62,7 +64,7 @@ def _hook(d: dict):
   if dtype not in ALLOWED_DTYPES:
     raise ProtocolError(f"array dtype {dtype!r} not allowed (numeric little-endian only)")
   dt = np.dtype(dtype)
-  want = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+  want = math.prod(shape) * dt.itemsize  # Python ints: no overflow for forged shapes.
   if want != len(data):
     raise ProtocolError(f"array of shape {tuple(shape)} and dtype {dt} needs {want} bytes, "
                         f"got {len(data)}")

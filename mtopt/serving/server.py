@@ -129,7 +129,8 @@ class PolicyServer:
       raise RequestError(str(e)) from None
     key = msg.get("key")
     if key is None:
-      key = np.array([self.config.seed, next(self._counter)], np.uint32)
+      count = next(self._counter) & 0xFFFFFFFF
+      key = np.array([self.config.seed & 0xFFFFFFFF, count], np.uint32)
     elif not (isinstance(key, np.ndarray) and key.shape == (2,) and key.dtype == np.uint32):
       raise RequestError("key: expected a uint32 array of shape (2,)")
     return obs, slot, key
