@@ -35,9 +35,6 @@ def _run(args):
   from mtopt.serving import auth
   from mtopt.serving.config import ServerConfig
   from mtopt.serving.server import PolicyServer
-  if not auth.load_robots(os.path.abspath(args.run_dir)):
-    print(f"serve: note: no robots registered yet; add one with `mtopt robots add NAME "
-          f"--run-dir {args.run_dir}`")
   if bool(args.tls_cert) != bool(args.tls_key):
     raise ConfigError("--tls-cert and --tls-key go together")
   config = ServerConfig(host=args.host, port=args.port, max_batch=args.max_batch,
@@ -47,6 +44,12 @@ def _run(args):
                         uploads=not args.no_uploads, replay=not args.no_replay,
                         tls_cert=args.tls_cert, tls_key=args.tls_key)
   server = PolicyServer(args.run_dir, config)
+  if not auth.load_robots(os.path.abspath(args.run_dir)):
+    print(f"serve: note: no robots registered yet; add one with `mtopt robots add NAME "
+          f"--run-dir {args.run_dir}`")
   if server.replay is not None:
     print(f"serve: uploaded episodes go to the Reverb replay at {server.replay.address}")
-  server.serve_forever()
+  try:
+    server.serve_forever()
+  except OSError as e:
+    raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e}") from None

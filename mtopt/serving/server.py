@@ -73,6 +73,7 @@ class PolicyServer:
     self._loop: asyncio.AbstractEventLoop | None = None
     self._thread: threading.Thread | None = None
     self._ready = threading.Event()
+    self._error: OSError | None = None
     self._stopping: asyncio.Event | None = None
     self.port: int | None = None
     self._metadata_base = {"type": "metadata", "protocol": protocol.PROTOCOL_VERSION,
@@ -224,17 +225,19 @@ class PolicyServer:
     if c.tls_cert:
       tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
       tls.load_cert_chain(c.tls_cert, c.tls_key)
-    async with serve(self._handler, c.host, c.port, process_request=self._process_request,
-                     max_size=c.max_message_bytes, compression=None, ssl=tls,
-                     open_timeout=c.open_timeout_s, max_queue=4,
-                     server_header="mtopt") as server:
-      self.port = server.sockets[0].getsockname()[1]
-      self._ready.set()
-      self._log(f"serve: {'wss' if tls else 'ws'}://{c.host}:{self.port} serving "
-                f"{self.run_dir} (policy version {self.policy_version})")
-      await self._stopping.wait()
-    await self._acts.stop()
-    await self._uploads.stop()
+    try:
+      async with serve(self._handler, c.host, c.port, process_request=self._process_request,
+                       max_size=c.max_message_bytes, compression=None, ssl=tls,
+                       open_timeout=c.open_timeout_s, max_queue=4,
+                       server_header="mtopt") as server:
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._log(f"serve: {'wss' if tls else 'ws'}://{c.host}:{self.port} serving "
+                  f"{self.run_dir} (policy version {self.policy_version})")
+        await self._stopping.wait()
+    finally:
+      await self._acts.stop()
+      await self._uploads.stop()
 
   @property
   def url(self) -> str:
@@ -244,15 +247,25 @@ class PolicyServer:
     self._loop = asyncio.new_event_loop()
     try:
       self._loop.run_until_complete(self._main())
+    except OSError as e:  # E.g. the port is taken: say so to start() and to the CLI.
+      self._error = e
+      self._ready.set()
+      raise
     finally:
       self._close_parts()
 
   def start(self) -> "PolicyServer":
-    self._thread = threading.Thread(target=self.serve_forever, name="policy-server",
-                                    daemon=True)
+    def run():
+      try:
+        self.serve_forever()
+      except OSError:
+        pass  # Recorded in self._error and raised by start() below.
+    self._thread = threading.Thread(target=run, name="policy-server", daemon=True)
     self._thread.start()
     if not self._ready.wait(60):
       raise RuntimeError("the policy server did not start")
+    if self._error is not None:
+      raise self._error
     return self
 
   def stop(self) -> None:
