@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.actors = ml_collections.ConfigDict()
   c.actors.num_actors = 2
   c.actors.num_cpus = 1.0  # Ray CPUs per robot actor (where a cluster places them).
+  # Online robots: `ray` pull params and hand episodes to the driver; `served` act and
+  # upload through `mtopt serve` on a loopback port, as a real fleet would.
+  c.actors.mode = "ray"
   c.actors.scheduler = "uniform"  # uniform | weighted | underperforming
   c.actors.task_weights = []  # For `weighted`: one weight per task, in env.tasks order.
   c.actors.policy = "scripted"  # scripted | random | cem

@@ -58,7 +58,8 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
     score_fn: `score_fn(actions [B, N, A], *score_args) -> scores [B, N]`. Pass what changes
       between calls (parameters, encoded observations) through `score_args`, so that a
       jitted caller is not retraced.
-    key: a PRNG key.
+    key: a PRNG key, or raw uint32 keys [B, 2], one per row (a row's samples then depend
+      on its own key only, whatever else is in the batch).
     batch_size: B, the number of independent problems (states).
     minimum: action lower bounds, [A].
     maximum: action upper bounds, [A].
@@ -174,6 +175,11 @@ def _grid16(key: jax.Array, shape: tuple[int, ...], block: int = 0) -> jax.Array
   """
   *lead, last = shape
   words = (last + 1) // 2
+  if jnp.ndim(key) == 2:  # One raw key per batch row (serving): rows draw independently.
+    n = int(np.prod(lead[1:], dtype=np.int64)) * words
+    bits = jax.vmap(lambda k: random_bits(k, n, block))(key)
+    bits = bits.reshape((*lead, words))
+    return jnp.concatenate([bits >> 16, bits & 0xFFFF], axis=-1)[..., :last].astype(jnp.int32)
   bits = random_bits(key, int(np.prod(lead, dtype=np.int64)) * words, block)
   bits = bits.reshape((*lead, words))
   return jnp.concatenate([bits >> 16, bits & 0xFFFF], axis=-1)[..., :last].astype(jnp.int32)

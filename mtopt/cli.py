@@ -12,7 +12,8 @@ from mtopt.episode import EpisodeError
 from mtopt.tasks import TaskError
 
 # Only subcommands that work are listed here.
-COMMANDS = ["config", "collect", "tasks", "train", "eval", "replay"]
+COMMANDS = ["config", "collect", "tasks", "train", "eval", "replay", "serve", "pin", "robots",
+            "export"]
 
 
 def add_config_arg(parser: argparse.ArgumentParser, default: str = "configs/tabletop_state.py"):

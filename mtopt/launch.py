@@ -353,7 +353,8 @@ def train(config: ConfigDict, log=print) -> dict:
   publish = lambda params, step: ps.publish.remote(params, step)  # noqa: E731
   a = config.actors
   collector = None
-  if t.mode in ("online", "mixed"):
+  served = a.get("mode", "ray") == "served"  # Robots act and upload through `mtopt serve`.
+  if t.mode in ("online", "mixed") and not served:
     policy = PulledCEMPolicy(ps, spec, registry.max_tasks, lcfg.network, lcfg.cem,
                              gaussian_std=t.explore_gaussian_std, epsilon=t.explore_epsilon,
                              seed=config.seed)
@@ -377,6 +378,10 @@ def train(config: ConfigDict, log=print) -> dict:
         online_ready=lambda: any(max(c.values()) >= min_size for c in online.counts().values()))
   learner = Learner(spec, registry.max_tasks, lcfg, sampler, run_dir=run_dir,
                     seed=config.seed, publish=publish)
+  if t.mode in ("online", "mixed") and served:
+    from mtopt.serving.fleet_mode import ServedFleet
+    fleet = ServedFleet(ray, config, registry, tasks, learner, online or replay, progress, log)
+    collector = fleet.collector
   from tensorboardX import SummaryWriter
   tb = SummaryWriter(os.path.join(run_dir, "eval"))
 

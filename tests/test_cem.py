@@ -197,3 +197,20 @@ def test_cem_with_a_prior_searches_around_it_and_keeps_its_discrete_choices():
   # Without a prior CEM finds the far maximum.
   free, _ = cem_maximize(score, jax.random.PRNGKey(0), 2, lo, hi, discrete_dims=(1, 2))
   assert np.all(np.asarray(free)[:, 1] == -prior[:, 1])
+
+
+def test_one_key_per_row_makes_rows_independent_of_their_batch(rng):
+  """Serving batches robots together: with raw keys [B, 2] a row's result depends on its
+  own key, not on the batch size or the other rows."""
+  centers = rng.uniform(-0.8, 0.8, (6, 3)).astype(np.float32)
+  keys = np.stack([np.arange(6), np.full(6, 9)], 1).astype(np.uint32)
+  batch, _ = cem_maximize(_quadratic, keys, 6, LO3, HI3, score_args=(centers,))
+  for i in range(6):
+    alone, _ = cem_maximize(_quadratic, keys[i:i + 1], 1, LO3, HI3,
+                            score_args=(centers[i:i + 1],))
+    np.testing.assert_allclose(np.asarray(alone)[0], np.asarray(batch)[i], atol=1e-6)
+  shuffled, _ = cem_maximize(_quadratic, keys[::-1], 6, LO3, HI3, score_args=(centers[::-1],))
+  np.testing.assert_allclose(np.asarray(shuffled)[::-1], np.asarray(batch), atol=1e-6)
+  other, _ = cem_maximize(_quadratic, keys + np.uint32([0, 1]), 6, LO3, HI3,
+                          score_args=(centers,))
+  assert not np.allclose(np.asarray(other), np.asarray(batch))  # The key matters.

@@ -1,0 +1,48 @@
+"""Uploads into a real Reverb replay, labelled by the run's own success detector."""
+
+import os
+
+import numpy as np
+import pytest
+
+from mtopt import envs
+from mtopt.launch import load_run_config
+from mtopt.serving import journal
+from tests.serving_run import Served, episode, make_run
+
+
+@pytest.mark.slow
+def test_uploads_are_labelled_by_the_runs_detector_and_written_to_the_replay_once(tmp_path):
+  from success_detectors.detector import DetectorConfig, SuccessDetector
+  from success_detectors.examples import ExampleSet
+  run = make_run(str(tmp_path / "run"))
+  rng = np.random.default_rng(0)
+  # A small detector on the tabletop spec: task s succeeds iff state[s] is high.
+  spec = envs.make(load_run_config(run).env).spec()
+  x = rng.uniform(-1, 0, (400, 44)).astype(np.float32)
+  slot = np.arange(400) % 2
+  success = np.arange(400) % 4 < 2
+  x[success, slot[success]] = 0.8
+  det = SuccessDetector.create(spec, 16, DetectorConfig(torso=(32,), head_hidden=16,
+                                                        train_steps=200, batch_size=128,
+                                                        head_folds=1))
+  det.train(ExampleSet({"state": x}, slot, success), {0: "reach_red", 1: "reach_green"},
+            steps=200)
+  det.save(os.path.join(run, "detector"))
+  s = Served(run, warm_up=False, replay=True)
+  try:
+    assert s.server.replay is not None
+    eps = [episode(rng) for _ in range(6)]
+    with s.client() as c:
+      for i, ep in enumerate(eps):
+        ep["labels"] = np.ones(16, np.float32)  # A robot's own labels are not trusted.
+        for _ in range(2):  # Each upload retried once: stored once.
+          c.upload_episode(i, "reach_red" if i % 2 else "reach_green", **ep)
+    assert s.server.replay.num_episodes() == 6
+    records = list(journal.iter_records(run))
+    assert len(records) == 6
+    want = det.predict({"state": np.stack([ep["observations"]["state"][-1] for ep in eps])})
+    got = np.stack([r["labels"] for r in sorted(records, key=lambda r: r["episode_id"])])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+  finally:
+    s.stop()
