@@ -8,9 +8,10 @@ which segments and deletes them. On restart the server restores its newest check
 the replay re-applies the segments after it, so it holds exactly the acknowledged episodes.
 
 Files in the log directory:
-  segment-NNNNNNNN.wal  records: uint32 length, uint32 crc32, msgpack payload (no pickle).
+  segment-NNNNNNNN.wal  records: uint32 length, uint32 crc32, int64 episode id, msgpack
+                        payload (no pickle).
   state.json            {"checkpoint": Reverb checkpoint name, "covered": last segment in
-                        it, "episodes": episodes acknowledged up to it}.
+                        it, "episodes": episodes acknowledged up to it, "max_episode_id"}.
   pending.json          the same for a checkpoint being taken: if the process dies after
                         Reverb stored it but before state.json names it, the newest
                         checkpoint is that one, and pending.json says what it covers.
@@ -30,7 +31,7 @@ import numpy as np
 
 from mtopt.episode import Episode
 
-_HEADER = struct.Struct("<II")  # payload length, crc32 of the payload.
+_HEADER = struct.Struct("<IIq")  # payload length, its crc32, the episode id.
 _SEGMENT = re.compile(r"^segment-(\d{8})\.wal$")
 _DTYPES = {"float32", "float64", "uint8", "int32", "int64", "bool"}
 
@@ -68,7 +69,7 @@ def encode(ep: Episode) -> bytes:
       "episode_id": int(ep.episode_id), "terminated": bool(ep.terminated),
       "success": None if ep.success is None else _array(np.asarray(ep.success)),
       "labels": None if ep.labels is None else _array(np.asarray(ep.labels))})
-  return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+  return _HEADER.pack(len(payload), zlib.crc32(payload), int(ep.episode_id)) + payload
 
 
 def decode(payload: bytes) -> Episode:
@@ -81,17 +82,18 @@ def decode(payload: bytes) -> Episode:
                  terminated=d["terminated"])
 
 
-def _records(path: str) -> tuple[list[bytes], int]:
-  """The intact records of a segment and the byte length they span (a torn tail is cut)."""
+def _records(path: str) -> tuple[list[tuple[int, bytes]], int]:
+  """The intact records (episode id, payload) of a segment and the byte length they span
+  (a torn tail is left out)."""
   with open(path, "rb") as f:
     data = f.read()
   out, pos = [], 0
   while pos + _HEADER.size <= len(data):
-    n, crc = _HEADER.unpack_from(data, pos)
+    n, crc, episode_id = _HEADER.unpack_from(data, pos)
     payload = data[pos + _HEADER.size:pos + _HEADER.size + n]
     if len(payload) < n or zlib.crc32(payload) != crc:
       break
-    out.append(payload)
+    out.append((episode_id, payload))
     pos += _HEADER.size + n
   return out, pos
 
@@ -126,7 +128,8 @@ class EpisodeLog:
     os.makedirs(self.directory, exist_ok=True)
     self._state_path = os.path.join(self.directory, "state.json")
     self._pending_path = os.path.join(self.directory, "pending.json")
-    state = self._read(self._state_path) or {"checkpoint": None, "covered": 0, "episodes": 0}
+    state = self._read(self._state_path) or {"checkpoint": None, "covered": 0, "episodes": 0,
+                                             "max_episode_id": -1}
     pending = self._read(self._pending_path)
     if restored != state["checkpoint"]:
       if restored is not None and pending is not None:  # Died between Reverb and state.json.
@@ -143,6 +146,7 @@ class EpisodeLog:
     self._state = state
     self._unapplied: list[str] = []
     self._acknowledged = int(state["episodes"])
+    self._max_id = int(state.get("max_episode_id", -1))
     for number, path in self._segments():
       if number <= state["covered"]:
         os.remove(path)  # In the checkpoint already (died before deleting it).
@@ -153,6 +157,7 @@ class EpisodeLog:
           f.truncate(length)
       self._unapplied.append(path)
       self._acknowledged += len(records)
+      self._max_id = max([self._max_id, *(i for i, _ in records)])
     self._number = max([state["covered"], *(n for n, _ in self._segments())])
     self._file = None
 
@@ -161,11 +166,16 @@ class EpisodeLog:
     """Episodes acknowledged over the replay's whole life (checkpointed or logged)."""
     return self._acknowledged
 
+  @property
+  def max_episode_id(self) -> int:
+    """The largest episode id ever acknowledged (-1: none), for ids unique across restarts."""
+    return self._max_id
+
   def unapplied(self) -> Iterator[Episode]:
     """The logged episodes the restored checkpoint lacks, oldest first (read once, on start)."""
     paths, self._unapplied = self._unapplied, []
     for path in paths:
-      for payload in _records(path)[0]:
+      for _, payload in _records(path)[0]:
         yield decode(payload)
 
   def append(self, episodes: Sequence[Episode]) -> None:
@@ -180,12 +190,13 @@ class EpisodeLog:
     self._file.flush()
     os.fsync(self._file.fileno())
     self._acknowledged += len(episodes)
+    self._max_id = max([self._max_id, *(int(ep.episode_id) for ep in episodes)])
 
   def begin_checkpoint(self) -> None:
     """Closes the current segment: everything logged so far goes into the checkpoint."""
     self._close_segment()
     self._pending = {"checkpoint": None, "covered": self._number,
-                     "episodes": self._acknowledged}
+                     "episodes": self._acknowledged, "max_episode_id": self._max_id}
     _write_json(self._pending_path, self._pending)
 
   def end_checkpoint(self, checkpoint: str) -> None:

@@ -182,6 +182,10 @@ class ReverbReplay(Replay):
     those stored now)."""
     return self._log.acknowledged if self._log is not None else self.num_episodes()
 
+  def max_episode_id(self) -> int | None:
+    """The largest episode id this replay acknowledged (-1: none); None without a log."""
+    return self._log.max_episode_id if self._log is not None else None
+
   def _new_writer(self):
     # One chunk per column per episode: per-step chunks cost ~4x the data in overhead.
     n = self.spec.max_episode_steps + 1
