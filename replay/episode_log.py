@@ -15,10 +15,13 @@ Files in the log directory:
   pending.json          the same for a checkpoint being taken: if the process dies after
                         Reverb stored it but before state.json names it, the newest
                         checkpoint is that one, and pending.json says what it covers.
+  lock                  held (flock) by the one process that has the log open; the kernel
+                        releases it when that process dies.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -116,6 +119,19 @@ def _sync_dir(path: str) -> None:
     os.close(fd)
 
 
+def _lock(directory: str):
+  """An exclusive lock on the log: a second process opening it (`mtopt replay info` during
+  training, say) would cut what the first is writing."""
+  f = open(os.path.join(directory, "lock"), "a+")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.close()
+    raise LogError(f"{directory}: the episode log is open in another process (a running "
+                   "`mtopt train`?); stop it first") from None
+  return f
+
+
 class EpisodeLog:
   """The log in `directory`, for a server that restored checkpoint `restored` (a name from
   `latest_checkpoint`, or None for an empty server).
@@ -126,6 +142,7 @@ class EpisodeLog:
   def __init__(self, directory: str, restored: str | None):
     self.directory = os.path.abspath(directory)
     os.makedirs(self.directory, exist_ok=True)
+    self._lock = _lock(self.directory)
     self._state_path = os.path.join(self.directory, "state.json")
     self._pending_path = os.path.join(self.directory, "pending.json")
     state = self._read(self._state_path) or {"checkpoint": None, "covered": 0, "episodes": 0,
@@ -210,6 +227,9 @@ class EpisodeLog:
 
   def close(self) -> None:
     self._close_segment()
+    if self._lock is not None:
+      self._lock.close()  # Releases the flock.
+      self._lock = None
 
   # Internals.
   def _close_segment(self) -> None:

@@ -104,8 +104,12 @@ class ReverbReplay(Replay):
     self._lock = threading.Lock()
     self._seq = 0
     if log_dir:
-      self._log = EpisodeLog(log_dir, restored)
-      self._reapply(self._log.unapplied())
+      try:
+        self._log = EpisodeLog(log_dir, restored)
+        self._reapply(self._log.unapplied())
+      except BaseException:
+        self.close()  # Not half open: the server and the log's lock go too.
+        raise
 
   def _reapply(self, episodes: Iterator[Episode]) -> None:
     """Writes logged episodes (labelled when logged) into Reverb again, not into the log."""

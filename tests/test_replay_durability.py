@@ -26,8 +26,10 @@ def durable_replay(tmp_path, **kw):
 
 
 def crash(replay):
-  """What a killed process leaves: the server gone, no checkpoint, no close."""
+  """What a killed process leaves: the server gone, no checkpoint, no flush; its files
+  closed (so the log's lock is released)."""
   replay._server.stop()
+  replay._log.close()
 
 
 def stored_ids(replay):
@@ -96,6 +98,15 @@ def test_log_refuses_a_checkpoint_it_does_not_follow(rng, tmp_path):
   os.remove(os.path.join(path + "-moved", "DONE"))  # a directory of that name.
   with pytest.raises(LogError, match="restored None"):
     durable_replay(tmp_path)
+
+
+def test_one_process_at_a_time(rng, tmp_path):
+  with durable_replay(tmp_path) as r:
+    r.write_many(random_episodes(rng, 2, SLOTS))
+    with pytest.raises(LogError, match="open in another process"):
+      durable_replay(tmp_path)
+  with durable_replay(tmp_path) as again:  # Closed: free again.
+    assert again.acknowledged() == 2
 
 
 _WRITER = """
