@@ -24,6 +24,7 @@ evaluation (a "save point"), so they resume at the same step. The parts are in
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -70,6 +71,11 @@ def _steps_to_save_point(step: int, periods: list[int], total: int) -> int:
 
 def train(config: ConfigDict, log=print) -> dict:
   """Trains from `config` until `learner.num_steps`; returns the final per-task success."""
+  with contextlib.ExitStack() as stack:  # Shuts down what was built, also after an error.
+    return _train(config, log, stack)
+
+
+def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
   from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
   from learners.config import LearnerConfig
   from learners.learner import Learner
@@ -86,6 +92,8 @@ def train(config: ConfigDict, log=print) -> dict:
   slots = [registry.slot(x) for x in tasks]
   replay, online = nodes.make_replays(config, spec, run_dir, labeller, slots)
   replays = [r for r in (replay, online) if r is not None]
+  for r in replays:
+    stack.callback(r.close)  # Closed last (callbacks run last-in first-out).
   if data is not None and not progress["imported_episodes"]:
     progress["imported_episodes"] = offline_data.import_offline(config, replay, registry,
                                                                 data, labeller, log)
@@ -93,6 +101,7 @@ def train(config: ConfigDict, log=print) -> dict:
     save_progress(run_dir, progress)
 
   ps = nodes.parameter_server(ray)
+  stack.callback(ray.kill, ps)  # Several runs may share one Ray (experiments).
   collector = None
   if t.mode in ("online", "mixed"):
     policy = nodes.pulled_cem_policy(ps, spec, registry.max_tasks, lcfg,
@@ -100,10 +109,14 @@ def train(config: ConfigDict, log=print) -> dict:
                                      epsilon=t.explore_epsilon, seed=config.seed)
     collector = collection.start_collector(ray, config, registry, policy, tasks,
                                            online or replay)
+    stack.callback(collector.stop)
   evaluation = Evaluation(ray, config, registry, ps, spec, lcfg, tasks, run_dir)
+  stack.callback(evaluation.close)
   sampler = nodes.make_sampler(config, lcfg.batch_size, replay, online)
+  stack.callback(sampler.close)  # Its in-flight reads end before the servers stop.
   learner = Learner(spec, registry.max_tasks, lcfg, sampler, run_dir=run_dir,
                     seed=config.seed, publish=lambda params, step: ps.publish.remote(params, step))
+  stack.callback(learner.close)
   if learner.steps < progress["step"]:
     raise ConfigError(f"{run_dir}: progress.json is at step {progress['step']} but the "
                       f"newest learner checkpoint at {learner.steps}; checkpoints were removed")
@@ -147,14 +160,4 @@ def train(config: ConfigDict, log=print) -> dict:
   if not evals or evals[-1]["step"] != learner.steps:
     last_rates = evaluation(learner.get_params(), learner.steps, progress)
     save_point(checkpoint_replays=True)
-  results = reports.write_results(run_dir, learner.steps, last_rates, progress["evaluations"])
-  # Shut down: collection first, then the sampler's in-flight reads, then the servers.
-  if collector is not None:
-    collector.stop()
-  evaluation.close()
-  ray.kill(ps)  # Several runs may share one Ray (experiments).
-  sampler.close()
-  learner.close()
-  for r in replays:
-    r.close()
-  return results
+  return reports.write_results(run_dir, learner.steps, last_rates, progress["evaluations"])
