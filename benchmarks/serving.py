@@ -47,12 +47,12 @@ def make_run(run_dir: str, config_path: str, overrides=()) -> dict:
   from learners import learning, networks
   from learners.checkpointing import Checkpointer
   from learners.config import LearnerConfig
-  from mtopt import envs, launch
+  from mtopt import envs
+  from mtopt.program import run_dir as run_dirs
   from mtopt.config import load_config
   from mtopt.tasks import TaskRegistry
   config = load_config(config_path, [f"run_dir={run_dir}", *overrides])
-  os.makedirs(run_dir, exist_ok=True)
-  launch.save_config(run_dir, config)
+  run_dirs.open_run_dir(config)
   spec = envs.make(config.env).spec()
   registry = TaskRegistry.load_or_create(run_dir, int(config.max_tasks), list(config.env.tasks))
   lcfg = LearnerConfig.from_config(config)

@@ -41,7 +41,8 @@ import time
 import numpy as np
 
 from experiments import protocol
-from mtopt import envs, launch
+from mtopt import envs
+from mtopt.program import collection, nodes
 from mtopt.config import load_config
 from mtopt.tasks import TaskRegistry
 
@@ -63,8 +64,8 @@ def dataset(config, ray, registry, work_dir: str, name: str, collect_seed: int,
   out = os.path.join(work_dir, "data", f"{name}_seed{collect_seed}_{episodes}")
   if not os.path.exists(os.path.join(out, "dataset_info.json")):
     print(f"collecting {episodes} episodes for {name!r}", flush=True)
-    launch.collect_dataset(config, ray, registry, out, episodes,
-                           launch.scripted_actor_kwargs(config, registry, "scripted"))
+    collection.collect_dataset(config, ray, registry, out, episodes,
+                               nodes.scripted_actor_kwargs(config, registry, "scripted"))
   return out
 
 
@@ -190,11 +191,11 @@ def main(argv=None) -> dict:
     env = envs.make(config.env)
     spec = env.spec()
     registry = TaskRegistry.from_names(int(config.max_tasks), list(config.env.tasks))
-    ray = ray or launch.init_ray(config)
+    ray = ray or nodes.init_ray(config)
     data_dir = dataset(config, ray, registry, work_dir, name, which["collect_seed"], episodes)
     sha = protocol.data_sha(data_dir)
     os.makedirs(config.run_dir, exist_ok=True)
-    labeller = launch.make_labeller(config, env, registry, config.run_dir)
+    labeller = nodes.make_labeller(config, env, registry, config.run_dir)
     replays = None
     block_results, data_success = {}, None
     for method in methods:

@@ -47,6 +47,15 @@ class Replay(abc.ABC):
   def num_episodes(self) -> int:
     """Distinct episodes stored (each counted once, however many tasks share it)."""
 
+  def acknowledged(self) -> int:
+    """Episodes acknowledged over the replay's life: for a durable replay, what a restart
+    brings back; by default, those stored now."""
+    return self.num_episodes()
+
+  def max_episode_id(self) -> int | None:
+    """The largest episode id acknowledged (-1: none), where the replay keeps it."""
+    return None
+
   @abc.abstractmethod
   def episodes(self) -> Iterator[Episode]:
     """Every stored episode once, with its labels (for RLDS export)."""

@@ -1,7 +1,9 @@
 """`Replay` on a Reverb server: episodes written once, one item per task that shares them.
 
 A `ReverbReplay` either owns an in-process `reverb.Server` (local runs) or connects to one
-at `address` (e.g. hosted by `replay.server_actor`). Writing an episode appends its T+1
+at `address`. An owned server with a `log_dir` keeps a write-ahead episode log
+(`replay.episode_log`): `write_many` returns only once its episodes are on disk, and a
+restart restores the newest checkpoint and re-applies the log after it. Writing an episode appends its T+1
 steps once through a trajectory writer, then creates one item per sharing target in that
 task's success or failure table plus one in the `episodes` table; all of them reference
 the same chunks, so sharing across 10 tasks costs 10 small items, not 10 copies.
@@ -21,6 +23,7 @@ from mtopt.specs import EnvSpec
 from mtopt.tf_setup import tf  # noqa: F401  (hides GPUs before reverb imports TF)
 from replay import sharing as sharing_rules
 from replay import tables
+from replay.episode_log import EpisodeLog, latest_checkpoint
 from replay.balanced_sampler import BalancedSampler
 from replay.base import Counts, Replay, ReplayError
 from replay.tables import TableLayout
@@ -57,6 +60,8 @@ class ReverbReplay(Replay):
     labeller: fills in missing `Episode.labels`; without one, unlabelled episodes are errors.
     address: connect to this server instead of starting one.
     checkpoint_dir: where an owned server checkpoints (and restores from).
+    log_dir: the write-ahead episode log of an owned, checkpointed server (see module
+      docstring); without it, episodes since the last checkpoint die with the process.
     transitions_per_sample: rows a sampled episode item gives, each to a different batch
       (1 = independent rows; more costs less sampling per batch, see `balanced_sampler`).
   """
@@ -65,7 +70,7 @@ class ReverbReplay(Replay):
                sharing: str = "all", threshold: float = 0.5, success_fraction: float = 0.5,
                labeller: Labeller | None = None, address: str | None = None,
                checkpoint_dir: str | None = None, port: int | None = None,
-               transitions_per_sample: int = 1):
+               transitions_per_sample: int = 1, log_dir: str | None = None):
     self.layout = layout
     self.spec: EnvSpec = layout.spec
     self.max_tasks = layout.max_tasks
@@ -86,8 +91,11 @@ class ReverbReplay(Replay):
       raise ReplayError(f"transitions_per_sample must be >= 1, got {transitions_per_sample}")
     self.transitions_per_sample = int(transitions_per_sample)
     self.labeller = labeller
-    self._server = None
+    if log_dir and (address is not None or not checkpoint_dir):
+      raise ReplayError("log_dir needs a replay that owns its server and a checkpoint_dir")
+    self._server = self._log = None
     if address is None:
+      restored = latest_checkpoint(checkpoint_dir)  # What `serve` is about to restore.
       self._server = serve(layout, checkpoint_dir, port)
       address = f"localhost:{self._server.port}"
     self.address = address
@@ -95,6 +103,23 @@ class ReverbReplay(Replay):
     self._writer = None
     self._lock = threading.Lock()
     self._seq = 0
+    if log_dir:
+      try:
+        self._log = EpisodeLog(log_dir, restored)
+        self._reapply(self._log.unapplied())
+      except BaseException:
+        self.close()  # Not half open: the server and the log's lock go too.
+        raise
+
+  def _reapply(self, episodes: Iterator[Episode]) -> None:
+    """Writes logged episodes (labelled when logged) into Reverb again, not into the log."""
+    batch = []
+    for ep in episodes:
+      batch.append(ep)
+      if len(batch) == 64:
+        self._write(self.prepare(batch), log=False)
+        batch = []
+    self._write(self.prepare(batch), log=False)
 
   @classmethod
   def from_config(cls, config, spec: EnvSpec, *, run_dir: str | None = None,
@@ -105,10 +130,11 @@ class ReverbReplay(Replay):
     layout = TableLayout(spec, int(config.max_tasks), int(r.max_size),
                          int(r.get("max_episodes", 0)) or None, int(r.min_size),
                          float(r.samples_per_insert))
-    ckpt = os.path.join(run_dir, "replay") if run_dir and address is None else None
+    owned = run_dir and address is None
     return cls(layout, slots=slots, sharing=r.sharing, threshold=config.detector.threshold,
                success_fraction=r.success_fraction, labeller=labeller, address=address,
-               checkpoint_dir=ckpt,
+               checkpoint_dir=os.path.join(run_dir, "replay") if owned else None,
+               log_dir=os.path.join(run_dir, "replay_log") if owned else None,
                transitions_per_sample=int(r.get("transitions_per_sample", 1)))
 
   # Writing.
@@ -138,8 +164,15 @@ class ReverbReplay(Replay):
                                        self.threshold)) for ep in episodes]
 
   def write_many(self, episodes: Sequence[Episode]) -> int:
-    prepared = self.prepare(episodes)  # Raises before anything is written.
+    """As `Replay.write_many`; with a log, the episodes are durable when it returns."""
+    return self._write(self.prepare(episodes))  # prepare raises before anything is written.
+
+  def _write(self, prepared, log: bool = True) -> int:
+    if not prepared:
+      return 0
     with self._lock:
+      if log and self._log is not None:  # Logged (with labels) first: write-ahead.
+        self._log.append([ep for ep, _ in prepared])
       if self._writer is None:
         self._writer = self._new_writer()
       made = 0
@@ -147,6 +180,15 @@ class ReverbReplay(Replay):
         made += self._append(ep, targets)
       self._writer.flush()
     return made
+
+  def acknowledged(self) -> int:
+    """Episodes this replay has acknowledged over its life (with a log: durably; without,
+    those stored now)."""
+    return self._log.acknowledged if self._log is not None else self.num_episodes()
+
+  def max_episode_id(self) -> int | None:
+    """The largest episode id this replay acknowledged (-1: none); None without a log."""
+    return self._log.max_episode_id if self._log is not None else None
 
   def _new_writer(self):
     # One chunk per column per episode: per-step chunks cost ~4x the data in overhead.
@@ -249,16 +291,25 @@ class ReverbReplay(Replay):
 
   # Lifecycle.
   def checkpoint(self) -> str:
-    if self._writer is not None:
-      with self._lock:
+    """A Reverb checkpoint; the log's segments before it are then deleted. Writes wait:
+    one between closing the segment and the snapshot would be in both."""
+    with self._lock:
+      if self._writer is not None:
         self._writer.flush()
-    return self.client.checkpoint()
+      if self._log is not None:
+        self._log.begin_checkpoint()
+      path = self.client.checkpoint()
+      if self._log is not None:
+        self._log.end_checkpoint(os.path.basename(path.rstrip("/")))
+    return path
 
   def close(self) -> None:
     with self._lock:
       if self._writer is not None:
         self._writer.close()
         self._writer = None
+      if self._log is not None:
+        self._log.close()
     if self._server is not None:
       self._server.stop()
       self._server = None

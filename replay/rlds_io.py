@@ -11,6 +11,7 @@ TFDS-loadable dataset through `mtopt.rlds_format.DatasetWriter`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -198,8 +199,9 @@ def _grouped(items: Iterable, n: int) -> Iterator[list]:
 
 def import_rlds(replay, source, mapping: FieldMapping | None = None,
                 labeller: Labeller | None = None, split: str = "train",
-                limit: int | None = None, group: int = 32) -> int:
-  """Writes a dataset's episodes into `replay`; returns how many.
+                limit: int | None = None, group: int = 32, skip: int = 0,
+                only_active_tasks: bool = False) -> int:
+  """Writes a dataset's episodes into `replay`; returns how many (not counting `skip`).
 
   Args:
     replay: a `replay.base.Replay`.
@@ -209,6 +211,10 @@ def import_rlds(replay, source, mapping: FieldMapping | None = None,
       (all of them for an external dataset). Without it, the replay's own labeller is used.
     group: episodes per `write_many`. A bad episode raises and stops the import; its group
       is not written, earlier groups stay.
+    skip: the first `skip` episodes that would be written are not (an import resumed after
+      a crash: the replay acknowledged those already).
+    only_active_tasks: leave out episodes collected for a task slot the replay does not
+      train (`replay.slots`); otherwise they are an error.
   """
   if mapping is None:
     if not isinstance(source, (str, os.PathLike)):
@@ -226,6 +232,10 @@ def import_rlds(replay, source, mapping: FieldMapping | None = None,
       episodes = (ep for i, ep in zip(range(limit), episodes))
   else:
     episodes = read_mapped(source, mapping, split, limit)
+  if only_active_tasks:
+    episodes = (ep for ep in episodes if ep.task_id in replay.slots)
+  if skip:
+    episodes = itertools.islice(episodes, skip, None)
   n = 0
   for batch in _grouped(episodes, group):
     todo = [i for i, ep in enumerate(batch) if ep.labels is None]

@@ -1,20 +1,16 @@
-"""The labeller in its three places: inline, as a Ray actor, and bulk over an RLDS dataset.
+"""The labeller in its two places: inline, and in bulk over an RLDS dataset.
 
 A labeller is any callable `labeller(episodes) -> float32 [N, max_tasks]` (one forward pass
 on the final observations). `SuccessDetector` is one; `load_labeller(dir)` loads one from a
-detector directory; `labeller_actor(dir)` hosts one in a Ray actor and `RemoteLabeller`
-makes that actor a plain callable again. `relabel_dataset` labels a whole dataset with Ray
-Data (parallel readers of dataset slices, then detector workers) and writes the labels next
-to the data (see `label_store`).
+detector directory. `relabel_dataset` labels a whole dataset with Ray Data (parallel
+readers of dataset slices, then detector workers) and writes the labels next to the data
+(see `label_store`).
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
-
 import numpy as np
 
-from mtopt.episode import Episode
 from success_detectors import label_store
 from success_detectors.detector import SuccessDetector
 
@@ -24,48 +20,6 @@ _OBS_PREFIX = "obs:"
 def load_labeller(detector_dir: str) -> SuccessDetector:
   """An inline labeller: the detector saved in `detector_dir`."""
   return SuccessDetector.load(detector_dir)
-
-
-class LabellerWorker:
-  """Holds a detector in a process (a Ray actor via `labeller_actor`)."""
-
-  def __init__(self, detector_dir: str):
-    self.detector_dir = detector_dir
-    self.detector = SuccessDetector.load(detector_dir)
-
-  def label(self, episodes: Sequence[Episode]) -> np.ndarray:
-    return self.detector(episodes)
-
-  def label_observations(self, observations: Mapping[str, np.ndarray]) -> np.ndarray:
-    return self.detector.predict(observations)
-
-  def reload(self) -> int:
-    """Loads the detector saved now (after a retrain or a new task); returns its version."""
-    self.detector = SuccessDetector.load(self.detector_dir)
-    return self.detector.version
-
-  def version(self) -> int:
-    return self.detector.version
-
-  def task_names(self) -> dict[int, str]:
-    return self.detector.task_names
-
-
-def labeller_actor(detector_dir: str, num_cpus: float = 1, **options):
-  """A Ray actor holding the detector of `detector_dir` (Ray must be initialised)."""
-  import ray
-  return ray.remote(num_cpus=num_cpus)(LabellerWorker).options(**options).remote(detector_dir)
-
-
-class RemoteLabeller:
-  """The labeller interface over a labeller actor: blocks until the labels arrive."""
-
-  def __init__(self, actor):
-    self.actor = actor
-
-  def __call__(self, episodes: Sequence[Episode]) -> np.ndarray:
-    import ray
-    return ray.get(self.actor.label.remote(list(episodes)))
 
 
 # Bulk relabelling.

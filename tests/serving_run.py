@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 
-from mtopt import envs, launch
+from mtopt import envs
+from mtopt.program import run_dir as run_dirs
 from mtopt.config import load_config
 from mtopt.tasks import TaskRegistry
 from tests.conftest import ROOT
@@ -20,8 +21,7 @@ def make_run(run_dir: str, steps=(10,), seeds=None, overrides=()) -> str:
   from learners.checkpointing import Checkpointer
   from learners.config import LearnerConfig
   config = load_config(DEFAULT, [f"run_dir={run_dir}", *overrides])
-  os.makedirs(run_dir, exist_ok=True)
-  launch.save_config(run_dir, config)
+  run_dirs.open_run_dir(config)
   spec = envs.make(config.env).spec()
   registry = TaskRegistry.load_or_create(run_dir, int(config.max_tasks), list(config.env.tasks))
   lcfg = LearnerConfig.from_config(config)
@@ -45,7 +45,7 @@ def add_step(run_dir: str, step: int, seed: int) -> None:
   from learners import networks
   from learners.checkpointing import Checkpointer
   from learners.config import LearnerConfig
-  config = launch.load_run_config(run_dir)
+  config = run_dirs.load_run_config(run_dir)
   spec = envs.make(config.env).spec()
   lcfg = LearnerConfig.from_config(config)
   net = networks.make_q_network(spec, int(config.max_tasks), lcfg.network)

@@ -7,9 +7,9 @@ import pickle
 import numpy as np
 import pytest
 
-from mtopt import cli, envs, launch
-from mtopt.parameter_server import ParameterServer
-from mtopt.policy_client import PulledCEMPolicy
+from mtopt import cli, envs
+from mtopt.program import nodes, offline_data, reports, run_dir
+from mtopt.program.evaluation import evaluate_checkpoint
 from mtopt.tasks import TaskRegistry
 from tests.conftest import ROOT
 
@@ -25,14 +25,14 @@ def test_pulled_policy_random_until_published_then_cem(ray_session):
   config = load_config(DEFAULT)
   spec = envs.make(config.env).spec()
   lcfg = LearnerConfig.from_config(config)
-  ps = ray.remote(ParameterServer).remote()
-  policy = pickle.loads(pickle.dumps(PulledCEMPolicy(ps, spec, 16, lcfg.network, lcfg.cem)))
+  ps = nodes.parameter_server(ray)
+  policy = pickle.loads(pickle.dumps(nodes.pulled_cem_policy(ps, spec, 16, lcfg)))
   obs = {k: s.zeros() for k, s in spec.observation.items()}
   policy.reset()
   a = policy(obs, 0)
   assert policy.version == -1 and a.shape == spec.action.shape
-  if a.shape == (5,):
-    assert a[4] == spec.action.minimum[4]  # Random exploration never presses terminate.
+  assert spec.terminate_dim is not None  # Random exploration never presses terminate.
+  assert a[spec.terminate_dim] == spec.action.minimum[spec.terminate_dim]
   net = networks.make_q_network(spec, 16, lcfg.network)
   state = learning.init_training_state(net, spec, lcfg, jax.random.PRNGKey(0))
   ray.get(ps.publish.remote(jax.device_get(state.params), 7))
@@ -63,7 +63,7 @@ def test_evaluator_scores_scripted_experts(ray_session):
   tasks = env.task_names()[:3]
   registry = TaskRegistry.from_names(16, env.task_names())
   cls = remote_robot_actor(ray, num_cpus=0)
-  actors = [cls.remote(robot_id=50 + i, **launch.actor_kwargs(config, registry, p))
+  actors = [cls.remote(robot_id=50 + i, **nodes.actor_kwargs(config, registry, p))
             for i, p in enumerate(["scripted", "random"])]
   scripted = evaluate(ray, actors[:1], tasks, 4)
   rand = evaluate(ray, actors[1:], tasks, 4)
@@ -75,12 +75,12 @@ def test_evaluator_scores_scripted_experts(ray_session):
 
 
 def test_progress_and_plot(tmp_path):
-  p = launch.load_progress(str(tmp_path))
-  assert p["imported_episodes"] == 0 and p["evaluations"] == []
+  p = run_dir.load_progress(str(tmp_path))
+  assert p["imported_episodes"] == 0 and p["evaluations"] == [] and p["step"] == 0
   p["evaluations"] = [{"step": s, "success": {"a": s / 10, "b": 0.5}} for s in (1, 5, 9)]
-  launch.save_progress(str(tmp_path), p)
-  assert launch.load_progress(str(tmp_path)) == p
-  launch.plot_success(p["evaluations"], str(tmp_path / "s.png"))
+  run_dir.save_progress(str(tmp_path), p)
+  assert run_dir.load_progress(str(tmp_path)) == p
+  reports.plot_success(p["evaluations"], str(tmp_path / "s.png"))
   assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -110,10 +110,10 @@ def test_train_offline_resumes_and_evaluates(tmp_path, ray_session):
   assert os.path.exists(os.path.join(run, "success.png"))
   # Same command with a larger budget: resumes at 20, does not re-import the data.
   assert cli.main(args + ["--config.learner.num_steps=40"]) == 0
-  progress = launch.load_progress(run)
+  progress = run_dir.load_progress(run)
   assert [e["step"] for e in progress["evaluations"]] == [20, 40]
-  assert progress["imported_episodes"] == 30
-  out = launch.evaluate_checkpoint(run, episodes_per_task=1)
+  assert progress["imported_episodes"] == 30 and progress["step"] == 40
+  out = evaluate_checkpoint(run, episodes_per_task=1)
   assert out["step"] == 40
 
 
@@ -125,7 +125,7 @@ def test_train_offline_end_to_end_smoke(tmp_path, ray_session):
                    "--config.train.offline_episodes=12"]) == 0
   results = json.load(open(os.path.join(run, "results.json")))
   assert results["step"] == 10 and set(results["success"]) == {"reach_red", "lift_red"}
-  assert launch.load_progress(run)["imported_episodes"] == 12
+  assert run_dir.load_progress(run)["imported_episodes"] == 12
 
 
 @pytest.mark.slow
@@ -133,7 +133,7 @@ def test_train_online_collects_with_cem(tmp_path, ray_session):
   run = str(tmp_path / "run")
   assert cli.main(["train", "--config", DEFAULT, f"--config.run_dir={run}", *TINY,
                    "--config.train.mode=online", "--config.learner.num_steps=40"]) == 0
-  progress = launch.load_progress(run)
+  progress = run_dir.load_progress(run)
   assert progress["collected_episodes"] > 0 and progress["imported_episodes"] == 0
 
 
@@ -143,7 +143,7 @@ def test_train_mixed_keeps_on_policy_episodes_in_their_own_replay(tmp_path, ray_
   assert cli.main(["train", "--config", DEFAULT, f"--config.run_dir={run}", *TINY,
                    "--config.train.mode=mixed", "--config.train.online_fraction=0.5",
                    "--config.learner.num_steps=80", "--config.train.eval_every=40"]) == 0
-  progress = launch.load_progress(run)
+  progress = run_dir.load_progress(run)
   assert progress["imported_episodes"] == 30 and progress["collected_episodes"] > 0
   assert os.listdir(os.path.join(run, "online", "replay"))  # Its checkpoint.
 
@@ -181,7 +181,7 @@ def test_train_survives_a_killed_robot_actor(tmp_path, ray_session):
   killed = _kill_one_busy_robot_actor()
   thread.join(timeout=900)
   assert killed and outcome.get("rc") == 0
-  progress = launch.load_progress(run)
+  progress = run_dir.load_progress(run)
   assert [e["step"] for e in progress["evaluations"]] == [100, 200, 300]
   assert progress["collected_episodes"] > 0
 
@@ -194,11 +194,66 @@ def test_offline_import_uses_stored_labels_made_for_the_same_slots(tmp_path):
   labels = np.array([[0.9, 0.1, 0, 0], [0.2, 0.7, 0, 0]], np.float32)
   label_store.write_labels(str(tmp_path), np.array([7, 3]), labels, 1,
                            {0: "reach_red", 1: "lift_red"})
-  stored = launch.stored_labels(str(tmp_path), registry)
+  stored = offline_data.stored_labels(str(tmp_path), registry)
   assert set(stored) == {7, 3}
   np.testing.assert_array_equal(stored[3], labels[1])
   # Made for other slot names (e.g. before a task was renamed): not used.
   label_store.write_labels(str(tmp_path), np.array([7, 3]), labels, 1,
                            {0: "lift_red", 1: "reach_red"})
-  assert launch.stored_labels(str(tmp_path), registry) == {}
-  assert launch.stored_labels(str(tmp_path / "none"), registry) == {}
+  assert offline_data.stored_labels(str(tmp_path), registry) == {}
+  assert offline_data.stored_labels(str(tmp_path / "none"), registry) == {}
+
+
+def _wait_for(predicate, deadline_s: float, what: str):
+  import time
+  deadline = time.time() + deadline_s
+  while time.time() < deadline:
+    if predicate():
+      return
+    time.sleep(1.0)
+  raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_killed_train_resumes_with_every_acknowledged_episode(tmp_path):
+  """SIGKILL `mtopt train` (driver, its replay and learner) mid-run; the same command then
+  finds every episode the replay acknowledged, resumes the learner at its checkpoint step
+  with progress.json at the same step, keeps episode ids unique, and finishes."""
+  import signal
+  import subprocess
+  import sys
+  from mtopt.config import load_config
+  from replay.reverb_replay import ReverbReplay
+  run = str(tmp_path / "run")
+  settings = [f"run_dir={run}", *(a.removeprefix("--config.") for a in TINY),
+              "train.mode=online", "learner.num_steps=400", "train.eval_every=200",
+              "learner.checkpoint_every=40"]
+  command = [sys.executable, "-m", "mtopt.cli", "train", "--config", DEFAULT,
+             *(f"--config.{s}" for s in settings)]
+  # Its own process group, so that its Ray goes with it; this test starts no other Ray.
+  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+  try:
+    _wait_for(lambda: run_dir.load_progress(run)["step"] >= 80, 600, "two save points")
+  finally:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+  progress = run_dir.load_progress(run)
+  config = load_config(DEFAULT, settings)
+  spec = envs.make(config.env).spec()
+  with ReverbReplay.from_config(config, spec, run_dir=run) as r:
+    acked = r.acknowledged()
+    before = [e.episode_id for e in r.episodes()]
+  assert acked > 0 and len(before) == acked  # Every acknowledged episode, once.
+  assert progress["collected_episodes"] <= acked  # Counted at the last save point.
+  again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         start_new_session=True)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"resuming from step {progress['step']}" in again.stdout
+  after = run_dir.load_progress(run)
+  assert after["step"] == 400 and [e["step"] for e in after["evaluations"]][-1] == 400
+  with ReverbReplay.from_config(config, spec, run_dir=run) as r:
+    ids = [e.episode_id for e in r.episodes()]
+    assert set(before) <= set(ids) and len(ids) == len(set(ids)) == r.acknowledged()
+  assert progress["collected_episodes"] < after["collected_episodes"] <= len(ids)  # Actors
+  # keep writing between the last save point and their shutdown.

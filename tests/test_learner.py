@@ -205,14 +205,16 @@ def test_each_robot_explores_with_its_own_seed():
   """One policy object pickled to several actors: each reseeds it with its own robot id."""
   import pickle
   from actors.robot_actor import RobotActor
-  from mtopt.policy_client import PulledCEMPolicy
+  from actors.parameter_client import PulledPolicy
+  from mtopt.parameter_server import ParameterServer
   from mtopt.tasks import TaskRegistry
   registry = TaskRegistry.from_names(4, ["reach_red"])
-  policy = PulledCEMPolicy(None, mdp.env_spec(), 4, CONFIG.network, CEMConfig(), epsilon=0.5)
+  spec = mdp.env_spec()
+  policy = PulledPolicy(ParameterServer(), None, spec.action, spec.terminate_dim)
   streams = []
   for robot in (0, 1):
     actor = RobotActor(robot, {"name": "tabletop", "tasks": ["reach_red"]}, registry,
                        pickle.loads(pickle.dumps(policy)), seed=7)
     streams.append(actor.policy._rng.random(5))
-    assert actor.policy._explore["seed"] == [7, robot, 2]
+    assert actor.policy.seed == [7, robot, 2]
   assert not np.allclose(*streams)

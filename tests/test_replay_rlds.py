@@ -49,6 +49,26 @@ def test_export_then_import_is_identical(rng, tmp_path):
       assert x.observations[k].dtype == y.observations[k].dtype
 
 
+def test_import_resumes_after_skip_and_leaves_out_inactive_tasks(rng, tmp_path):
+  """What `mtopt train` does after a crash cut its import short: skip the episodes the
+  replay already acknowledged (counted after leaving out tasks it does not train)."""
+  eps = random_episodes(rng, 24, [0, 1, 2, 3])
+  layout = TableLayout(SPEC, MAX_TASKS, max_size=1000)
+  with ReverbReplay(layout, sharing="all") as a:
+    a.write_many(eps)
+    rlds_io.export_rlds(a, str(tmp_path / "ds"))
+    order = [e.episode_id for e in a.episodes()]  # The dataset's order.
+  kept = [i for i in order if eps[i].task_id in (0, 1)]
+  with ReverbReplay(layout, slots=[0, 1], sharing="none") as b:
+    first = rlds_io.import_rlds(b, str(tmp_path / "ds"), limit=10, only_active_tasks=True)
+    rest = rlds_io.import_rlds(b, str(tmp_path / "ds"), skip=first, only_active_tasks=True)
+    assert first + rest == len(kept)
+    assert sorted(e.episode_id for e in b.episodes()) == sorted(kept)  # Each once.
+  with ReverbReplay(layout, slots=[0, 1], sharing="none") as c, \
+       pytest.raises(Exception, match="not an active task"):
+    rlds_io.import_rlds(c, str(tmp_path / "ds"))
+
+
 def test_mt_opt_mapping_matches_tfds_feature_spec():
   spec = rlds_io.mapped_spec(tfds.builder("mt_opt/rlds").info.features, MT_OPT, 500)
   assert spec.observation["image"].shape == (512, 640, 3)

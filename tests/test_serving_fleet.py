@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from mtopt import cli, launch
+from mtopt import cli
+from mtopt.program.run_dir import load_progress, load_run_config
 from mtopt.serving import journal
 from tests.serving_run import DEFAULT, Served, make_run
 
@@ -19,7 +20,7 @@ def test_robot_actor_acts_and_uploads_through_the_server(tmp_path):
   run = make_run(str(tmp_path / "run"), overrides=["train.labels=ground_truth"])
   s = Served(run, warm_up=False, max_batch=1)
   try:
-    config = launch.load_run_config(run)
+    config = load_run_config(run)
     registry = json.load(open(os.path.join(run, "tasks.json")))
     policy = ServedPolicy(s.url, "r1", s.tokens["r1"])
     actor = RobotActor(robot_id=3, env_config=config.env.to_dict(), registry=registry,
@@ -43,7 +44,7 @@ def test_train_online_through_the_server(tmp_path, ray_session):
   assert cli.main(["train", "--config", DEFAULT, f"--config.run_dir={run}", *TINY,
                    "--config.train.mode=online", "--config.actors.mode=served",
                    "--config.learner.num_steps=40"]) == 0
-  progress = launch.load_progress(run)
+  progress = load_progress(run)
   stored = list(journal.iter_records(run))
   assert progress["collected_episodes"] > 0 and len(stored) >= progress["collected_episodes"]
   assert len({r["episode_id"] for r in stored}) == len(stored)  # Each stored once.

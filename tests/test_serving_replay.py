@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mtopt import envs
-from mtopt.launch import load_run_config
+from mtopt.program.run_dir import load_run_config
 from mtopt.serving import journal
 from tests.serving_run import Served, episode, make_run
 

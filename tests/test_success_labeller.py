@@ -1,4 +1,4 @@
-"""The labeller inline, as a Ray actor, and in bulk over an RLDS dataset with Ray Data."""
+"""The labeller inline and in bulk over an RLDS dataset with Ray Data."""
 
 import numpy as np
 import pytest
@@ -8,8 +8,7 @@ from mtopt.episode import Episode
 from success_detectors import label_store
 from success_detectors.detector import SuccessDetector
 from success_detectors.examples import ExampleSet
-from success_detectors.labeller import (RemoteLabeller, labeller_actor, load_labeller,
-                                        relabel_dataset)
+from success_detectors.labeller import load_labeller, relabel_dataset
 from tests.test_success_detector import FAST, MAX_TASKS, SPEC, toy_examples, toy_states
 
 
@@ -30,17 +29,6 @@ def episodes(rng, n, start=0):
     out.append(Episode({"state": obs}, rng.uniform(-1, 1, (t, 4)).astype(np.float32),
                        task_id=i % 2, episode_id=start + i))
   return out
-
-
-@pytest.mark.slow
-def test_ray_actor_labels_like_the_inline_labeller(ray_session, detector_dir):
-  inline = load_labeller(detector_dir)
-  eps = episodes(np.random.default_rng(0), 9)
-  remote = RemoteLabeller(labeller_actor(detector_dir))
-  np.testing.assert_array_equal(remote(eps), inline(eps))
-  assert ray_session.get(remote.actor.version.remote()) == inline.version
-  assert ray_session.get(remote.actor.task_names.remote()) == {0: "a", 1: "b"}
-  ray_session.kill(remote.actor)
 
 
 @pytest.mark.slow

@@ -58,7 +58,8 @@ def parse_mixture(text: str, tasks: list[str]) -> list[float]:
 
 
 def run(args) -> int:
-  from mtopt import envs, launch
+  from mtopt import envs
+  from mtopt.program import collection, nodes
   from mtopt.tasks import TaskRegistry
 
   config = args.config
@@ -78,11 +79,11 @@ def run(args) -> int:
   overrides = {"tasks": tasks}
   if args.mixture:
     overrides.update(scheduler="weighted", task_weights=parse_mixture(args.mixture, tasks))
-  kwargs = launch.scripted_actor_kwargs(config, registry, **overrides)
-  ray = launch.init_ray(config)
+  kwargs = nodes.scripted_actor_kwargs(config, registry, **overrides)
+  ray = nodes.init_ray(config)
   stats = _Stats(tasks, registry)
   with _progress(stats, args.episodes, disabled=args.no_progress) as update:
-    written, lost = launch.collect_dataset(
+    written, lost = collection.collect_dataset(
         config, ray, registry, args.out, args.episodes, kwargs, num_actors,
         args.episodes_per_call, args.overwrite,
         on_episode=lambda ep: (stats.add(ep), update()))

@@ -14,9 +14,10 @@ def add_parser(sub):
 
 def _run(args):
   from rich.console import Console
-  from mtopt import launch
-  results = launch.evaluate_checkpoint(args.checkpoint, args.episodes, args.step)
+  from mtopt.program.evaluation import evaluate_checkpoint
+  from mtopt.program.reports import success_table
+  results = evaluate_checkpoint(args.checkpoint, args.episodes, args.step)
   if args.json:
     print(json.dumps(results))
   else:
-    Console().print(launch.success_table(results, "evaluation"))
+    Console().print(success_table(results, "evaluation"))

@@ -60,7 +60,7 @@ def _open(config, with_labeller: bool = False):
 
     def labeller(episodes):
       if not made:
-        from mtopt.launch import make_labeller
+        from mtopt.program.nodes import make_labeller
         made.append(make_labeller(config, env, registry, run_dir))
       return made[0](episodes)
   replay = ReverbReplay.from_config(config, env.spec(), run_dir=run_dir, labeller=labeller,

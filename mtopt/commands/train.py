@@ -12,8 +12,9 @@ def add_parser(sub):
 def _run(args):
   from rich.console import Console
   from mtopt import launch
+  from mtopt.program.reports import success_table
   console = Console()
   results = launch.train(args.config, log=console.print)
-  console.print(launch.success_table(results))
+  console.print(success_table(results))
   console.print(f"run directory: {args.config.run_dir} (TensorBoard logs, checkpoints, "
                 f"results.json, success.png)")

@@ -11,8 +11,8 @@ evaluation (`train.eval_every`), not the last publication.
 from __future__ import annotations
 
 import os
-import threading
 
+from mtopt.program import collection, nodes
 from mtopt.serving import auth, policy_source
 from mtopt.serving.config import ServerConfig
 from mtopt.serving.server import PolicyServer
@@ -21,19 +21,17 @@ ROBOT = "simulated-fleet"  # One identity for the simulated robots (their ids ar
 
 
 class ServedFleet:
-  """Starts the server and the robot actors; `collector` drives them in a thread.
+  """Starts the server and the robot actors; `collector` keeps them collecting.
 
   Args:
     ray, config, registry, tasks: as in `mtopt.launch.train`.
     learner: saved once first if the run has no checkpoint, so the server has a policy.
     replay: where uploads are written (the run's online replay, or its only one).
-    progress: the run's progress dict; `collected_episodes` counts stored uploads.
   """
 
-  def __init__(self, ray, config, registry, tasks, learner, replay, progress, log=print):
+  def __init__(self, ray, config, registry, tasks, learner, replay, log=print):
     from actors.fleet import Fleet
     from actors.served_policy import ServedPolicy, UploadSink
-    from mtopt import launch
     run_dir = os.path.abspath(config.run_dir)
     if not policy_source.checkpoint_steps(run_dir):
       learner.save()
@@ -42,43 +40,14 @@ class ServedFleet:
                                replay=replay, refill_replay=False).start()
     t, a = config.train, config.actors
     policy = ServedPolicy(self.server.url, ROBOT, token, seed=config.seed)
-    kwargs = launch.actor_kwargs(config, registry, policy, tasks,
-                                 gaussian_std=t.explore_gaussian_std,
-                                 epsilon=t.explore_epsilon)
+    kwargs = nodes.actor_kwargs(config, registry, policy, tasks,
+                                gaussian_std=t.explore_gaussian_std,
+                                epsilon=t.explore_epsilon)
     kwargs["sink"] = UploadSink(self.server.url, ROBOT, token)
-    self.fleet = Fleet(ray, int(a.num_actors), kwargs, episodes_per_call=1,
-                       num_cpus=float(a.num_cpus))
-    self.collector = _Driver(self.fleet, progress)
-
-  def call_all(self, method, *args, **kwargs):
-    return self.fleet.call_all(method, *args, **kwargs)
+    fleet = Fleet(ray, int(a.num_actors), kwargs, episodes_per_call=1,
+                  num_cpus=float(a.num_cpus))
+    self.collector = collection.Collector(fleet, replay, write=False)
 
   def shutdown(self) -> None:
-    self.collector.stop()
-    self.fleet.shutdown()
+    self.collector.stop()  # Also shuts the fleet down.
     self.server.stop()
-
-
-class _Driver:
-  """Keeps the robots collecting; the episodes are already stored by the server."""
-
-  def __init__(self, fleet, progress: dict):
-    self._fleet, self._progress = fleet, progress
-    self._stop = threading.Event()
-    self.error: BaseException | None = None
-    self._thread = threading.Thread(target=self._run, daemon=True)
-    self._thread.start()
-
-  def _run(self):
-    try:
-      first = int(self._progress.get("collected_episodes", 0))
-      for _ in self._fleet.collect(1 << 31, first_episode_id=(1 << 40) + first):
-        self._progress["collected_episodes"] += 1
-        if self._stop.is_set():
-          break
-    except BaseException as e:  # Surfaced by the driver loop.
-      self.error = e
-
-  def stop(self):
-    self._stop.set()
-    self._thread.join(timeout=30)

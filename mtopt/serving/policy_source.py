@@ -61,7 +61,7 @@ class RunPolicy:
   def __init__(self, run_dir: str):
     from learners import learning, networks
     from learners.config import LearnerConfig
-    from mtopt.launch import load_run_config  # Run-directory format lives there.
+    from mtopt.program.run_dir import load_run_config
     self.run_dir = os.path.abspath(run_dir)
     self.config: ConfigDict = load_run_config(self.run_dir)
     self.registry = TaskRegistry.load(self.run_dir)

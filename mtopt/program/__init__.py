@@ -1,0 +1,13 @@
+"""The training program's parts, assembled by `mtopt.launch` (the top floor of the house).
+
+  run_dir      what a run keeps to resume: config (checked), progress
+  nodes        Ray, the labeller, robot-actor arguments, parameter-following policies,
+               the replays and their batch sampler
+  collection   fleets of robot actors: a dataset on disk, or episodes into a replay
+  offline_data the offline dataset of a run and its import into the replay
+  evaluation   greedy evaluation during training and of a saved checkpoint
+  reports      the success table and plot
+
+Only this package, `mtopt.launch`, `mtopt.cli` and `mtopt.commands` import the component
+packages (actors, replay, success_detectors, learners); see tests/test_import_layers.py.
+"""

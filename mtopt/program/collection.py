@@ -1,0 +1,114 @@
+"""Fleets of robot actors collecting episodes: into a new RLDS dataset on disk, or (online)
+into a replay from a background thread."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+from mtopt import envs, rlds_format
+from mtopt.config import ConfigDict
+from mtopt.program import nodes
+from mtopt.tasks import TaskRegistry
+
+ONLINE_FIRST_ID = 1 << 40  # Online episode ids start here, above any offline dataset's.
+
+
+def collect_dataset(config: ConfigDict, ray, registry: TaskRegistry, out_dir: str,
+                    num_episodes: int, kwargs: dict, num_actors: int | None = None,
+                    episodes_per_call: int = 4, overwrite: bool = False,
+                    on_episode=None) -> tuple[int, list[int]]:
+  """A fleet of robot actors writes `num_episodes` into a new RLDS dataset at `out_dir`.
+
+  Returns (episodes written, ids lost to actor crashes). The dataset is written under
+  `out_dir.partial` and renamed when complete, so `out_dir` never holds half a dataset.
+  """
+  from actors.fleet import Fleet
+  num_actors = int(num_actors or config.actors.num_actors)
+  spec = envs.make(config.env).spec()
+  tmp = out_dir.rstrip("/") + ".partial"
+  if os.path.exists(os.path.join(out_dir, "dataset_info.json")) and not overwrite:
+    raise rlds_format.DatasetError(f"{out_dir} already holds a dataset; choose a new directory")
+  if os.path.exists(tmp):  # Left by a killed collection.
+    shutil.rmtree(tmp)
+  cpus = float(ray.cluster_resources().get("CPU", 1.0))
+  with rlds_format.DatasetWriter(tmp, spec, registry.max_tasks, registry.names,
+                                 overwrite=True) as writer, \
+       Fleet(ray, num_actors, kwargs, episodes_per_call=episodes_per_call,
+             num_cpus=min(float(config.actors.num_cpus), cpus / num_actors)) as fleet:
+    for ep in fleet.collect(num_episodes):
+      writer.write(ep)
+      if on_episode is not None:
+        on_episode(ep)
+    lost = list(fleet.lost_episode_ids)
+  if os.path.exists(out_dir):
+    shutil.rmtree(out_dir)
+  os.replace(tmp, out_dir)
+  return writer.num_written, lost
+
+
+class Collector:
+  """Online collection in a background thread: a fleet acting by CEM over the latest
+  params with exploration, its episodes written (labelled) into `replay`.
+
+  `collected` counts the episodes the replay acknowledged, from what it acknowledged before
+  (a resumed run); ids continue after the largest the replay acknowledged, so that they
+  stay unique across restarts (a crashed call's ids are never reused either). With
+  `write=False` the robots store their episodes themselves (the served fleet uploads them
+  through `mtopt serve`) and the collector only keeps them collecting and counts them.
+  """
+
+  def __init__(self, fleet, replay, episodes_per_write: int = 8, write: bool = True):
+    self._fleet, self._replay, self._per_write = fleet, replay, episodes_per_write
+    self._write = write
+    self.collected = replay.acknowledged()
+    largest = replay.max_episode_id()
+    self._first_id = max(ONLINE_FIRST_ID, (largest if largest is not None else
+                                           ONLINE_FIRST_ID + self.collected - 1) + 1)
+    self._stop = threading.Event()
+    self.error: BaseException | None = None
+    self._thread = threading.Thread(target=self._run, daemon=True)
+    self._thread.start()
+
+  def _run(self):
+    try:
+      batch = []
+      for ep in self._fleet.collect(1 << 40, first_episode_id=self._first_id):
+        if not self._write:  # Already stored (and acknowledged to its robot) on upload.
+          self.collected += 1
+          if self._stop.is_set():
+            break
+          continue
+        batch.append(ep)
+        if len(batch) >= self._per_write:
+          self._replay.write_many(batch)  # Returns once the episodes are durable.
+          self.collected += len(batch)
+          batch = []
+        if self._stop.is_set():
+          break
+    except BaseException as e:  # Surfaced by the driver loop.
+      self.error = e
+
+  def check(self) -> None:
+    if self.error is not None:
+      raise RuntimeError(f"online collection failed: {self.error}") from self.error
+
+  def set_success_estimates(self, rates: dict) -> None:
+    """Per-task success for the actors' `underperforming` scheduler."""
+    self._fleet.call_all("set_success_estimates", rates)
+
+  def stop(self):
+    self._stop.set()
+    self._thread.join(timeout=30)
+    self._fleet.shutdown()
+
+
+def start_collector(ray, config: ConfigDict, registry: TaskRegistry, policy, tasks,
+                    replay) -> Collector:
+  """`actors.num_actors` robot actors running `policy` on `tasks`, writing into `replay`."""
+  from actors.fleet import Fleet
+  a = config.actors
+  fleet = Fleet(ray, int(a.num_actors), nodes.actor_kwargs(config, registry, policy, tasks),
+                episodes_per_call=1, num_cpus=float(a.num_cpus))
+  return Collector(fleet, replay)

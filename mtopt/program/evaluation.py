@@ -1,0 +1,87 @@
+"""Greedy evaluation: during training (evaluator actors following the parameter server,
+their results in progress and TensorBoard) and of a run's saved checkpoint."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from mtopt import envs
+from mtopt.config import ConfigDict, ConfigError
+from mtopt.program import nodes
+from mtopt.program.run_dir import load_run_config
+from mtopt.tasks import TaskRegistry
+
+EVALUATOR_IDS = 1000  # Robot ids of evaluator actors start here.
+
+
+def evaluator_actors(ray, config: ConfigDict, registry: TaskRegistry, ps, spec, lcfg):
+  """`eval.num_actors` robot actors acting by greedy CEM over the parameter server's Q."""
+  from actors.robot_actor import remote_robot_actor
+  greedy = nodes.pulled_cem_policy(ps, spec, registry.max_tasks, lcfg)
+  cls = remote_robot_actor(ray, num_cpus=0)
+  return [cls.remote(robot_id=EVALUATOR_IDS + i,
+                     **nodes.actor_kwargs(config, registry, greedy))
+          for i in range(int(config.eval.num_actors))]
+
+
+class Evaluation:
+  """Evaluates the learner's current params on `tasks` and records the result."""
+
+  def __init__(self, ray, config: ConfigDict, registry: TaskRegistry, ps, spec, lcfg,
+               tasks, run_dir: str):
+    from tensorboardX import SummaryWriter
+    self._ray, self._ps, self._tasks = ray, ps, list(tasks)
+    self._episodes = int(config.eval.episodes_per_task)
+    self._actors = evaluator_actors(ray, config, registry, ps, spec, lcfg)
+    self._tb = SummaryWriter(os.path.join(run_dir, "eval"))
+
+  def __call__(self, params, step: int, progress: dict) -> dict[str, float]:
+    """Publishes `params` at `step`, evaluates, appends to progress["evaluations"]."""
+    from actors.evaluator import evaluate
+    self._ray.get(self._ps.publish.remote(params, step))
+    rates = evaluate(self._ray, self._actors, self._tasks, self._episodes)
+    progress["evaluations"].append({"step": step, "success": rates, "time": time.time()})
+    for task, r in rates.items():
+      self._tb.add_scalar(f"success/{task}", r, step)
+    self._tb.add_scalar("success/mean", float(np.mean(list(rates.values()))), step)
+    return rates
+
+  def close(self) -> None:
+    for actor in self._actors:  # Several runs may share one Ray (experiments).
+      self._ray.kill(actor)
+    self._tb.close()
+
+
+def evaluate_checkpoint(run_dir: str, episodes_per_task: int | None = None,
+                        step: int | None = None) -> dict:
+  """Per-task success of a run's checkpoint (greedy CEM, ground truth)."""
+  import jax
+  from actors.evaluator import evaluate
+  from learners import learning, networks
+  from learners.checkpointing import Checkpointer
+  from learners.config import LearnerConfig
+
+  config = load_run_config(run_dir)
+  registry = TaskRegistry.load(run_dir)
+  spec = envs.make(config.env).spec()
+  lcfg = LearnerConfig.from_config(config)
+  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"))
+  if ckpt.latest_step() is None:
+    raise ConfigError(f"{run_dir}: no checkpoint to evaluate")
+  net = networks.make_q_network(spec, registry.max_tasks, lcfg.network)
+  like = learning.init_training_state(net, spec, lcfg, jax.random.PRNGKey(0))
+  state = ckpt.restore(like, step)
+  ckpt.close()
+  ray = nodes.init_ray(config)
+  ps = nodes.parameter_server(ray)
+  ray.get(ps.publish.remote(jax.device_get(state.params), int(state.step)))
+  actors = evaluator_actors(ray, config, registry, ps, spec, lcfg)
+  n = episodes_per_task or int(config.eval.episodes_per_task)
+  rates = evaluate(ray, actors, registry.names, n)
+  for actor in [*actors, ps]:
+    ray.kill(actor)
+  return {"step": int(state.step), "success": rates,
+          "mean_success": float(np.mean(list(rates.values())))}

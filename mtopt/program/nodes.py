@@ -1,0 +1,158 @@
+"""The program's nodes, built from the config: Ray, the labeller, robot-actor arguments,
+parameter-following policies, the replays and the learner's batch sampler."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+
+from mtopt.config import ConfigDict, ConfigError
+from mtopt.parameter_server import ParameterServer, RemoteParameters
+from mtopt.tasks import TaskRegistry
+
+
+def init_ray(config: ConfigDict):
+  """Joins the cluster named by RAY_ADDRESS / `ray job submit`, else starts a local Ray."""
+  import ray
+  if not ray.is_initialized():
+    env_vars = {"TF_CPP_MIN_LOG_LEVEL": "2", "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+    kwargs: dict[str, Any] = dict(runtime_env={"env_vars": env_vars}, log_to_driver=False)
+    if not os.environ.get("RAY_ADDRESS"):
+      kwargs.update(include_dashboard=False)
+    ray.init(**kwargs)
+  return ray
+
+
+def make_labeller(config: ConfigDict, env, registry: TaskRegistry, run_dir: str, log=print):
+  """The success labeller the replay applies to every episode.
+
+  `train.labels`: `ground_truth` labels with the simulator's own success (an upper
+  bound, for ablations); `learned` uses the detector in run_dir/detector, training it
+  first from simulated examples (the simulator playing the person who gives examples).
+  """
+  source = config.train.labels
+  if source == "ground_truth":
+    def ground_truth(episodes):
+      return np.stack([np.asarray(ep.success, np.float32) for ep in episodes])
+    return ground_truth
+  if source != "learned":
+    raise ConfigError(f"train.labels must be learned or ground_truth, got {source!r}")
+  from success_detectors.detector import DetectorConfig, SuccessDetector
+  path = os.path.join(run_dir, "detector")
+  if os.path.exists(path):
+    return SuccessDetector.load(path)
+  from success_detectors import examples_from_sim
+  from success_detectors.examples import ExampleSet
+  n = int(config.train.detector_episodes_per_task)
+  log(f"training the success detector from {n} simulated episodes per task")
+  rollouts = examples_from_sim.collect_rollouts(env, n, registry.names, seed=config.seed)
+  sets = []
+  for task in registry.names:
+    pos, neg = examples_from_sim.select_examples(rollouts, task, seed=config.seed)
+    idx = np.concatenate([pos, neg])
+    sets.append(ExampleSet(rollouts.take(idx).observations,
+                           np.full(len(idx), registry.slot(task)),
+                           np.arange(len(idx)) < len(pos)))
+  dcfg = DetectorConfig.from_dict(config.detector)
+  detector = SuccessDetector.create(env.spec(), registry.max_tasks, dcfg)
+  detector.train(ExampleSet.concat(sets), {t.slot: t.name for t in registry.active()})
+  detector.save(path)
+  q = detector.quality()
+  worst = min(min(v.get("precision", 1.0), v.get("recall", 1.0)) for v in q.values())
+  log(f"detector trained: worst held-out precision/recall {worst:.3f}")
+  return detector
+
+
+def actor_kwargs(config: ConfigDict, registry: TaskRegistry, policy, tasks=None,
+                 seed_offset: int = 0, **knobs) -> dict:
+  """RobotActor arguments; `tasks` (default: all registered) are the ones it attempts."""
+  a = config.actors
+  tasks = list(tasks or registry.names)
+  weights = list(a.task_weights) if len(tasks) == len(registry.names) else []
+  kwargs = dict(env_config=config.env.to_dict(), registry=registry.to_json(), policy=policy,
+                scheduler=a.scheduler if weights or a.scheduler != "weighted" else "uniform",
+                task_weights=weights, tasks=tasks, seed=config.seed + seed_offset)
+  kwargs.update(knobs)
+  return kwargs
+
+
+def scripted_actor_kwargs(config: ConfigDict, registry: TaskRegistry, policy: str = "",
+                          **overrides) -> dict:
+  """RobotActor arguments for data collection: the config's `actors` policy and noise."""
+  a = config.actors
+  policy = policy or str(a.policy)
+  if policy not in ("scripted", "random"):
+    raise ConfigError(f"actors.policy={policy!r}: data collection supports scripted or random")
+  kwargs = actor_kwargs(config, registry, policy, gaussian_std=float(a.gaussian_std),
+                        epsilon=float(a.epsilon), sticky_prob=float(a.sticky_prob),
+                        sticky_steps=int(a.sticky_steps),
+                        early_terminate_prob=float(a.early_terminate_prob))
+  kwargs.update(overrides)
+  if kwargs["scheduler"] == "weighted" and len(kwargs["task_weights"]) != len(kwargs["tasks"]):
+    raise ConfigError(f"actors.task_weights: {len(kwargs['task_weights'])} weights for "
+                      f"{len(kwargs['tasks'])} tasks")
+  return kwargs
+
+
+def parameter_server(ray):
+  """The parameter server node (a Ray actor)."""
+  return ray.remote(ParameterServer).remote()
+
+
+def pulled_cem_policy(ps, spec, max_tasks: int, lcfg, gaussian_std: float = 0.0,
+                      epsilon: float = 0.0, seed: int = 0):
+  """CEM over the newest published Q, as robot actors and evaluators run it."""
+  from actors.parameter_client import PulledPolicy
+  from learners.policy import CEMPolicy
+  make = functools.partial(CEMPolicy, spec, max_tasks, lcfg.network, None, lcfg.cem,
+                           gaussian_std=gaussian_std, epsilon=epsilon)
+  return PulledPolicy(RemoteParameters(ps), make, spec.action, spec.terminate_dim, seed)
+
+
+def make_replays(config: ConfigDict, spec, run_dir: str, labeller, slots):
+  """(replay, online replay or None): `mixed` keeps on-policy episodes in their own replay
+  under RUN/online, a fixed share of every batch."""
+  from replay.reverb_replay import ReverbReplay
+  t = config.train
+  fraction = float(t.online_fraction) if t.mode == "mixed" else 0.0
+  if not 0.0 <= fraction < 1.0:
+    raise ConfigError(f"train.online_fraction must be in [0, 1), got {fraction}")
+  replay = ReverbReplay.from_config(config, spec, run_dir=run_dir, labeller=labeller,
+                                    slots=slots)
+  online = (ReverbReplay.from_config(config, spec, run_dir=os.path.join(run_dir, "online"),
+                                     labeller=labeller, slots=slots) if fraction else None)
+  return replay, online
+
+
+def batch_composition(config: ConfigDict, replay) -> dict:
+  """Sampler arguments: MT-Opt's rebalancing (equal task shares, `replay.success_fraction`)
+  or, with `train.rebalance` off, the data's own proportions: task shares by stored items
+  and the overall success fraction (the naive multi-task baseline)."""
+  if config.train.rebalance:
+    return {"success_fraction": float(config.replay.success_fraction)}
+  counts = replay.counts()
+  items = {k: counts[k]["success"] + counts[k]["failure"] for k in replay.slots}
+  successes = sum(counts[k]["success"] for k in replay.slots)
+  shares = {k: float(v) for k, v in items.items() if v > 0}
+  if not shares:
+    raise ConfigError("train.rebalance=False needs data in the replay before training")
+  return {"success_fraction": successes / max(1, sum(items.values())), "task_shares": shares}
+
+
+def make_sampler(config: ConfigDict, batch_size: int, replay, online=None):
+  """The learner's batches: from `replay`, or `train.online_fraction` of each from `online`
+  once it can be sampled."""
+  from replay.mixing import MixedBatches
+  wait = float(config.train.wait_for_data_seconds)
+
+  def sampler_of(r):
+    return lambda size: r.sampler(size, wait_seconds=wait, **batch_composition(config, r))
+  if online is None:
+    return sampler_of(replay)(batch_size)
+  min_size = int(config.replay.min_size)
+  return MixedBatches(
+      sampler_of(replay), sampler_of(online), batch_size, float(config.train.online_fraction),
+      online_ready=lambda: any(max(c.values()) >= min_size for c in online.counts().values()))
