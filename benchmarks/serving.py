@@ -41,8 +41,9 @@ from mtopt.robot_client import protocol  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_run(run_dir: str, config_path: str, overrides=()) -> dict:
-  """A run directory with one checkpoint (step 1) of fresh params; returns the env spec."""
+def make_run(run_dir: str, config_path: str, overrides=(), steps=(1,), seeds=None) -> dict:
+  """A run directory with a checkpoint per step of fresh params (from seed i for step i,
+  or `seeds[i]`): enough to serve, no training needed. Returns the env spec (JSON)."""
   import jax
   from learners import learning, networks
   from learners.checkpointing import Checkpointer
@@ -57,9 +58,11 @@ def make_run(run_dir: str, config_path: str, overrides=()) -> dict:
   registry = TaskRegistry.load_or_create(run_dir, int(config.max_tasks), list(config.env.tasks))
   lcfg = LearnerConfig.from_config(config)
   net = networks.make_q_network(spec, registry.max_tasks, lcfg.network)
-  state = learning.init_training_state(net, spec, lcfg, jax.random.PRNGKey(0))
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"))
-  ckpt.save(state._replace(step=state.step + 1))
+  for i, step in enumerate(steps):
+    state = learning.init_training_state(
+        net, spec, lcfg, jax.random.PRNGKey(i if seeds is None else seeds[i]))
+    ckpt.save(state._replace(step=jax.numpy.asarray(step, state.step.dtype)))
   ckpt.close()
   return spec.to_json()
 

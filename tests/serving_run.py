@@ -7,8 +7,6 @@ import os
 
 from mtopt import envs
 from mtopt.program import run_dir as run_dirs
-from mtopt.config import load_config
-from mtopt.tasks import TaskRegistry
 from tests.conftest import ROOT
 
 DEFAULT = os.path.join(ROOT, "configs", "tabletop_state.py")
@@ -16,20 +14,8 @@ DEFAULT = os.path.join(ROOT, "configs", "tabletop_state.py")
 
 def make_run(run_dir: str, steps=(10,), seeds=None, overrides=()) -> str:
   """Writes config.json, tasks and a checkpoint per step (params from seed i for step i)."""
-  import jax
-  from learners import learning, networks
-  from learners.checkpointing import Checkpointer
-  from learners.config import LearnerConfig
-  config = load_config(DEFAULT, [f"run_dir={run_dir}", *overrides])
-  run_dirs.open_run_dir(config)
-  spec = envs.make(config.env).spec()
-  registry = TaskRegistry.load_or_create(run_dir, int(config.max_tasks), list(config.env.tasks))
-  lcfg = LearnerConfig.from_config(config)
-  net = networks.make_q_network(spec, registry.max_tasks, lcfg.network)
-  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"))
-  for i, step in enumerate(steps):
-    add_checkpoint(ckpt, net, spec, lcfg, step, seed=i if seeds is None else seeds[i])
-  ckpt.close()
+  from benchmarks.serving import make_run as make_benchmark_run
+  make_benchmark_run(run_dir, DEFAULT, overrides, steps, seeds)
   return run_dir
 
 
