@@ -143,7 +143,11 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
   evals = progress["evaluations"]
   last_rates = evals[-1]["success"] if evals else {}
   if learner.steps and learner.steps < total:
-    log(f"resuming from step {learner.steps}")
+    # A save point writes the learner's checkpoint first: a kill before progress.json
+    # followed leaves it one save point behind (that point's evaluation is then missing).
+    behind = (f" (progress.json was saved at step {progress['step']})"
+              if learner.steps > progress["step"] else "")
+    log(f"resuming from step {learner.steps}{behind}")
   with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                 transient=False) as bar:

@@ -249,7 +249,10 @@ def test_killed_train_resumes_with_every_acknowledged_episode(tmp_path):
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
                          start_new_session=True)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert f"resuming from step {progress['step']}" in again.stdout
+  # The learner's checkpoint is written first at a save point (every 40 steps here): a kill
+  # inside one leaves progress.json one save point behind it, never ahead.
+  resumed = int(again.stdout.split("resuming from step ")[1].split()[0])
+  assert resumed in (progress["step"], progress["step"] + 40), again.stdout[:300]
   after = run_dir.load_progress(run)
   assert after["step"] == 400 and [e["step"] for e in after["evaluations"]][-1] == 400
   with ReverbReplay.from_config(config, spec, run_dir=run) as r:
