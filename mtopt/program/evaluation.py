@@ -8,10 +8,8 @@ import time
 
 import numpy as np
 
-from mtopt import envs
 from mtopt.config import ConfigDict, ConfigError
 from mtopt.program import nodes
-from mtopt.program.run_dir import load_run_config
 from mtopt.tasks import TaskRegistry
 
 EVALUATOR_IDS = 1000  # Robot ids of evaluator actors start here.
@@ -58,30 +56,21 @@ class Evaluation:
 def evaluate_checkpoint(run_dir: str, episodes_per_task: int | None = None,
                         step: int | None = None) -> dict:
   """Per-task success of a run's checkpoint (greedy CEM, ground truth)."""
-  import jax
   from actors.evaluator import evaluate
-  from learners import learning, networks
-  from learners.checkpointing import Checkpointer
-  from learners.config import LearnerConfig
+  from mtopt.serving.policy_source import RunPolicy, checkpoint_steps
 
-  config = load_run_config(run_dir)
-  registry = TaskRegistry.load(run_dir)
-  spec = envs.make(config.env).spec()
-  lcfg = LearnerConfig.from_config(config)
-  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"))
-  if ckpt.latest_step() is None:
+  run = RunPolicy(run_dir)  # The run's config, tasks, spec and network, as `mtopt serve`'s.
+  if not checkpoint_steps(run_dir):
     raise ConfigError(f"{run_dir}: no checkpoint to evaluate")
-  net = networks.make_q_network(spec, registry.max_tasks, lcfg.network)
-  like = learning.init_training_state(net, spec, lcfg, jax.random.PRNGKey(0))
-  state = ckpt.restore(like, step)
-  ckpt.close()
+  config, registry, spec, lcfg = run.config, run.registry, run.spec, run.lcfg
+  step, params = run.load_params(step)
   ray = nodes.init_ray(config)
   ps = nodes.parameter_server(ray)
-  ray.get(ps.publish.remote(jax.device_get(state.params), int(state.step)))
+  ray.get(ps.publish.remote(params, step))
   actors = evaluator_actors(ray, config, registry, ps, spec, lcfg)
   n = episodes_per_task or int(config.eval.episodes_per_task)
   rates = evaluate(ray, actors, registry.names, n)
   for actor in [*actors, ps]:
     ray.kill(actor)
-  return {"step": int(state.step), "success": rates,
+  return {"step": step, "success": rates,
           "mean_success": float(np.mean(list(rates.values())))}

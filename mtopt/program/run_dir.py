@@ -61,7 +61,7 @@ def open_run_dir(config: ConfigDict) -> str:
                         "resume it with the original values or use a new run_dir (only "
                         f"{', '.join(RESUMABLE)} may change on resume)")
   os.makedirs(run_dir, exist_ok=True)
-  _write_json(path, config.to_dict(), indent=2)
+  write_json(path, config.to_dict(), indent=2)
   return run_dir
 
 
@@ -82,10 +82,10 @@ def load_progress(run_dir: str) -> dict:
 
 
 def save_progress(run_dir: str, progress: dict) -> None:
-  _write_json(os.path.join(run_dir, "progress.json"), progress, indent=1)
+  write_json(os.path.join(run_dir, "progress.json"), progress, indent=1)
 
 
-def _write_json(path: str, value, **kw) -> None:
+def write_json(path: str, value, **kw) -> None:
   tmp = path + ".tmp"  # Replaced atomically: a crash leaves the old file or the new one.
   with open(tmp, "w") as f:
     json.dump(value, f, default=list, **kw)

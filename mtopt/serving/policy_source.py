@@ -30,12 +30,11 @@ def pin_path(run_dir: str) -> str:
 
 def write_pin(run_dir: str, step: int | None) -> None:
   """Pins serving to checkpoint `step`; None goes back to following the newest."""
+  from mtopt.program.run_dir import write_json
   path = pin_path(run_dir)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"step": None if step is None else int(step)}, f)
-  os.replace(tmp, path)  # Atomic: a server never reads half a pin.
+  # Written atomically: a server never reads half a pin.
+  write_json(path, {"step": None if step is None else int(step)})
 
 
 def read_pin(run_dir: str) -> int | None:
