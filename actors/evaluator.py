@@ -1,4 +1,6 @@
-"""Evaluation: per-task success of a policy, judged by the simulator's ground truth.
+"""Evaluation: per-task success of a policy, judged by the run's success labeller (the
+detector; what a real robot has), with the simulator's ground truth beside it where the
+simulator defines the task.
 
 Evaluation episodes use fixed ids (hence fixed start states, see `episode_seed`), so two
 evaluations of different checkpoints see the same scenes.
@@ -6,20 +8,20 @@ evaluations of different checkpoints see the same scenes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 EVAL_EPISODE_BASE = 1 << 48  # Far from collection ids (robot_id << 32 + counter).
 
 
-def evaluate(ray, actors: Sequence, tasks: Sequence[str], episodes_per_task: int,
-             max_attempts: int = 3) -> dict[str, float]:
+def run_evaluation(ray, actors: Sequence, tasks: Sequence[str], episodes_per_task: int,
+                   max_attempts: int = 3) -> dict[str, list]:
   """Runs `episodes_per_task` of each task spread over `actors` (Ray RobotActors).
 
   A chunk whose actor dies is run again (Ray restarts the actor) up to `max_attempts`
   times, with the same episode ids, so a crash changes no result.
-  Returns task -> success rate in [0, 1] (ground truth for the attempted task).
+  Returns task -> its episodes, in episode-id order.
   """
   from ray.exceptions import RayActorError
   if episodes_per_task < 1 or not actors or not tasks:
@@ -32,7 +34,7 @@ def evaluate(ray, actors: Sequence, tasks: Sequence[str], episodes_per_task: int
     return actor.run_episodes.remote(len(idx), EVAL_EPISODE_BASE + int(idx[0]),
                                      [plan[i] for i in idx])
 
-  wins = {t: [] for t in tasks}
+  out = {t: [] for t in tasks}
   refs = [submit(a, idx) for a, idx in chunks]  # All actors work at once.
   for (actor, idx), ref in zip(chunks, refs):
     for attempt in range(1, max_attempts + 1):
@@ -44,8 +46,35 @@ def evaluate(ray, actors: Sequence, tasks: Sequence[str], episodes_per_task: int
           raise
         ref = submit(actor, idx)
     for ep, i in zip(episodes, idx):
-      wins[plan[i]].append(bool(ep.success[ep.task_id]))
-  return {t: float(np.mean(v)) for t, v in wins.items()}
+      out[plan[i]].append(ep)
+  return out
+
+
+def judge(episodes: dict[str, list], labeller: Callable | None, threshold: float = 0.5,
+          true_tasks: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+  """Success rates of evaluation episodes: {"success": task -> rate as `labeller` judges
+  the attempted task (ground truth when there is no labeller), "true": task -> the
+  simulator's rate, for the `true_tasks` it defines}."""
+  judged, true = {}, {}
+  for task, eps in episodes.items():
+    own = np.array([bool(ep.success[ep.task_id]) for ep in eps])
+    if task in true_tasks:
+      true[task] = float(own.mean())
+    if labeller is None:
+      judged[task] = float(own.mean())
+    else:
+      labels = np.asarray(labeller(eps))
+      judged[task] = float(np.mean([row[ep.task_id] >= threshold
+                                    for row, ep in zip(labels, eps)]))
+  return {"success": judged, "true": true}
+
+
+def evaluate(ray, actors: Sequence, tasks: Sequence[str], episodes_per_task: int,
+             max_attempts: int = 3) -> dict[str, float]:
+  """Task -> the simulator's success rate (`run_evaluation`, judged by ground truth): for
+  scripted experts and tests, where the simulator defines every task."""
+  episodes = run_evaluation(ray, actors, tasks, episodes_per_task, max_attempts)
+  return judge(episodes, None)["success"]
 
 
 def start_seed(seed: int, index: int) -> int:

@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.actors.mode = "ray"
   c.actors.scheduler = "uniform"  # uniform | weighted | underperforming
   c.actors.task_weights = []  # For `weighted`: one weight per task, in env.tasks order.
+  # Share of attempts for a task added to the run (`mtopt tasks add`) while its judged
+  # success is below the other tasks' mean.
+  c.actors.new_task_share = 0.5
   c.actors.policy = "scripted"  # scripted | random | cem
   c.actors.gaussian_std = 0.0  # Exploration / data-quality noise knobs.
   c.actors.epsilon = 0.3  # Offline data: about half the scripted episodes succeed.

@@ -173,23 +173,21 @@ def _datasets(run_dir: str) -> list[str]:
   return sorted(os.path.dirname(p) for p in found)
 
 
-def _relabel(run_dir: str) -> None:
+def _relabel(run_dir: str, detector) -> None:
+  """Labels every stored dataset of the run with `detector`, in this process. The run's
+  replays are relabelled when the run continues (it sees the new detector version)."""
+  import time
+  from success_detectors.labeller import relabel_dataset
   datasets = _datasets(run_dir)
   if not datasets:
     print(f"no stored datasets under {os.path.join(run_dir, DATA_DIR)}; nothing to relabel")
-    return
-  import ray
-  from success_detectors.labeller import relabel_dataset
-  started = not ray.is_initialized()
-  if started:
-    ray.init(include_dashboard=False, log_to_driver=False)
-  try:
-    for d in datasets:
-      path = relabel_dataset(d, os.path.join(run_dir, DETECTOR_DIR))
-      print(f"relabelled {d} -> {path}")
-  finally:
-    if started:
-      ray.shutdown()
+  for d in datasets:
+    start = time.perf_counter()
+    path = relabel_dataset(d, detector)
+    print(f"relabelled {d} -> {path} ({time.perf_counter() - start:.1f} s)")
+  if os.path.isdir(os.path.join(run_dir, "replay")):
+    print(f"{run_dir}: its replay is relabelled when the run continues (`mtopt train` on it; "
+          "a running run restarts itself at its next save point)")
 
 
 @_as_task_error
@@ -223,7 +221,7 @@ def _add(args):
   reg.save(run_dir)
   _print_quality(reg, det, before)
   if not args.no_relabel:
-    _relabel(run_dir)
+    _relabel(run_dir, det)
   return 0
 
 
@@ -266,7 +264,7 @@ def _train(args):
   reg.save(run_dir)
   _print_quality(reg, det, before)
   if not args.no_relabel:
-    _relabel(run_dir)
+    _relabel(run_dir, det)
   return 0
 
 

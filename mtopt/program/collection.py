@@ -98,6 +98,10 @@ class Collector:
     """Per-task success for the actors' `underperforming` scheduler."""
     self._fleet.call_all("set_success_estimates", rates)
 
+  def focus(self, tasks, share: float) -> None:
+    """`share` of the robots' attempts go to `tasks` (tasks just added); () ends it."""
+    self._fleet.call_all("set_focus", list(tasks), share if tasks else 0.0)
+
   def stop(self):
     self._stop.set()
     self._thread.join(timeout=30)
