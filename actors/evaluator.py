@@ -88,12 +88,16 @@ def rollouts(envs: Sequence, act_batch, tasks: Sequence[str], slots: Sequence[in
   """One episode in each of `envs` at once, every step's observations batched into one
   `act_batch(observation dict [B, ...], task slots int32 [B]) -> (actions [B, A], _)` call.
 
-  Returns per env: `success` (the env's ground truth for its task at the end), `final`
-  (the final observation), `terminated` and `steps`.
+  A task the env does not define starts from `reset(None)`. Returns per env: `success`
+  (the env's ground truth for its task at the end; False for a task it does not define),
+  `env_success` (its ground truth for every env task), `final` (the final observation),
+  `terminated` and `steps`.
   """
   spec = envs[0].spec()
   lo, hi = spec.action.minimum, spec.action.maximum
-  obs = [env.reset(task, seed=s) for env, task, s in zip(envs, tasks, seeds)]
+  names = envs[0].task_names()
+  obs = [env.reset(task if task in names else None, seed=s)
+         for env, task, s in zip(envs, tasks, seeds)]
   live = list(range(len(envs)))
   out = [{"steps": 0, "terminated": False} for _ in envs]
   while live:
@@ -104,8 +108,9 @@ def rollouts(envs: Sequence, act_batch, tasks: Sequence[str], slots: Sequence[in
       obs[i], done, info = envs[i].step(action)
       out[i]["steps"] += 1
       if done:
-        names = envs[i].task_names()
-        out[i].update(success=bool(envs[i].success()[names.index(tasks[i])]), final=obs[i],
+        truth = envs[i].success()
+        out[i].update(success=bool(tasks[i] in names and truth[names.index(tasks[i])]),
+                      env_success=truth, final=obs[i],
                       terminated=bool(info.get("terminated", False)))
       else:
         still.append(i)
@@ -118,8 +123,9 @@ def evaluate_in_process(make_env, act_batch, tasks: Sequence[str], task_slots: S
   """Greedy evaluation in this process, `num_envs` episodes stepped together.
 
   Episode j of every task starts from `start_seed(seed, j)`. Returns task -> {"success":
-  bool [episodes_per_task], "final": observation dict [episodes_per_task, ...]}, in
-  episode order, so results of different methods pair up episode by episode.
+  bool [episodes_per_task], "env_success": bool [episodes_per_task, env tasks], "final":
+  observation dict [episodes_per_task, ...]}, in episode order, so results of different
+  methods pair up episode by episode.
   """
   if episodes_per_task < 1 or not tasks or len(tasks) != len(task_slots):
     raise ValueError("evaluate_in_process: need tasks, their slots and episodes_per_task >= 1")
@@ -138,5 +144,6 @@ def evaluate_in_process(make_env, act_batch, tasks: Sequence[str], task_slots: S
   for t in tasks:
     rows = [r for p, r in zip(plan, results) if p[0] == t]
     out[t] = {"success": np.array([r["success"] for r in rows]),
+              "env_success": np.stack([r["env_success"] for r in rows]),
               "final": {k: np.stack([r["final"][k] for r in rows]) for k in rows[0]["final"]}}
   return out

@@ -86,6 +86,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.detector.other_task_negatives = False
   c.detector.seed = 0
 
+  # The detector loop (success_detectors/review.py): collected episodes labelled within
+  # `margin` of the cut are flagged and queued for review, with `fraction` of the others
+  # the detector calls successes; `mtopt tasks review` answers them and retrains.
+  c.review = ml_collections.ConfigDict()
+  c.review.margin = 0.1
+  c.review.fraction = 0.05
+
   c.learner = ml_collections.ConfigDict()
   c.learner.batch_size = 256
   c.learner.learning_rate = 1e-3

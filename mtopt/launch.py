@@ -122,8 +122,12 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
     policy = nodes.pulled_cem_policy(ps, spec, registry.max_tasks, lcfg,
                                      gaussian_std=t.explore_gaussian_std,
                                      epsilon=t.explore_epsilon, seed=config.seed)
+    reviewer = (collection.Reviewer(config, run_dir, labeller,
+                                    [registry.slot(x) for x in tasks if x not in own],
+                                    seed=config.seed)
+                if t.labels == "learned" else None)
     collector = collection.start_collector(ray, config, registry, policy, tasks,
-                                           online or replay)
+                                           online or replay, reviewer)
     stack.callback(collector.stop)
   evaluation = Evaluation(ray, config, registry, ps, spec, lcfg, tasks, run_dir, labeller)
   stack.callback(evaluation.close)
@@ -141,6 +145,8 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
     raise ConfigError(f"{run_dir}: progress.json is at step {progress['step']} but the "
                       f"newest learner checkpoint at {learner.steps}; checkpoints were removed")
   progress["evaluations"] = [e for e in progress["evaluations"] if e["step"] <= learner.steps]
+  attempts_before = dict(progress.get("attempts", {}))
+  review_before = dict(progress.get("review", {}))
 
   def save_point(checkpoint_replays: bool):
     """Learner and progress at the same step; the replays' logs hold every episode, a
@@ -151,6 +157,13 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
     progress["step"] = learner.steps
     if collector is not None:
       progress["collected_episodes"] = collector.collected
+      progress["attempts"] = {t: attempts_before.get(t, 0) + collector.attempts[registry.slot(t)]
+                              for t in tasks}  # Episodes collected per task, over the run.
+      if collector.reviewer is not None:  # Labels near the detector's cut, and the queue.
+        r = collector.reviewer
+        progress["review"] = {"flagged": review_before.get("flagged", 0) + r.flagged,
+                              "labelled": review_before.get("labelled", 0) + r.seen,
+                              "queued": len(r.queue.pending())}
     save_progress(run_dir, progress)
 
   total, every = int(lcfg.num_steps), int(t.eval_every)

@@ -131,3 +131,18 @@ def test_a_relabelling_cut_short_loses_nothing(detector, tmp_path):
                                atol=1e-6)
   finally:
     replay.close()
+
+
+def test_a_running_run_notices_tasks_add(detector, tmp_path):
+  run = str(tmp_path)
+  reg = TaskRegistry.from_names(MAX_TASKS, ["a", "b"])
+  reg.save(run)
+  detector.save(os.path.join(run, "detector"))
+  watch = new_tasks.Watch(run)
+  assert not watch.changed()
+  os.replace(os.path.join(run, "tasks.json"), os.path.join(run, "moved"))
+  assert not watch.changed(), "a file being replaced is looked at again later"
+  os.replace(os.path.join(run, "moved"), os.path.join(run, "tasks.json"))
+  detector.add_task(2, "c", toy_examples(np.random.default_rng(5), 2, 60, 60))
+  detector.save(os.path.join(run, "detector"))
+  assert watch.changed()

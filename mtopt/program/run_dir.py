@@ -19,7 +19,7 @@ from mtopt.config import ConfigDict, ConfigError
 RESUMABLE = ("run_dir", "learner.num_steps", "learner.log_every", "learner.checkpoint_every",
              "learner.publish_every", "train.eval_every", "train.wait_for_data_seconds",
              "eval.", "actors.num_actors", "actors.num_cpus",
-             "actors.new_task_share")
+             "actors.new_task_share", "review.")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
