@@ -91,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   # the detector calls successes; `mtopt tasks review` answers them and retrains.
   c.review = ml_collections.ConfigDict()
   c.review.margin = 0.1
-  c.review.fraction = 0.05
+  c.review.fraction = 0.2
 
   c.learner = ml_collections.ConfigDict()
   c.learner.batch_size = 256
