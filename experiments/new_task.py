@@ -56,7 +56,7 @@ def write_examples(config, folder: str, episodes_per_task: int, seed: int) -> tu
   from success_detectors.examples_from_sim import collect_rollouts
   with envs.make(config.env, seed=seed) as env:
     rollouts = collect_rollouts(env, episodes_per_task, seed=seed)
-  cols = [rollouts.task_names.index(t) for t in PARTS]
+  cols = [rollouts.task_names.index(t) for t in PARTS if t in rollouts.task_names]
   truth = rollouts.truth[:, cols].any(1)
   rng = np.random.default_rng(seed)
   pos = rng.permutation(np.flatnonzero(truth))[:500]
@@ -88,7 +88,7 @@ def evaluate_run(run: str, per_task: int, eval_seed: int) -> dict:
   for t, k in zip(tasks, slots):
     r = res[t]
     true = (r["success"] if t in names else
-            r["env_success"][:, [names.index(p) for p in PARTS]].any(1))
+            r["env_success"][:, [names.index(p) for p in PARTS if p in names]].any(1))
     judged = detector.predict(r["final"])[:, k] >= float(config.detector.threshold)
     out[t] = {"judged": judged.tolist(), "true": np.asarray(true).tolist()}
   return out

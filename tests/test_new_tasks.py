@@ -146,3 +146,35 @@ def test_a_running_run_notices_tasks_add(detector, tmp_path):
   detector.add_task(2, "c", toy_examples(np.random.default_rng(5), 2, 60, 60))
   detector.save(os.path.join(run, "detector"))
   assert watch.changed()
+
+
+@pytest.mark.slow
+def test_a_task_added_to_a_stopped_run_is_evaluated_zero_shot_then_trained(tmp_path,
+                                                                             ray_session):
+  import json
+  from experiments.new_task import write_examples
+  from mtopt import cli
+  from mtopt.config import load_config
+  from tests.test_launch import DEFAULT, TINY
+  run = str(tmp_path / "run")
+  flags = [f for f in TINY if "train.labels" not in f] + [
+      "--config.train.detector_episodes_per_task=8", "--config.detector.train_steps=100",
+      "--config.detector.add_task_steps=100", "--config.detector.head_folds=1",
+      "--config.train.mode=mixed"]
+  args = ["train", "--config", DEFAULT, f"--config.run_dir={run}", *flags]
+  assert cli.main(args + ["--config.learner.num_steps=20"]) == 0
+  config = load_config(DEFAULT, ["env.tasks=['reach_red','lift_red']"])
+  folder = str(tmp_path / "examples")
+  write_examples(config, folder, 6, seed=1)
+  assert cli.main(["tasks", "add", "reach_any", "--examples", folder, "--run-dir", run,
+                   "--config", DEFAULT, *flags]) == 0
+  assert cli.main(args + ["--config.learner.num_steps=40"]) == 0
+  progress = json.load(open(os.path.join(run, "progress.json")))
+  steps = [(e["step"], e.get("zero_shot")) for e in progress["evaluations"]]
+  assert steps == [(20, None), (20, ["reach_any"]), (40, None)], steps
+  assert progress["new_tasks"] == {"reach_any": 20}
+  assert set(progress["evaluations"][-1]["true"]) == {"reach_red", "lift_red"}
+  assert progress["attempts"]["reach_any"] > 0, "robots attempted the new task"
+  assert relabel.read_stamp(run)["task_names"]["2"] == "reach_any"
+  results = json.load(open(os.path.join(run, "results.json")))
+  assert "reach_any" in results["success"] and "reach_any" not in results["true_success"]
