@@ -3,6 +3,7 @@ fine-tuned with collection for it (MT-Opt's new-task path; the real-robot path, 
 the detector knows the task).
 
     python -m experiments.new_task [--quick] [--seeds 0 1] [--work-dir DIR]
+    python -m experiments.new_task --write-examples DIR   # only reach_any's example folder
 
 The protocol, fixed before any result was looked at:
 
@@ -171,7 +172,13 @@ def main(argv=None):
   p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS,
                  help=f"learner steps after the task is added (protocol: {FINETUNE_STEPS}; "
                       "other budgets are reported as such, beside it)")
+  p.add_argument("--write-examples", metavar="DIR", default=None,
+                 help="only write reach_any's example folder to DIR (the tutorial's step)")
   args = p.parse_args(argv)
+  if args.write_examples:
+    counts = write_examples(load_config(CONFIG), args.write_examples, 120, seed=1000)
+    print(f"{args.write_examples}: {counts[0]} successes, {counts[1]} failures")
+    return
   work = args.work_dir + ("_quick" if args.quick else "")
   per_seed = {s: run_seed(s, work, args.quick, args.finetune_steps) for s in args.seeds}
   results, md = report(per_seed)
