@@ -32,12 +32,10 @@ import numpy as np
 from mtopt import envs
 from mtopt.config import ConfigDict, ConfigError
 from mtopt.program import collection, nodes, offline_data, reports
+from mtopt.program.checks import MODES, check_config
 from mtopt.program.evaluation import Evaluation
 from mtopt.program.run_dir import load_progress, open_run_dir, save_progress
 from mtopt.tasks import TaskRegistry
-
-MODES = ("offline", "online", "mixed")
-
 
 class Prepared(NamedTuple):
   run_dir: str
@@ -51,18 +49,24 @@ class Prepared(NamedTuple):
 def prepare(config: ConfigDict, log=print) -> Prepared:
   """The run directory (its config checked), env, task registry, Ray and labeller
   (training the detector if the run has none yet); with `offline`/`mixed`, the dataset."""
-  if config.train.mode not in MODES:
-    raise ConfigError(f"train.mode must be one of {MODES}, got {config.train.mode!r}")
-  run_dir = open_run_dir(config)
+  check_config(config)  # Every value, before any work (seconds, not minutes in).
   env = envs.make(config.env)
+  run_dir = open_run_dir(config)
   registry = TaskRegistry.load_or_create(run_dir, int(config.max_tasks),
                                          list(config.env.tasks) or env.task_names())
+  _check_tasks(config, registry)
   ray = nodes.init_ray(config)
   labeller = nodes.make_labeller(config, env, registry, run_dir, log)
   data = None
   if config.train.mode in ("offline", "mixed"):
     data = offline_data.offline_dataset(config, ray, registry, run_dir, log)
   return Prepared(run_dir, env, registry, ray, labeller, data)
+
+
+def _check_tasks(config: ConfigDict, registry: TaskRegistry) -> None:
+  unknown = [x for x in config.train.tasks if x not in registry]
+  if unknown:
+    raise ConfigError(f"train.tasks names unknown task(s) {unknown}; known: {registry.names}")
 
 
 def _steps_to_save_point(step: int, periods: list[int], total: int) -> int:
@@ -86,9 +90,6 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
   progress = load_progress(run_dir)
   lcfg = LearnerConfig.from_config(config)
   tasks = list(t.tasks) or registry.names  # What this run trains and evaluates.
-  unknown = [x for x in tasks if x not in registry]
-  if unknown:
-    raise ConfigError(f"train.tasks names unknown task(s) {unknown}; known: {registry.names}")
   slots = [registry.slot(x) for x in tasks]
   replay, online = nodes.make_replays(config, spec, run_dir, labeller, slots)
   replays = [r for r in (replay, online) if r is not None]
