@@ -51,6 +51,7 @@ def prepare(config: ConfigDict, log=print) -> Prepared:
   (training the detector if the run has none yet); with `offline`/`mixed`, the dataset."""
   check_config(config)  # Every value, before any work (seconds, not minutes in).
   env = envs.make(config.env)
+  offline_data.check_dataset(config, env.spec(), log)  # Its shards whole, before any work.
   run_dir = open_run_dir(config)
   registry = TaskRegistry.load_or_create(run_dir, int(config.max_tasks),
                                          list(config.env.tasks) or env.task_names())

@@ -18,16 +18,17 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from mtopt import rlds_format
-from mtopt.episode import Episode
+from mtopt.episode import Episode, EpisodeError
 from mtopt.specs import ArraySpec, BoundedArraySpec, EnvSpec
 from mtopt.tf_setup import tf
+from replay import rlds_shards
 
 import tensorflow_datasets as tfds  # noqa: E402
 
 Labeller = Callable[[Sequence[Episode]], np.ndarray]
 
 
-class MappingError(ValueError):
+class MappingError(rlds_format.DatasetError):
   """A field mapping does not fit a dataset; the message names the field."""
 
 
@@ -170,29 +171,91 @@ def example_to_episode(ex: Mapping, mapping: FieldMapping, index: int = 0) -> Ep
                  terminated=mapping.terminated)
 
 
+def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+  """{"steps/observation/x": v} -> {"steps": {"observation": {"x": v}}}."""
+  out: dict = {}
+  for path, v in flat.items():
+    node = out
+    *parents, leaf = path.split("/")
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = v
+  return out
+
+
+def located_examples(source, split: str = "train", paths: Sequence[str] | None = None,
+                     skip_bad: bool = False, report: rlds_shards.ShardReport | None = None
+                     ) -> Iterator[tuple[rlds_shards.Record | None, dict]]:
+  """(where it lies, decoded numpy example with `steps` stacked) from a dataset directory
+  (read shard by shard: a bad shard names its file and episode, see `rlds_shards`) or a
+  tf.data.Dataset of examples (where: None)."""
+  if isinstance(source, (str, os.PathLike)):
+    for record, flat in rlds_shards.read_decoded(os.fspath(source), split, paths, skip_bad,
+                                                 report):
+      yield record, unflatten(flat)
+    return
+  ds = source.map(_stack_steps, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  for ex in tfds.as_numpy(ds.prefetch(2)):
+    yield None, ex
+
+
 def examples(source, split: str = "train") -> Iterator[dict]:
   """Decoded numpy examples with `steps` stacked, from a dataset dir or a tf.data.Dataset."""
-  if isinstance(source, (str, os.PathLike)):
-    source = rlds_format.load_builder(os.fspath(source)).as_dataset(split=split)
-  ds = source.map(_stack_steps, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  yield from tfds.as_numpy(ds.prefetch(2))
+  for _, ex in located_examples(source, split):
+    yield ex
 
 
-def read_mapped(source, mapping: FieldMapping, split: str = "train",
-                limit: int | None = None) -> Iterator[Episode]:
-  for i, ex in enumerate(examples(source, split)):
+def mapping_paths(mapping: FieldMapping) -> list[str]:
+  """The feature paths a mapping reads."""
+  paths = list(mapping.observation.values()) + list(mapping.action)
+  if isinstance(mapping.task, str):
+    paths.append(mapping.task)
+  if mapping.episode_id:
+    paths.append(mapping.episode_id)
+  return list(dict.fromkeys(paths))
+
+
+def read_mapped(source, mapping: FieldMapping | None, split: str = "train",
+                limit: int | None = None, spec: EnvSpec | None = None, max_tasks: int = 0,
+                skip_bad: bool = False, report: rlds_shards.ShardReport | None = None
+                ) -> Iterator[Episode]:
+  """Episodes of a dataset through `mapping` (None: an mtopt dataset, read losslessly).
+
+  With `spec`, every episode is validated against it here, so that one that does not fit
+  is an error naming its file and episode (or, with `skip_bad`, is left out and reported).
+  """
+  report = report if report is not None else rlds_shards.ShardReport()
+  paths = None if mapping is None else mapping_paths(mapping)
+  for i, (where, ex) in enumerate(located_examples(source, split, paths, skip_bad, report)):
     if limit is not None and i >= limit:
       return
-    yield example_to_episode(ex, mapping, i)
+    try:
+      ep = (rlds_format.rlds_to_episode(ex) if mapping is None
+            else example_to_episode(ex, mapping, i if where is None else where.episode))
+      if spec is not None:
+        ep.validate(spec, max_tasks)
+    except (MappingError, EpisodeError) as e:
+      if where is None:
+        raise
+      shard = rlds_shards.shards(os.fspath(source), split)[where.shard]
+      rlds_shards.bad_episode(str(e), shard, where.index, skip_bad, report)
+      continue
+    yield ep
 
 
 def _grouped(items: Iterable, n: int) -> Iterator[list]:
+  """Lists of n; a dataset error hands on the group read before it, then raises."""
   group = []
-  for x in items:
-    group.append(x)
-    if len(group) == n:
+  try:
+    for x in items:
+      group.append(x)
+      if len(group) == n:
+        yield group
+        group = []
+  except rlds_format.DatasetError:
+    if group:
       yield group
-      group = []
+    raise
   if group:
     yield group
 
@@ -200,7 +263,8 @@ def _grouped(items: Iterable, n: int) -> Iterator[list]:
 def import_rlds(replay, source, mapping: FieldMapping | None = None,
                 labeller: Labeller | None = None, split: str = "train",
                 limit: int | None = None, group: int = 32, skip: int = 0,
-                only_active_tasks: bool = False) -> int:
+                only_active_tasks: bool = False, skip_bad: bool = False,
+                report: rlds_shards.ShardReport | None = None) -> int:
   """Writes a dataset's episodes into `replay`; returns how many (not counting `skip`).
 
   Args:
@@ -215,6 +279,10 @@ def import_rlds(replay, source, mapping: FieldMapping | None = None,
       a crash: the replay acknowledged those already).
     only_active_tasks: leave out episodes collected for a task slot the replay does not
       train (`replay.slots`); otherwise they are an error.
+    skip_bad: a corrupt, truncated or mismatched shard record (or an episode that does not
+      fit the replay's spec) is left out and added to `report` instead of raising a
+      `rlds_shards.ShardError` naming its file and episode. What was written before an
+      error stays in the replay.
   """
   if mapping is None:
     if not isinstance(source, (str, os.PathLike)):
@@ -227,11 +295,8 @@ def import_rlds(replay, source, mapping: FieldMapping | None = None,
     if max_tasks != replay.max_tasks:
       raise MappingError(f"{source}: written with max_tasks={max_tasks}, "
                          f"replay has {replay.max_tasks}")
-    episodes = rlds_format.read_episodes(os.fspath(source), split)
-    if limit is not None:
-      episodes = (ep for i, ep in zip(range(limit), episodes))
-  else:
-    episodes = read_mapped(source, mapping, split, limit)
+  episodes = read_mapped(source, mapping, split, limit, replay.spec, replay.max_tasks,
+                         skip_bad, report)
   if only_active_tasks:
     episodes = (ep for ep in episodes if ep.task_id in replay.slots)
   if skip:

@@ -144,7 +144,8 @@ def test_import_rejects_bad_episodes_without_partial_writes(rng, tmp_path):
     rlds_io.export_rlds(a, str(tmp_path / "ds"))
   small = TableLayout(SPEC.__class__(SPEC.observation, SPEC.action, 1), MAX_TASKS, max_size=100)
   with ReverbReplay(small) as b:
-    with pytest.raises(EpisodeError, match="exceeds max_episode_steps=1"):
+    with pytest.raises(rlds_io.rlds_shards.ShardError,
+                       match=r"tfrecord-00000: episode 0 of this file.*exceeds max_episode_steps=1"):
       rlds_io.import_rlds(b, str(tmp_path / "ds"))
     assert b.num_episodes() == 0
   with pytest.raises(ValueError, match="not a TFDS/RLDS dataset"):

@@ -3,6 +3,7 @@
 import os
 import time
 
+import numpy as np
 import pytest
 
 from mtopt import cli
@@ -55,3 +56,50 @@ def test_train_refuses_a_bad_value_before_ray_or_any_work(tmp_path, capsys):
   rc = cli.main(["train", "--config", DEFAULT, f"--config.run_dir={tmp_path}/run2",
                  "--config.train.dataset_dir=/no/such/dataset"])
   assert rc == 2 and "train.dataset_dir" in capsys.readouterr().err
+
+
+def _tabletop_dataset(path, n=20, per_shard=10):
+  from mtopt import envs, rlds_format
+  from mtopt.episode import Episode
+  config = load_config(DEFAULT)
+  spec = envs.make(config.env).spec()
+  rng = np.random.default_rng(0)
+  with rlds_format.DatasetWriter(str(path), spec, int(config.max_tasks), [],
+                                 episodes_per_shard=per_shard) as w:
+    for i in range(n):
+      t = 5
+      obs = {k: rng.normal(size=(t + 1, *s.shape)).astype(s.dtype)
+             for k, s in spec.observation.items()}
+      w.write(Episode(obs, rng.uniform(-1, 1, (t, *spec.action.shape)).astype(np.float32),
+                      task_id=i % 2, episode_id=i))
+  from replay import rlds_shards
+  return [s.path for s in rlds_shards.shards(str(path))]
+
+
+def test_train_names_a_truncated_shard_before_any_work(tmp_path, capsys):
+  from mtopt.program import offline_data
+  files = _tabletop_dataset(tmp_path / "ds")
+  with open(files[1], "r+b") as f:
+    f.truncate(os.path.getsize(files[1]) // 2 + 7)  # Inside a record.
+  t0 = time.monotonic()
+  rc = cli.main(["train", "--config", DEFAULT, f"--config.run_dir={tmp_path}/run",
+                 f"--config.train.dataset_dir={tmp_path}/ds"])
+  err = capsys.readouterr().err
+  assert rc == 2 and files[1] in err and "truncated record" in err, err
+  assert "train.skip_bad_episodes=true" in err
+  assert time.monotonic() - t0 < 20 and not os.path.exists(tmp_path / "run")
+  # Asked to skip: the check reports and lets the run go on.
+  config = load_config(DEFAULT, [f"train.dataset_dir={tmp_path}/ds",
+                                 "train.skip_bad_episodes=true"])
+  from mtopt import envs
+  logged = []
+  offline_data.check_dataset(config, envs.make(config.env).spec(), logged.append)
+  assert files[1] in logged[0] and "15 episodes readable" in logged[0]
+
+
+def test_train_refuses_a_dataset_of_another_spec(tmp_path, capsys):
+  _tabletop_dataset(tmp_path / "ds")
+  rc = cli.main(["train", "--config", DEFAULT, f"--config.run_dir={tmp_path}/run",
+                 f"--config.train.dataset_dir={tmp_path}/ds",
+                 "--config.env.fine_features=false"])
+  assert rc == 2 and "another env spec" in capsys.readouterr().err

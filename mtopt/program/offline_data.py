@@ -7,10 +7,41 @@ import os
 
 import numpy as np
 
-from mtopt.config import ConfigDict
+from mtopt.config import ConfigDict, ConfigError
 from mtopt.program import nodes
 from mtopt.program.collection import collect_dataset
 from mtopt.tasks import TaskRegistry
+
+
+def check_dataset(config: ConfigDict, spec, log=print) -> None:
+  """`train.dataset_dir`, before any work: an mtopt dataset for this env spec and
+  `max_tasks`, its shards whole (record headers walked; see `rlds_shards.check_framing`)."""
+  from mtopt import rlds_format
+  from replay import rlds_shards
+  data_dir = config.train.dataset_dir
+  if not data_dir or config.train.mode not in ("offline", "mixed"):
+    return
+  saved, max_tasks, _ = rlds_format.read_metadata(data_dir)
+  if saved is None:
+    raise ConfigError(f"train.dataset_dir {data_dir!r}: not an mtopt dataset (no env_spec in "
+                      "metadata.json); external datasets go in a `dataset` section "
+                      "(see configs/mt_opt_rlds.py)")
+  if max_tasks != int(config.max_tasks):
+    raise ConfigError(f"train.dataset_dir {data_dir!r} was written with max_tasks={max_tasks}, "
+                      f"the config has max_tasks={config.max_tasks}")
+  if saved.observation != spec.observation or saved.action.shape != spec.action.shape:
+    raise ConfigError(f"train.dataset_dir {data_dir!r} holds episodes of another env spec "
+                      f"(observations {_shapes(saved)}, action {saved.action.shape}) than "
+                      f"the config's env ({_shapes(spec)}, action {spec.action.shape})")
+  report = rlds_shards.ShardReport()
+  n = rlds_shards.check_framing(data_dir, "train",
+                                bool(config.train.get("skip_bad_episodes", False)), report)
+  if report.bad:
+    log(f"{data_dir}: {n} episodes readable; {report.summary()}")
+
+
+def _shapes(spec) -> dict:
+  return {k: tuple(s.shape) for k, s in spec.observation.items()}
 
 
 def offline_dataset(config: ConfigDict, ray, registry: TaskRegistry, run_dir: str, log=print
@@ -63,15 +94,21 @@ def import_offline(config: ConfigDict, replay, registry: TaskRegistry, data_dir:
   (`replay.sharing=none`); stored labels made for the run's slots are used where they exist.
   """
   from replay.rlds_io import import_rlds
+  from replay.rlds_shards import ShardReport
   stored = stored_labels(data_dir, registry) if config.train.labels == "learned" else {}
   if stored:
     log(f"using the detector labels stored with {data_dir} for {len(stored)} episodes")
   already = replay.acknowledged()
   if already:
     log(f"resuming the import of {data_dir} after {already} episodes")
+  report = ShardReport()
   n = already + import_rlds(replay, data_dir, labeller=_stored_or(stored, labeller) if stored
                             else None, group=256, skip=already,
-                            only_active_tasks=replay.sharing == "none")
+                            only_active_tasks=replay.sharing == "none",
+                            skip_bad=bool(config.train.get("skip_bad_episodes", False)),
+                            report=report)
+  if report.bad:
+    log(f"{data_dir}: {report.summary()}")
   counts = replay.counts()
   held = ", ".join(f"{registry.name(k)} {counts[k]['success']}/"
                    f"{counts[k]['success'] + counts[k]['failure']}" for k in replay.slots)
