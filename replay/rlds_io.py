@@ -44,9 +44,13 @@ class FieldMapping:
     action: paths concatenated (flattened, cast to float32) into our action vector.
     task: a constant task slot, or a path to a per-episode field (string or int) looked up
       in `task_slots`.
-    task_slots: task field value -> slot (strings as str, ints as int).
+    task_slots: task field value -> slot (strings as str, ints as int or as str).
+    skip_unmapped_tasks: leave out episodes whose task value is not in `task_slots`
+      (`example_to_episode` returns None); otherwise they are an error.
     episode_id: optional path to an int (or string: hashed) per-episode id.
-    terminated: whether imported episodes end in a terminal state.
+    terminated: whether imported episodes end in a terminal state (without `terminal`).
+    terminal: optional path to a per-step bool (RLDS `steps/is_terminal`); an episode is
+      terminated where its last value is true.
     trim: cut observation fields to a common length L and actions to L-1 (datasets whose
       fields differ in length); otherwise mismatched lengths are an error.
     action_bounds: (minimum, maximum) for the action spec.
@@ -58,7 +62,9 @@ class FieldMapping:
   task_slots: Mapping = dataclasses.field(default_factory=dict)
   episode_id: str | None = None
   terminated: bool = True
+  terminal: str | None = None
   trim: bool = False
+  skip_unmapped_tasks: bool = False
   action_bounds: tuple[float, float] = (-np.inf, np.inf)
 
 
@@ -108,8 +114,9 @@ def mapped_spec(features, mapping: FieldMapping, max_episode_steps: int) -> EnvS
     raise MappingError("action: map at least one non-empty field")
   if isinstance(mapping.task, str):
     _feature_at(features, mapping.task)
-  if mapping.episode_id:
-    _feature_at(features, mapping.episode_id)
+  for path in (mapping.episode_id, mapping.terminal):
+    if path:
+      _feature_at(features, path)
   lo, hi = mapping.action_bounds
   return EnvSpec(obs, BoundedArraySpec((dim,), np.float32, "action", lo, hi), max_episode_steps)
 
@@ -135,8 +142,9 @@ def _scalar(v):
   return v.item()
 
 
-def example_to_episode(ex: Mapping, mapping: FieldMapping, index: int = 0) -> Episode:
-  """One decoded (numpy) example, steps stacked, as an Episode (without labels)."""
+def example_to_episode(ex: Mapping, mapping: FieldMapping, index: int = 0) -> Episode | None:
+  """One decoded (numpy) example, steps stacked, as an Episode (without labels); None for
+  a task left out by `skip_unmapped_tasks`."""
   obs = {name: np.asarray(_get(ex, path)) for name, path in mapping.observation.items()}
   parts = [np.asarray(_get(ex, p)) for p in mapping.action]
   parts = [p.reshape(p.shape[0], -1).astype(np.float32) for p in parts]
@@ -157,9 +165,13 @@ def example_to_episode(ex: Mapping, mapping: FieldMapping, index: int = 0) -> Ep
     raise MappingError(f"example {index}: {len(actions)} actions for {n_obs} observations")
   if isinstance(mapping.task, str):
     key = _scalar(_get(ex, mapping.task))
-    if key not in mapping.task_slots:
-      raise MappingError(f"example {index}: task {key!r} has no slot in task_slots")
-    task = int(mapping.task_slots[key])
+    slot = mapping.task_slots.get(key, mapping.task_slots.get(str(key)))  # Config keys: str.
+    if slot is None:
+      if mapping.skip_unmapped_tasks:
+        return None
+      raise MappingError(f"example {index}: task {key!r} has no slot in task_slots "
+                         f"(known: {sorted(map(str, mapping.task_slots))[:20]})")
+    task = int(slot)
   else:
     task = int(mapping.task)
   episode_id = index
@@ -167,8 +179,10 @@ def example_to_episode(ex: Mapping, mapping: FieldMapping, index: int = 0) -> Ep
     v = _scalar(_get(ex, mapping.episode_id))
     episode_id = int(v) if isinstance(v, (int, np.integer)) else \
         int.from_bytes(str(v).encode()[-7:].rjust(7, b"\0"), "big")
+  terminated = (bool(np.asarray(_get(ex, mapping.terminal)).reshape(-1)[-1])
+                if mapping.terminal else mapping.terminated)
   return Episode(observations=obs, actions=actions, task_id=task, episode_id=episode_id,
-                 terminated=mapping.terminated)
+                 terminated=terminated)
 
 
 def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
@@ -210,8 +224,7 @@ def mapping_paths(mapping: FieldMapping) -> list[str]:
   paths = list(mapping.observation.values()) + list(mapping.action)
   if isinstance(mapping.task, str):
     paths.append(mapping.task)
-  if mapping.episode_id:
-    paths.append(mapping.episode_id)
+  paths += [p for p in (mapping.episode_id, mapping.terminal) if p]
   return list(dict.fromkeys(paths))
 
 
@@ -224,6 +237,18 @@ def read_mapped(source, mapping: FieldMapping | None, split: str = "train",
   With `spec`, every episode is validated against it here, so that one that does not fit
   is an error naming its file and episode (or, with `skip_bad`, is left out and reported).
   """
+  for _, ep in located_episodes(source, mapping, split, limit, spec, max_tasks, skip_bad,
+                                report):
+    yield ep
+
+
+def located_episodes(source, mapping: FieldMapping | None, split: str = "train",
+                     limit: int | None = None, spec: EnvSpec | None = None,
+                     max_tasks: int = 0, skip_bad: bool = False,
+                     report: rlds_shards.ShardReport | None = None
+                     ) -> Iterator[tuple[rlds_shards.Record | None, Episode]]:
+  """`read_mapped`'s episodes with where each lies (a `rlds_shards.Record`, or None for a
+  tf.data source)."""
   report = report if report is not None else rlds_shards.ShardReport()
   paths = None if mapping is None else mapping_paths(mapping)
   for i, (where, ex) in enumerate(located_examples(source, split, paths, skip_bad, report)):
@@ -232,6 +257,8 @@ def read_mapped(source, mapping: FieldMapping | None, split: str = "train",
     try:
       ep = (rlds_format.rlds_to_episode(ex) if mapping is None
             else example_to_episode(ex, mapping, i if where is None else where.episode))
+      if ep is None:
+        continue
       if spec is not None:
         ep.validate(spec, max_tasks)
     except (MappingError, EpisodeError) as e:
@@ -240,7 +267,7 @@ def read_mapped(source, mapping: FieldMapping | None, split: str = "train",
       shard = rlds_shards.shards(os.fspath(source), split)[where.shard]
       rlds_shards.bad_episode(str(e), shard, where.index, skip_bad, report)
       continue
-    yield ep
+    yield where, ep
 
 
 def _grouped(items: Iterable, n: int) -> Iterator[list]:
