@@ -47,6 +47,9 @@ class FieldMapping:
     task_slots: task field value -> slot (strings as str, ints as int or as str).
     skip_unmapped_tasks: leave out episodes whose task value is not in `task_slots`
       (`example_to_episode` returns None); otherwise they are an error.
+    success: optional path to the dataset's own outcome (a per-step reward, or a success
+      flag or score per step or episode): the episode is labelled a success for its task
+      where any value is > 0, and a failure for every other task (`label_slots` wide).
     episode_id: optional path to an int (or string: hashed) per-episode id.
     terminated: whether imported episodes end in a terminal state (without `terminal`).
     terminal: optional path to a per-step bool (RLDS `steps/is_terminal`); an episode is
@@ -65,6 +68,8 @@ class FieldMapping:
   terminal: str | None = None
   trim: bool = False
   skip_unmapped_tasks: bool = False
+  success: str | None = None
+  label_slots: int = 0
   action_bounds: tuple[float, float] = (-np.inf, np.inf)
 
 
@@ -114,9 +119,11 @@ def mapped_spec(features, mapping: FieldMapping, max_episode_steps: int) -> EnvS
     raise MappingError("action: map at least one non-empty field")
   if isinstance(mapping.task, str):
     _feature_at(features, mapping.task)
-  for path in (mapping.episode_id, mapping.terminal):
+  for path in (mapping.episode_id, mapping.terminal, mapping.success):
     if path:
       _feature_at(features, path)
+  if mapping.success and mapping.label_slots < 1:
+    raise MappingError("success: set label_slots (the label vector's width, max_tasks)")
   lo, hi = mapping.action_bounds
   return EnvSpec(obs, BoundedArraySpec((dim,), np.float32, "action", lo, hi), max_episode_steps)
 
@@ -181,8 +188,13 @@ def example_to_episode(ex: Mapping, mapping: FieldMapping, index: int = 0) -> Ep
         int.from_bytes(str(v).encode()[-7:].rjust(7, b"\0"), "big")
   terminated = (bool(np.asarray(_get(ex, mapping.terminal)).reshape(-1)[-1])
                 if mapping.terminal else mapping.terminated)
+  labels = None
+  if mapping.success:
+    value = np.asarray(_get(ex, mapping.success), np.float32).reshape(-1)
+    labels = np.zeros(mapping.label_slots, np.float32)
+    labels[task] = float(value.size > 0 and value.max() > 0)
   return Episode(observations=obs, actions=actions, task_id=task, episode_id=episode_id,
-                 terminated=terminated)
+                 terminated=terminated, labels=labels)
 
 
 def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
@@ -224,7 +236,7 @@ def mapping_paths(mapping: FieldMapping) -> list[str]:
   paths = list(mapping.observation.values()) + list(mapping.action)
   if isinstance(mapping.task, str):
     paths.append(mapping.task)
-  paths += [p for p in (mapping.episode_id, mapping.terminal) if p]
+  paths += [p for p in (mapping.episode_id, mapping.terminal, mapping.success) if p]
   return list(dict.fromkeys(paths))
 
 

@@ -86,7 +86,7 @@ def _stored_or(stored: dict[int, np.ndarray], labeller):
 
 
 def import_offline(config: ConfigDict, replay, registry: TaskRegistry, data_dir: str,
-                   labeller, log=print) -> int:
+                   labeller, log=print, source=None) -> int:
   """Imports `data_dir` into `replay` (resuming an import a crash cut short: the replay's
   acknowledged episodes are the dataset's first ones); returns the episodes it holds from it.
 
@@ -102,8 +102,13 @@ def import_offline(config: ConfigDict, replay, registry: TaskRegistry, data_dir:
   if already:
     log(f"resuming the import of {data_dir} after {already} episodes")
   report = ShardReport()
-  n = already + import_rlds(replay, data_dir, labeller=_stored_or(stored, labeller) if stored
-                            else None, group=256, skip=already,
+  mapping = source.mapping_for(registry) if source is not None else None
+  if mapping is not None and not stored:
+    stored_or = labeller
+  else:
+    stored_or = _stored_or(stored, labeller) if stored else None
+  n = already + import_rlds(replay, data_dir, mapping, labeller=stored_or, group=256,
+                            skip=already, split=source.split if source else "train",
                             only_active_tasks=replay.sharing == "none",
                             skip_bad=bool(config.train.get("skip_bad_episodes", False)),
                             report=report)
@@ -114,3 +119,51 @@ def import_offline(config: ConfigDict, replay, registry: TaskRegistry, data_dir:
                    f"{counts[k]['success'] + counts[k]['failure']}" for k in replay.slots)
   log(f"imported {n} episodes from {data_dir}; successes/items per task: {held}")
   return n
+
+
+def disk_batches(config: ConfigDict, source, registry: TaskRegistry, labeller, run_dir: str,
+                 slots, log=print):
+  """A sampler factory (batch size -> `replay.disk_sampler.DiskSampler`) over the config's
+  dataset, streamed from disk. Its index (where each episode lies, its task and success
+  bits) is built once and kept in RUN/dataset_index.npz for a resumed run."""
+  from replay.disk_sampler import DiskSampler, EpisodeIndex
+  if not config.train.rebalance:
+    raise ConfigError("train.rebalance=false is not supported with dataset.stream=true yet")
+  path = os.path.join(run_dir, "dataset_index.npz")
+  mapping = source.mapping_for(registry)
+  if os.path.exists(path):
+    index = EpisodeIndex.load(path)
+    log(f"dataset index: {index.size} episodes (from {path})")
+  else:
+    def labels_of(episodes):
+      missing = [i for i, ep in enumerate(episodes) if ep.labels is None]
+      if missing and labeller is None:
+        raise ConfigError(f"{source.data_dir}: episodes without labels and no detector")
+      out = np.zeros((len(episodes), registry.max_tasks), np.float32)
+      if missing:
+        out[missing] = labeller([episodes[i] for i in missing])
+      for i, ep in enumerate(episodes):
+        if ep.labels is not None:
+          out[i] = ep.labels
+      return out
+    from replay.rlds_shards import ShardReport
+    report = ShardReport()
+    log(f"indexing {source.data_dir} (one pass; labels from {source.label_source})")
+    index = EpisodeIndex.build(source.data_dir, mapping, source.spec, registry.max_tasks,
+                               labels_of, source.split, float(config.detector.threshold),
+                               source.skip_bad, report, log=log)
+    if report.bad:
+      log(f"{source.data_dir}: {report.summary()}")
+    index.save(path)
+  if index.size == 0:
+    raise ConfigError(f"{source.data_dir}: no episode of the run's tasks to train from")
+  r = config.replay
+
+  def make(batch_size: int):
+    return DiskSampler(source.data_dir, index, source.spec, registry.max_tasks, mapping,
+                       batch_size, slots, rule=r.sharing,
+                       success_fraction=float(r.success_fraction),
+                       transitions_per_sample=int(r.transitions_per_sample),
+                       min_size=int(r.min_size), cache_bytes=source.cache_bytes,
+                       seed=int(config.seed))
+  return make

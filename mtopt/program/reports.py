@@ -11,7 +11,7 @@ import numpy as np
 def write_results(run_dir: str, step: int, rates: dict, evaluations: list[dict]) -> dict:
   """RUN/results.json and RUN/success.png; returns the results."""
   results = {"step": step, "success": rates,
-             "mean_success": float(np.mean(list(rates.values()))),
+             "mean_success": float(np.mean(list(rates.values()))) if rates else float("nan"),
              "evaluations": evaluations}
   with open(os.path.join(run_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
