@@ -176,7 +176,12 @@ def _mapped_steps(decoder: rlds_shards.Decoder, mapping: rlds_io.FieldMapping, s
 
   def fn(serialized):
     d = decoder.decode(serialized)
-    obs = {n: tf.cast(d[mapping.observation[n]], spec.observation[n].dtype) for n in names}
+    obs = {}
+    for n in names:  # As `rlds_io.observation_layout`: images stay, the rest float vectors.
+      v = d[mapping.observation[n]]
+      s = spec.observation[n]
+      obs[n] = v if s.dtype == np.uint8 else tf.reshape(tf.cast(v, tf.float32),
+                                                         [tf.shape(v)[0], *s.shape])
     parts = [tf.cast(tf.reshape(d[p], [tf.shape(d[p])[0], -1]), tf.float32)
              for p in mapping.action]
     n_obs = tf.reduce_min(tf.stack([tf.shape(v)[0] for v in obs.values()]))

@@ -100,6 +100,21 @@ def _step_shape(feature, per_step: bool, path: str) -> tuple[tuple[int, ...], np
   return shape, dtype
 
 
+def observation_layout(shape: tuple, dtype: np.dtype) -> tuple[tuple[int, ...], np.dtype]:
+  """What an observation field becomes per step: uint8 images [H, W, C] stay; everything
+  else (scalars, bools, matrices) becomes a float32 vector, as the networks read it."""
+  if np.dtype(dtype) == np.uint8 and len(shape) == 3:
+    return tuple(shape), np.dtype(np.uint8)
+  return (int(np.prod(shape, dtype=int)),), np.dtype(np.float32)
+
+
+def _as_observation(v: np.ndarray) -> np.ndarray:
+  """[L, ...] per-step values in `observation_layout`."""
+  if v.dtype == np.uint8 and v.ndim == 4:
+    return v
+  return v.reshape(len(v), -1).astype(np.float32)
+
+
 def mapped_spec(features, mapping: FieldMapping, max_episode_steps: int) -> EnvSpec:
   """The EnvSpec that `mapping` yields for a dataset with TFDS `features`.
 
@@ -108,7 +123,7 @@ def mapped_spec(features, mapping: FieldMapping, max_episode_steps: int) -> EnvS
   obs = {}
   for name, path in mapping.observation.items():
     shape, dtype = _step_shape(*_feature_at(features, path), path)
-    obs[name] = ArraySpec(shape, dtype, name)
+    obs[name] = ArraySpec(*observation_layout(shape, dtype), name)
   dim = 0
   for path in mapping.action:
     shape, dtype = _step_shape(*_feature_at(features, path), path)
@@ -152,7 +167,8 @@ def _scalar(v):
 def example_to_episode(ex: Mapping, mapping: FieldMapping, index: int = 0) -> Episode | None:
   """One decoded (numpy) example, steps stacked, as an Episode (without labels); None for
   a task left out by `skip_unmapped_tasks`."""
-  obs = {name: np.asarray(_get(ex, path)) for name, path in mapping.observation.items()}
+  obs = {name: _as_observation(np.asarray(_get(ex, path)))
+         for name, path in mapping.observation.items()}
   parts = [np.asarray(_get(ex, p)) for p in mapping.action]
   parts = [p.reshape(p.shape[0], -1).astype(np.float32) for p in parts]
   lengths = {len(v) for v in obs.values()}

@@ -73,7 +73,7 @@ def test_mt_opt_mapping_matches_tfds_feature_spec():
   spec = rlds_io.mapped_spec(tfds.builder("mt_opt/rlds").info.features, MT_OPT, 500)
   assert spec.observation["image"].shape == (512, 640, 3)
   assert spec.observation["image"].dtype == np.uint8
-  assert spec.observation["state"].shape == (7,) and spec.observation["height"].shape == ()
+  assert spec.observation["state"].shape == (7,) and spec.observation["height"].shape == (1,)
   assert spec.action.shape == (7 + 3,)
 
 

@@ -157,6 +157,11 @@ def disk_batches(config: ConfigDict, source, registry: TaskRegistry, labeller, r
     index.save(path)
   if index.size == 0:
     raise ConfigError(f"{source.data_dir}: no episode of the run's tasks to train from")
+  success = index.successes(registry.max_tasks)
+  held = ", ".join(f"{registry.name(k)} {int(success[index.task == k, k].sum())}/"
+                   f"{int((index.task == k).sum())}" for k in slots)
+  log(f"streaming {index.size} episodes from {source.data_dir}; own-task successes/episodes: "
+      f"{held}")
   r = config.replay
 
   def make(batch_size: int):
