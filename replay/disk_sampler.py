@@ -30,7 +30,6 @@ from mtopt.tf_setup import tf
 from replay import rlds_io, rlds_shards, sharing
 from replay.balanced_sampler import Plan, _transition_picker, make_plan, to_batch
 
-from tensorflow.python.lib.io import tf_record  # noqa: E402
 
 
 class EpisodeIndex(NamedTuple):
@@ -123,22 +122,27 @@ def cells(index: EpisodeIndex, max_tasks: int, slots: Sequence[int], rule: str
 
 class RecordCache:
   """Raw records by (shard, offset), least recently used first out, within `max_bytes`.
-  Readers are opened per thread (TensorFlow's random reader is not shared across threads)."""
+
+  Records are read with plain positioned reads (os.pread: a few microseconds; TensorFlow's
+  random reader fills a large buffer per read, ~0.5 ms). Their CRCs were checked when the
+  index was built; a record changed since fails to parse and is named then."""
 
   def __init__(self, files: Sequence[str], max_bytes: int):
     self.files, self.max_bytes = list(files), int(max_bytes)
+    self._fds = [os.open(f, os.O_RDONLY) for f in self.files]
     self._lru: collections.OrderedDict = collections.OrderedDict()
     self._bytes, self._lock = 0, threading.Lock()
-    self._local = threading.local()
     self.hits = self.misses = 0
 
-  def _reader(self, shard: int):
-    readers = getattr(self._local, "readers", None)
-    if readers is None:
-      readers = self._local.readers = {}
-    if shard not in readers:
-      readers[shard] = tf_record.tf_record_random_reader(self.files[shard])
-    return readers[shard]
+  def _read(self, shard: int, offset: int) -> bytes:
+    fd = self._fds[shard]
+    header = os.pread(fd, 12, offset)
+    n = int.from_bytes(header[:8], "little") if len(header) == 12 else -1
+    data = os.pread(fd, n, offset + 12) if n >= 0 else b""
+    if n < 0 or len(data) != n:
+      raise rlds_shards.ShardError(f"{self.files[shard]}: record at byte {offset} cannot be "
+                                   "read (the file changed since it was indexed)")
+    return data
 
   def get(self, shard: int, offset: int) -> bytes:
     key = (shard, offset)
@@ -149,11 +153,7 @@ class RecordCache:
         self.hits += 1
         return data
       self.misses += 1
-    try:
-      data, _ = self._reader(shard).read(int(offset))
-    except tf.errors.DataLossError as e:  # Changed on disk since it was indexed.
-      raise rlds_shards.ShardError(f"{self.files[shard]}: record at byte {offset}: "
-                                   f"{e.message}") from None
+    data = self._read(shard, offset)
     if len(data) <= self.max_bytes:
       with self._lock:
         if key not in self._lru:
@@ -167,6 +167,11 @@ class RecordCache:
   @property
   def bytes(self) -> int:
     return self._bytes
+
+  def close(self) -> None:
+    for fd in self._fds:
+      os.close(fd)
+    self._fds = []
 
 
 def _mapped_steps(decoder: rlds_shards.Decoder, mapping: rlds_io.FieldMapping, spec: EnvSpec):
@@ -193,9 +198,18 @@ def _mapped_steps(decoder: rlds_shards.Decoder, mapping: rlds_io.FieldMapping, s
       terminated = tf.cast(tf.reshape(d[mapping.terminal], [-1])[-1], tf.float32)
     else:
       terminated = tf.constant(float(mapping.terminated))
-    dim = spec.action.shape[0]
+    dim, length = spec.action.shape[0], spec.max_episode_steps + 1
     last = tf.concat([[terminated], tf.zeros([dim - 1], tf.float32)], 0)[None]
-    return {"observation": obs, "action": tf.concat([actions, last], 0)}
+    action = tf.concat([actions, last], 0)
+    # Padded to a fixed length (the index checked every episode fits): obs with 0, actions
+    # with NaN, as `balanced_sampler`'s items are.
+    pad = length - tf.shape(action)[0]
+    obs = {n: tf.pad(v, [[0, length - tf.shape(v)[0]]] + [[0, 0]] * (v.shape.rank - 1))
+           for n, v in obs.items()}
+    action = tf.pad(action, [[0, pad], [0, 0]], constant_values=float("nan"))
+    return {"observation": {n: tf.ensure_shape(v, [length, *spec.observation[n].shape])
+                            for n, v in obs.items()},
+            "action": tf.ensure_shape(action, [length, dim])}
   return fn
 
 
@@ -212,6 +226,8 @@ class DiskSampler:
 
   Attributes:
     plan: rows per (slot, is_success) cell in every batch.
+    batches_per_draw: batches whose episodes are drawn and decoded together (a block is
+      `transitions_per_sample` times as many batches).
     report: task slots with `no_successes`, `no_failures` or `no_data`, as the replay's.
     cache: the bounded record cache (its `hits`, `misses`, `bytes`).
   """
@@ -221,7 +237,8 @@ class DiskSampler:
                rule: str = "all", task_shares: Mapping[int, float] | None = None,
                success_fraction: float = 0.5, transitions_per_sample: int = 16,
                min_size: int = 1, cache_bytes: int = 256 << 20, batches_per_draw: int = 8,
-               threads: int | None = None, seed: int = 0, prefetch: int = 2):
+               threads: int | None = None, seed: int = 0, prefetch: int = 1,
+               block_bytes: int = 64 << 20):
     self.spec, self.batch_size = spec, batch_size
     mapping = mapping or mtopt_mapping(spec)
     self._cells = cells(index, max_tasks, slots, rule)
@@ -235,41 +252,50 @@ class DiskSampler:
     self.cache = RecordCache(index.files, cache_bytes)
     decoder = rlds_shards.Decoder(rlds_shards.builder(data_dir).info.features,
                                   rlds_io.mapping_paths(mapping))
+    # Batches per draw: up to `batches_per_draw`, fewer where a block of decoded episodes
+    # (draw x batch_size episodes, padded) would pass `block_bytes` (images).
+    length = spec.max_episode_steps + 1
+    episode_bytes = length * (sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+                                  for v in spec.observation.values())
+                              + 4 * int(spec.action.shape[0]))
+    draw = int(np.clip(block_bytes // (batch_size * episode_bytes), 1, batches_per_draw))
+    self.batches_per_draw = draw
     self._ds = self._dataset(index, _mapped_steps(decoder, mapping, spec),
-                             transitions_per_sample, batches_per_draw, threads, seed, prefetch)
+                             transitions_per_sample, draw, threads, seed, prefetch)
     self._it = None
     self._block, self._next = None, 0
 
-  def _records(self, index: EpisodeIndex, rows: np.ndarray, seed: int) -> Iterator[bytes]:
-    """Random records of one cell, each episode drawn in proportion to its transitions."""
+  def _records(self, index: EpisodeIndex, rows: np.ndarray, draw: int, seed: int
+               ) -> Iterator[np.ndarray]:
+    """Draws of `draw` random records of one cell, each episode drawn in proportion to its
+    transitions (so transitions are uniform, as the replay's priorities make them)."""
     weights = np.cumsum(index.steps[rows], dtype=np.int64)
     rng = np.random.default_rng(seed)
     shard, offset = index.shard[rows], index.offset[rows]
     while True:
-      for i in np.searchsorted(weights, rng.integers(0, weights[-1], 256), side="right"):
-        yield self.cache.get(int(shard[i]), int(offset[i]))
+      pick = np.searchsorted(weights, rng.integers(0, weights[-1], draw), side="right")
+      yield np.array([self.cache.get(int(shard[i]), int(offset[i])) for i in pick], object)
 
   def _dataset(self, index, decode, k, s, threads, seed, prefetch) -> tf.data.Dataset:
     length = self.spec.max_episode_steps + 1
-    obs_shapes = {n: tf.TensorShape([length, *v.shape]) for n, v in self.spec.observation.items()}
-    padded = {"observation": obs_shapes,
-              "action": tf.TensorShape([length, self.spec.action.shape[0]])}
-    pad = {"observation": {n: tf.constant(0, v.dtype) for n, v in self.spec.observation.items()},
-           "action": tf.constant(float("nan"), tf.float32)}
+    signature = {"observation": {n: tf.TensorSpec([length, *v.shape], v.dtype)
+                                 for n, v in self.spec.observation.items()},
+                 "action": tf.TensorSpec([length, self.spec.action.shape[0]], tf.float32)}
     parts = []
     for j, ((slot, success), rows) in enumerate(sorted(self.plan.items())):
       members = self._cells[(slot, success)]
       ds = tf.data.Dataset.from_generator(
-          lambda m=members, sd=seed * 1000 + j: self._records(index, m, sd),
-          output_signature=tf.TensorSpec([], tf.string))
-      ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-      ds = ds.padded_batch(s * rows, padded_shapes=padded, padding_values=pad,
-                           drop_remainder=True)
+          lambda m=members, n=s * rows, sd=seed * 1000 + j: self._records(index, m, n, sd),
+          output_signature=tf.TensorSpec([s * rows], tf.string))
+      # One map per draw (per-element maps cost more than decoding a small episode).
+      ds = ds.map(lambda x: tf.map_fn(decode, x, fn_output_signature=signature),
+                  num_parallel_calls=2, deterministic=False)
       parts.append(ds.map(_transition_picker(slot, success, k, s)))
     ds = tf.data.Dataset.zip(tuple(parts))
     ds = ds.map(lambda *xs: tf.nest.map_structure(lambda *v: tf.concat(v, 1), *xs))
     options = tf.data.Options()
-    options.threading.private_threadpool_size = threads or max(1, len(os.sched_getaffinity(0)))
+    # Half the cores: the learner's update shares the host (as `balanced_sampler`).
+    options.threading.private_threadpool_size = threads or max(1, len(os.sched_getaffinity(0)) // 2)
     options.threading.max_intra_op_parallelism = 1
     return ds.with_options(options).prefetch(prefetch)
 
@@ -287,3 +313,4 @@ class DiskSampler:
 
   def close(self) -> None:
     self._it, self._block = None, None
+    self.cache.close()
