@@ -32,7 +32,7 @@ import numpy as np
 from mtopt import envs
 from mtopt.config import ConfigDict, ConfigError
 from mtopt.program import collection, dataset_source, nodes, offline_data, reports
-from mtopt.program.checks import MODES, check_config
+from mtopt.program.checks import check_config
 from mtopt.program.evaluation import Evaluation
 from mtopt.program.run_dir import load_progress, open_run_dir, save_progress
 from mtopt.tasks import TaskRegistry

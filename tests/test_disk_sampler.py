@@ -63,3 +63,21 @@ def test_batches_have_the_plan_and_the_reward_rule(dataset):
     assert sampler.cache.bytes <= 1 << 16 and sampler.cache.misses > 0
   finally:
     sampler.close()
+
+
+def test_vectorised_decode_matches_per_episode_decode(dataset):
+  from mtopt.tf_setup import tf
+  from replay import rlds_io, rlds_shards
+  path, eps, index = dataset
+  features = rlds_shards.builder(path).info.features
+  mapping = disk_sampler.mtopt_mapping(SPEC)
+  batched = disk_sampler._batched_steps(features, mapping, SPEC)
+  single = disk_sampler._mapped_steps(
+      rlds_shards.Decoder(features, rlds_io.mapping_paths(mapping)), mapping, SPEC)
+  records = [r.data for r in rlds_shards.records(path)][:17]
+  a = batched(tf.constant(records))
+  for i, rec in enumerate(records):
+    b = single(tf.constant(rec))
+    np.testing.assert_array_equal(a["action"][i].numpy(), b["action"].numpy())
+    for k in SPEC.observation:
+      np.testing.assert_array_equal(a["observation"][k][i].numpy(), b["observation"][k].numpy())
