@@ -182,8 +182,12 @@ def _batched_steps(features, mapping: rlds_io.FieldMapping, spec: EnvSpec):
   length, dim = spec.max_episode_steps + 1, spec.action.shape[0]
   paths = list(dict.fromkeys([*mapping.observation.values(), *mapping.action,
                               *([mapping.terminal] if mapping.terminal else [])]))
+  from tensorflow_datasets.core import example_parser
+  serialized = example_parser.ExampleParser(features.get_serialized_info()).flat_feature_specs
   kinds, specs = {}, {}
   for path in paths:
+    if path not in serialized:
+      return None
     feature, per_step = rlds_shards.feature_at(features, path)
     shape = tuple(feature.shape) if per_step else tuple(feature.shape)[1:]
     if not per_step and (not feature.shape or feature.shape[0] is not None):
@@ -196,8 +200,8 @@ def _batched_steps(features, mapping: rlds_io.FieldMapping, spec: EnvSpec):
     elif (type(feature) in (tfds.features.Tensor, tfds.features.Scalar)
           and np.dtype(feature.np_dtype).kind in "fiub" and np.dtype(feature.np_dtype).itemsize > 1
           or np.dtype(feature.np_dtype) == np.bool_):
-      if any(d is None for d in shape):
-        return None
+      if any(d is None for d in shape) or serialized[path].dtype == tf.string:
+        return None  # Tensors stored as bytes (TFDS's `encoding=`) decode per episode.
       kinds[path] = ("numeric", shape)
       kind = np.dtype(feature.np_dtype).kind
       specs[path] = tf.io.RaggedFeature(tf.float32 if kind == "f" else tf.int64)
