@@ -81,3 +81,31 @@ def test_vectorised_decode_matches_per_episode_decode(dataset):
     np.testing.assert_array_equal(a["action"][i].numpy(), b["action"].numpy())
     for k in SPEC.observation:
       np.testing.assert_array_equal(a["observation"][k][i].numpy(), b["observation"][k].numpy())
+
+
+def test_vectorised_decode_of_robonet_sequences_with_trim(tmp_path):
+  """RoboNet keeps video, states and actions as per-episode sequences of other lengths."""
+  from mtopt.config import load_config
+  from mtopt.program import dataset_source
+  from mtopt.tf_setup import tf
+  from replay import rlds_io, rlds_shards
+  from tests.conftest import ROOT
+  from tests.tfds_mock import write_mock_dataset
+  import os
+  path = write_mock_dataset("robonet/robonet_sample_64", str(tmp_path), num_examples=4,
+                            num_sub_examples=5, per_shard=4)
+  config = load_config(os.path.join(ROOT, "configs", "robonet.py"),
+                       ["dataset.max_episode_steps=100"])
+  features = rlds_shards.builder(path).info.features
+  mapping, spec, _, _ = dataset_source.build_mapping(config, features)
+  batched = disk_sampler._batched_steps(features, mapping, spec)
+  assert batched is not None
+  single = disk_sampler._mapped_steps(
+      rlds_shards.Decoder(features, rlds_io.mapping_paths(mapping)), mapping, spec)
+  records = [r.data for r in rlds_shards.records(path)]
+  a = batched(tf.constant(records))
+  for i, rec in enumerate(records):
+    b = single(tf.constant(rec))
+    np.testing.assert_array_equal(a["action"][i].numpy(), b["action"].numpy())
+    for k in spec.observation:
+      np.testing.assert_array_equal(a["observation"][k][i].numpy(), b["observation"][k].numpy())
