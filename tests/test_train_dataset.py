@@ -41,7 +41,9 @@ def test_train_mt_opt_rlds_config_on_its_mock_data(tmp_path, ray_session, capsys
   assert cli.main(train) == 0
   results = json.load(open(run / "results.json"))
   assert results["step"] == 4
-  assert os.path.exists(run / "dataset_index.npz")  # A resumed run reads it back.
+  assert os.path.exists(run / "dataset_index.npz")  # A resumed run reads it back...
+  stamp = json.load(open(run / "dataset_index.json"))
+  assert "detector_version" in stamp["labels"]  # ...if the same labeller made it.
   assert os.listdir(run / "checkpoints")
   # A shard cut in half: the run is refused, naming the file; asked to, it skips it.
   shard = sorted(p for p in os.listdir(shard_dir) if "tfrecord" in p)[1]

@@ -3,6 +3,7 @@ into the replay, through `replay.rlds_io.import_rlds` and its checks."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -129,12 +130,26 @@ def disk_batches(config: ConfigDict, source, registry: TaskRegistry, labeller, r
   from replay.disk_sampler import DiskSampler, EpisodeIndex
   if not config.train.rebalance:
     raise ConfigError("train.rebalance=false is not supported with dataset.stream=true yet")
+  from mtopt.program import relabel
+  from mtopt.program.run_dir import write_json
   path = os.path.join(run_dir, "dataset_index.npz")
   mapping = source.mapping_for(registry)
-  if os.path.exists(path):
+  # The index holds success bits: made again when another labeller (a retrained or
+  # extended detector, `mtopt tasks add`) or another dataset would label it.
+  made_by = {"data_dir": source.data_dir, "split": source.split,
+             "labels": relabel.stamp(labeller) if labeller is not None
+             else {"field": mapping.success}}
+  stamp_path = os.path.join(run_dir, "dataset_index.json")
+  saved = None
+  if os.path.exists(stamp_path):
+    with open(stamp_path) as f:
+      saved = json.load(f)
+  if os.path.exists(path) and saved == json.loads(json.dumps(made_by)):
     index = EpisodeIndex.load(path)
     log(f"dataset index: {index.size} episodes (from {path})")
   else:
+    if os.path.exists(path):
+      log(f"{path} was made with another labeller or dataset: indexing again")
     def labels_of(episodes):
       missing = [i for i, ep in enumerate(episodes) if ep.labels is None]
       if missing and labeller is None:
@@ -155,6 +170,7 @@ def disk_batches(config: ConfigDict, source, registry: TaskRegistry, labeller, r
     if report.bad:
       log(f"{source.data_dir}: {report.summary()}")
     index.save(path)
+    write_json(stamp_path, made_by, indent=1)
   if index.size == 0:
     raise ConfigError(f"{source.data_dir}: no episode of the run's tasks to train from")
   success = index.successes(registry.max_tasks)
