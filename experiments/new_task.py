@@ -94,10 +94,12 @@ def evaluate_run(run: str, per_task: int, eval_seed: int) -> dict:
   return out
 
 
-def run_seed(seed: int, work: str, quick: bool) -> dict:
+def run_seed(seed: int, work: str, quick: bool, finetune_steps: int = FINETUNE_STEPS) -> dict:
   overrides = [f"--config.seed={seed}"] + (QUICK if quick else [])
   config = load_config(CONFIG, [o[len("--config."):] for o in overrides])
-  base, run = os.path.join(work, f"seed{seed}", "base"), os.path.join(work, f"seed{seed}", "run")
+  base = os.path.join(work, f"seed{seed}", "base")
+  run = os.path.join(work, f"seed{seed}", "run" if finetune_steps == FINETUNE_STEPS
+                     else f"run_ft{finetune_steps}")
   examples = os.path.join(work, f"seed{seed}", "examples")
   timings = {}
   t0 = time.time()
@@ -115,7 +117,7 @@ def run_seed(seed: int, work: str, quick: bool) -> dict:
   timings["add_task_s"] = time.time() - t0
   per_task = 5 if quick else PER_TASK
   before = evaluate_run(run, per_task, EVAL_SEED)
-  steps = int(config.learner.num_steps) + (100 if quick else FINETUNE_STEPS)
+  steps = int(config.learner.num_steps) + (100 if quick else finetune_steps)
   t0 = time.time()
   assert cli.main(["train", "--config", CONFIG, f"--config.run_dir={run}", *overrides,
                    f"--config.learner.num_steps={steps}"]) == 0
@@ -166,23 +168,29 @@ def main(argv=None):
   p.add_argument("--quick", action="store_true", help="a tiny smoke run (minutes)")
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
   p.add_argument("--work-dir", default="/tmp/mtopt_new_task")
+  p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS,
+                 help=f"learner steps after the task is added (protocol: {FINETUNE_STEPS}; "
+                      "other budgets are reported as such, beside it)")
   args = p.parse_args(argv)
   work = args.work_dir + ("_quick" if args.quick else "")
-  per_seed = {s: run_seed(s, work, args.quick) for s in args.seeds}
+  per_seed = {s: run_seed(s, work, args.quick, args.finetune_steps) for s in args.seeds}
   results, md = report(per_seed)
   meta = {**protocol.commit(), "config": per_seed[args.seeds[0]]["config"], "seeds": args.seeds,
           "episodes_per_task": 5 if args.quick else PER_TASK, "eval_seed": EVAL_SEED,
-          "finetune_steps": FINETUNE_STEPS, "task": TASK, "parts": PARTS,
+          "finetune_steps": args.finetune_steps, "task": TASK, "parts": PARTS,
           "data": "each run collects its own (scripted noisy experts, seed = the run's seed); "
                   "examples from seed 1000 + seed"}
   out = {**results, "seeds": {s: {k: v for k, v in r.items() if k != "config"}
                               for s, r in per_seed.items()}, "meta": meta}
-  base = os.path.join(ROOT, "results", "new_task" + ("_quick" if args.quick else ""))
+  suffix = ("_quick" if args.quick else "") + (
+      f"_ft{args.finetune_steps}" if args.finetune_steps != FINETUNE_STEPS else "")
+  base = os.path.join(ROOT, "results", "new_task" + suffix)
   with open(base + ".json", "w") as f:
     json.dump(out, f, indent=1, default=list)
   with open(base + ".md", "w") as f:
     f.write(f"# New task from examples: {TASK}\n\ncommit {meta['commit']}"
             f"{' (dirty)' if meta['dirty'] else ''}, seeds {args.seeds}, "
+            f"{args.finetune_steps} fine-tuning steps, "
             f"{meta['episodes_per_task']} episodes per task\n\n{md}\n")
   print(md)
   print(json.dumps(results["summary"]))
