@@ -141,6 +141,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.rebalance = True  # False: batches in the data's own task/outcome proportions.
   c.train.dataset_dir = ""  # RLDS dataset for offline/mixed; empty: collect one first.
   c.train.offline_episodes = 400  # Scripted noisy episodes collected when no dataset_dir.
+  # A corrupt, truncated or mismatched shard record is an error naming its file and episode;
+  # True leaves such episodes out of the import and reports them.
+  c.train.skip_bad_episodes = False
   c.train.labels = "learned"  # learned (success detector) | ground_truth (simulator)
   c.train.detector_episodes_per_task = 100  # Simulated examples when no detector exists.
   c.train.explore_gaussian_std = 0.1  # Online exploration around the CEM action...

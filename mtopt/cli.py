@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from mtopt.config import ConfigError, load_config, split_overrides
+from mtopt.dataset_errors import DatasetError
 from mtopt.episode import EpisodeError
 from mtopt.tasks import TaskError
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     elif overrides:
       raise ConfigError(f"{args.command} takes no --config overrides")
     return int(args.func(args) or 0)
-  except (ConfigError, EpisodeError, TaskError) as e:
+  except (ConfigError, DatasetError, EpisodeError, TaskError) as e:
     print(f"mtopt: error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:

@@ -32,38 +32,58 @@ import numpy as np
 
 from mtopt import envs
 from mtopt.config import ConfigDict, ConfigError
-from mtopt.program import collection, new_tasks, nodes, offline_data, relabel, reports
+from mtopt.program import (collection, dataset_source, new_tasks, nodes, offline_data, relabel,
+                           reports)
+from mtopt.program.checks import check_config
 from mtopt.program.evaluation import Evaluation
 from mtopt.program.run_dir import load_progress, open_run_dir, save_progress
 from mtopt.tasks import TaskRegistry
 
-MODES = ("offline", "online", "mixed")
-
-
 class Prepared(NamedTuple):
   run_dir: str
-  env: Any
+  env: Any  # None for a dataset without a simulator (`env.name = "none"`).
   registry: TaskRegistry
   ray: Any
-  labeller: Any
+  labeller: Any  # For on-policy and imported episodes without labels.
   dataset_dir: str | None  # The offline dataset (`offline` and `mixed` modes).
+  spec: Any = None
+  source: Any = None  # The config's `dataset` section, checked (`program.dataset_source`).
 
 
 def prepare(config: ConfigDict, log=print) -> Prepared:
   """The run directory (its config checked), env, task registry, Ray and labeller
-  (training the detector if the run has none yet); with `offline`/`mixed`, the dataset."""
-  if config.train.mode not in MODES:
-    raise ConfigError(f"train.mode must be one of {MODES}, got {config.train.mode!r}")
+  (training the detector if the run has none yet); with `offline`/`mixed`, the dataset.
+
+  Every config value and the dataset (its mapping against its feature spec, its shards)
+  are checked first, before the run directory, Ray or any data."""
+  check_config(config)  # Every value, before any work (seconds, not minutes in).
+  source = dataset_source.from_config(config, log)
+  if source is not None:
+    dataset_source.check_against_config(config, source)
+  env = None if dataset_source.no_env(config) else envs.make(config.env)
+  spec = source.spec if env is None else env.spec()
+  if source is not None and env is not None:
+    dataset_source.check_spec(source, spec)
+  offline_data.check_dataset(config, spec, log)  # Its shards whole, before any work.
   run_dir = open_run_dir(config)
-  env = envs.make(config.env)
-  registry = TaskRegistry.load_or_create(run_dir, int(config.max_tasks),
-                                         list(config.env.tasks) or env.task_names())
+  names = list(config.env.tasks) or (env.task_names() if env else list(source.task_names))
+  registry = TaskRegistry.load_or_create(run_dir, int(config.max_tasks), names)
+  _check_tasks(config, registry)
   ray = nodes.init_ray(config)
-  labeller = nodes.make_labeller(config, env, registry, run_dir, log)
+  labeller = nodes.make_labeller(config, env, registry, run_dir, log) if env else None
   data = None
-  if config.train.mode in ("offline", "mixed"):
+  if source is not None:
+    labeller = dataset_source.labeller(config, source, labeller)
+    data = source.data_dir
+  elif config.train.mode in ("offline", "mixed"):
     data = offline_data.offline_dataset(config, ray, registry, run_dir, log)
-  return Prepared(run_dir, env, registry, ray, labeller, data)
+  return Prepared(run_dir, env, registry, ray, labeller, data, spec, source)
+
+
+def _check_tasks(config: ConfigDict, registry: TaskRegistry) -> None:
+  unknown = [x for x in config.train.tasks if x not in registry]
+  if unknown:
+    raise ConfigError(f"train.tasks names unknown task(s) {unknown}; known: {registry.names}")
 
 
 def _steps_to_save_point(step: int, periods: list[int], total: int) -> int:
@@ -89,28 +109,34 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
   from learners.learner import Learner
 
   t = config.train
-  run_dir, env, registry, ray, labeller, data = prepare(config, log)
-  spec = env.spec()
+  run_dir, env, registry, ray, labeller, data, spec, source = prepare(config, log)
+  streamed = source is not None and source.stream
   progress = load_progress(run_dir)
   lcfg = LearnerConfig.from_config(config)
   tasks = list(t.tasks) or registry.names  # What this run trains and evaluates.
-  unknown = [x for x in tasks if x not in registry]
-  if unknown:
-    raise ConfigError(f"train.tasks names unknown task(s) {unknown}; known: {registry.names}")
-  own = [x for x in tasks if x not in env.task_names()]
+  # Tasks the simulator has no ground truth for (all of them without a simulator).
+  own = [x for x in tasks if env is None or x not in env.task_names()]
   if own and t.labels != "learned":
     raise ConfigError(f"task(s) {own} are defined by success examples only: the simulator "
                       f"has no ground truth for them; train with train.labels=learned")
   slots = [registry.slot(x) for x in tasks]
-  for d in [run_dir] + ([os.path.join(run_dir, "online")] if t.mode == "mixed" else []):
+  if streamed:  # The dataset stays on disk; a replay only for on-policy episodes.
+    dirs = [run_dir] if t.mode == "mixed" else []
+  else:
+    dirs = [run_dir] + ([os.path.join(run_dir, "online")] if t.mode == "mixed" else [])
+  for d in dirs:
     relabel.ensure_labelled(config, spec, d, labeller, slots, log)  # After `tasks add`.
-  replay, online = nodes.make_replays(config, spec, run_dir, labeller, slots)
+  if streamed:
+    replay, online = None, nodes.make_replays(config, spec, run_dir, labeller, slots)[0] \
+        if t.mode == "mixed" else None
+  else:
+    replay, online = nodes.make_replays(config, spec, run_dir, labeller, slots)
   replays = [r for r in (replay, online) if r is not None]
   for r in replays:
     stack.callback(r.close)  # Closed last (callbacks run last-in first-out).
-  if data is not None and not progress["imported_episodes"]:
+  if data is not None and not streamed and not progress["imported_episodes"]:
     progress["imported_episodes"] = offline_data.import_offline(config, replay, registry,
-                                                                data, labeller, log)
+                                                                data, labeller, log, source)
     replay.checkpoint()
     save_progress(run_dir, progress)
 
@@ -129,9 +155,18 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
     collector = collection.start_collector(ray, config, registry, policy, tasks,
                                            online or replay, reviewer)
     stack.callback(collector.stop)
-  evaluation = Evaluation(ray, config, registry, ps, spec, lcfg, tasks, run_dir, labeller)
-  stack.callback(evaluation.close)
-  sampler = nodes.make_sampler(config, lcfg.batch_size, replay, online)
+  evaluation = None
+  if env is not None and int(config.eval.episodes_per_task) > 0:
+    evaluation = Evaluation(ray, config, registry, ps, spec, lcfg, tasks, run_dir, labeller)
+    stack.callback(evaluation.close)
+  else:
+    log("no simulator or no evaluation episodes (eval.episodes_per_task=0): not evaluating")
+    evaluation = lambda params, step, progress: {}  # noqa: E731
+  if streamed:
+    disk = offline_data.disk_batches(config, source, registry, labeller, run_dir, slots, log)
+    sampler = nodes.make_sampler(config, lcfg.batch_size, None, online, offline=disk)
+  else:
+    sampler = nodes.make_sampler(config, lcfg.batch_size, replay, online)
   stack.callback(sampler.close)  # Its in-flight reads end before the servers stop.
   learner = Learner(spec, registry.max_tasks, lcfg, sampler, run_dir=run_dir,
                     seed=config.seed, publish=lambda params, step: ps.publish.remote(params, step))

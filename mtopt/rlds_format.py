@@ -28,8 +28,7 @@ DATASET_NAME = "mtopt_episodes"
 SPLIT = "train"
 
 
-class DatasetError(ValueError):
-  """A dataset directory is missing, malformed or not what the caller expects."""
+from mtopt.dataset_errors import DatasetError  # noqa: E402,F401  (re-exported)
 
 
 def features(spec: EnvSpec, max_tasks: int) -> tfds.features.FeaturesDict:

@@ -73,7 +73,7 @@ def test_mt_opt_mapping_matches_tfds_feature_spec():
   spec = rlds_io.mapped_spec(tfds.builder("mt_opt/rlds").info.features, MT_OPT, 500)
   assert spec.observation["image"].shape == (512, 640, 3)
   assert spec.observation["image"].dtype == np.uint8
-  assert spec.observation["state"].shape == (7,) and spec.observation["height"].shape == ()
+  assert spec.observation["state"].shape == (7,) and spec.observation["height"].shape == (1,)
   assert spec.action.shape == (7 + 3,)
 
 
@@ -144,7 +144,8 @@ def test_import_rejects_bad_episodes_without_partial_writes(rng, tmp_path):
     rlds_io.export_rlds(a, str(tmp_path / "ds"))
   small = TableLayout(SPEC.__class__(SPEC.observation, SPEC.action, 1), MAX_TASKS, max_size=100)
   with ReverbReplay(small) as b:
-    with pytest.raises(EpisodeError, match="exceeds max_episode_steps=1"):
+    with pytest.raises(rlds_io.rlds_shards.ShardError,
+                       match=r"tfrecord-00000: episode 0 of this file.*exceeds max_episode_steps=1"):
       rlds_io.import_rlds(b, str(tmp_path / "ds"))
     assert b.num_episodes() == 0
   with pytest.raises(ValueError, match="not a TFDS/RLDS dataset"):

@@ -41,6 +41,9 @@ def add_parser(sub):
   imp = verbs.add_parser("import", help="add an mtopt RLDS dataset's episodes to the replay")
   imp.add_argument("data", help="dataset directory (written by `mtopt replay export` or "
                                 "`mtopt collect`)")
+  imp.add_argument("--skip-bad-episodes", action="store_true",
+                   help="leave corrupt, truncated or mismatched episodes out and report them "
+                        "(default: stop with an error naming the file and episode)")
   cli.add_config_arg(imp)
   imp.set_defaults(func=_import)
 
@@ -93,8 +96,14 @@ def _export(args):
 @_clean_errors
 def _import(args):
   from replay.rlds_io import import_rlds
+  from replay.rlds_shards import ShardReport
   registry, replay = _open(args.config, with_labeller=True)
+  report = ShardReport()
   with replay:
-    n = import_rlds(replay, args.data)
-    replay.checkpoint()
+    try:
+      n = import_rlds(replay, args.data, skip_bad=args.skip_bad_episodes, report=report)
+    finally:  # Whatever was written before an error is kept (and checkpointed).
+      replay.checkpoint()
     print(f"imported {n} episodes; replay holds {replay.num_episodes()} episodes")
+    if report.bad:
+      print(report.summary())

@@ -154,17 +154,19 @@ def batch_composition(config: ConfigDict, replay) -> dict:
   return {"success_fraction": successes / max(1, sum(items.values())), "task_shares": shares}
 
 
-def make_sampler(config: ConfigDict, batch_size: int, replay, online=None):
+def make_sampler(config: ConfigDict, batch_size: int, replay, online=None, offline=None):
   """The learner's batches: from `replay`, or `train.online_fraction` of each from `online`
-  once it can be sampled."""
+  once it can be sampled. `offline` (a factory: batch size -> iterator of Batches, e.g. a
+  dataset streamed from disk) takes the place of `replay`."""
   from replay.mixing import MixedBatches
   wait = float(config.train.wait_for_data_seconds)
 
   def sampler_of(r):
     return lambda size: r.sampler(size, wait_seconds=wait, **batch_composition(config, r))
+  first = offline or sampler_of(replay)
   if online is None:
-    return sampler_of(replay)(batch_size)
+    return first(batch_size)
   min_size = int(config.replay.min_size)
   return MixedBatches(
-      sampler_of(replay), sampler_of(online), batch_size, float(config.train.online_fraction),
+      first, sampler_of(online), batch_size, float(config.train.online_fraction),
       online_ready=lambda: any(max(c.values()) >= min_size for c in online.counts().values()))

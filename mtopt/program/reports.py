@@ -13,7 +13,7 @@ def write_results(run_dir: str, step: int, rates: dict, evaluations: list[dict])
   labeller judged it; `true_success` the simulator's, for the tasks it defines."""
   true = evaluations[-1].get("true", {}) if evaluations else {}
   results = {"step": step, "success": rates,
-             "mean_success": float(np.mean(list(rates.values()))),
+             "mean_success": float(np.mean(list(rates.values()))) if rates else float("nan"),
              "true_success": true,
              "mean_true_success": float(np.mean(list(true.values()))) if true else None,
              "evaluations": evaluations}
