@@ -128,7 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.mode = "mixed"
   c.train.tasks = []  # Tasks to train and evaluate; empty: every registered task.
   c.train.online_fraction = 0.5  # mixed: share of each batch from on-policy episodes.
-  c.train.rebalance = True  # False: batches in the data's own task/outcome proportions.
+  # False: no rebalancing; rows per (task, outcome) follow the stored items, recomputed
+  # from the live counts while training (the naive multi-task baseline).
+  c.train.rebalance = True
   c.train.dataset_dir = ""  # RLDS dataset for offline/mixed; empty: collect one first.
   c.train.offline_episodes = 400  # Scripted noisy episodes collected when no dataset_dir.
   c.train.labels = "learned"  # learned (success detector) | ground_truth (simulator)
