@@ -135,6 +135,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.offline_episodes = 400  # Scripted noisy episodes collected when no dataset_dir.
   c.train.labels = "learned"  # learned (success detector) | ground_truth (simulator)
   c.train.detector_episodes_per_task = 100  # Simulated examples when no detector exists.
+  # On-policy episodes collected per learner step (online and mixed): the learner waits when
+  # collection lags, the collector when it runs ahead (checked at every publication), so
+  # the on-policy budget follows learner progress, not wall time and machine load; the
+  # same for every method of an experiment. 0: as fast as the actors go (wall time).
+  c.train.episodes_per_step = 0.0
   c.train.explore_gaussian_std = 0.1  # Online exploration around the CEM action...
   c.train.explore_epsilon = 0.1  # ...and uniformly random actions (online and mixed).
   c.train.eval_every = 2000  # Learner steps between evaluations (and checkpoints).
