@@ -108,7 +108,7 @@ class Settings:
 
 QUICK = Settings(episodes=120, steps_per_task=24, on_policy_per_task_step=0.1,
                  episodes_per_task=4, labels="ground_truth",
-                 extra=("learner.batch_size=32", "learner.publish_every=8",
+                 extra=("learner.batch_size=64", "learner.publish_every=8",
                         "train.detector_episodes_per_task=10"))
 
 

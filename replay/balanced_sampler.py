@@ -99,9 +99,10 @@ def proportional_plan(batch_size: int, slots, counts: Mapping[int, Mapping[str, 
   """Rows per (task, outcome) table in proportion to its items: the data's own task shares
   and, within each task, its own success fraction (no rebalancing).
 
-  A table with at least `min_size` items gets at least one row: a fixed plan cannot give
-  it a fraction of a row, and none would drop a rare task's data entirely, which uniform
-  sampling over all items would not; the floor errs in the baseline's favour.
+  A table with at least `min_size` items gets at least one row (when the batch has a row
+  for each): a fixed plan cannot give it a fraction of a row, and none would drop a rare
+  task's data entirely, which uniform sampling over all items would not; the floor errs
+  in the baseline's favour.
   """
   items = {(k, s): counts[k]["success" if s else "failure"] for k in slots
            for s in (True, False)}
@@ -112,13 +113,12 @@ def proportional_plan(batch_size: int, slots, counts: Mapping[int, Mapping[str, 
             "no_failures": sorted(k for k in ready_tasks if (k, False) not in live)}
   if not live:
     return {}, report
-  if len(live) > batch_size:
-    raise ValueError(f"batch_size {batch_size} is smaller than the {len(live)} tables to "
-                     "sample; a proportional plan gives each at least one row")
   keys = sorted(live)
-  rest = _largest_remainder(batch_size - len(keys), {i: float(live[k]) for i, k in
-                                                     enumerate(keys)})
-  return {k: 1 + rest[i] for i, k in enumerate(keys)}, report
+  floor = 1 if len(keys) <= batch_size else 0
+  rest = _largest_remainder(batch_size - floor * len(keys),
+                            {i: float(live[k]) for i, k in enumerate(keys)})
+  plan = {k: floor + rest[i] for i, k in enumerate(keys)}
+  return {k: n for k, n in plan.items() if n > 0}, report
 
 
 def plan_distance(a: Plan, b: Plan) -> float:
