@@ -12,7 +12,8 @@ The protocol, fixed before any result of it was looked at (see `experiments/prot
   cube along the table, which no frequent task does. And no frequent success implies a
   rare one: at the end of the scripted experts' episodes (20 per task) no reach or lift
   success satisfies a rare task's predicate, nor does any state at reset (300 scenes) or
-  after a random policy (100 episodes) (`tests/test_mtopt_table.py` checks this). The
+  after a random policy (100 episodes) (`tests/test_mtopt_table.py` checks the experts'
+  ends and the start states on 5 episodes per frequent task). The
   reverse holds for lift: a held, lifted cube also satisfies reach, so reach and lift are
   both frequent.
 - Data, per seed: 1200 offline episodes from the config's scripted noisy experts
@@ -44,6 +45,7 @@ The protocol, fixed before any result of it was looked at (see `experiments/prot
   (data, detector, learner initialisation; Reverb's sampling is not seedable). 95%
   intervals (Wilson per task; normal for the rare and frequent means, from per-task
   binomial variances), episodes pooled over seeds.
+- Recorded beside each result: the on-policy episodes each network collected.
 - Provenance: each (block, method, seed) result is stamped with the commit, the resolved
   configs of its runs and the sha256 of the seed's dataset and detector, and reused only
   by an identical run from a clean tree; a run that is redone starts from an empty run
@@ -151,9 +153,10 @@ def prepare_seed(s: Settings, seed: int, seed_dir: str) -> dict[str, str]:
 
 
 def train_and_evaluate(run_dir: str, seed_dir: str, config, tasks, s: Settings,
-                       seed: int) -> dict[str, list[bool]]:
-  """Trains one network from an empty run directory; the paired evaluation of its final
-  parameters on `tasks`."""
+                       seed: int) -> tuple[dict[str, list[bool]], int]:
+  """Trains one network from an empty run directory; (the paired evaluation of its final
+  parameters on `tasks`, the on-policy episodes it collected)."""
+  from mtopt.program.run_dir import load_progress
   from actors.evaluator import evaluate_in_process
   from learners.policy import CEMPolicy
   from mtopt.serving.policy_source import RunPolicy
@@ -172,7 +175,8 @@ def train_and_evaluate(run_dir: str, seed_dir: str, config, tasks, s: Settings,
   out = evaluate_in_process(lambda: envs.make(config.env, seed=[seed, 1]), policy.act_batch,
                             tasks, [run.registry.slot(t) for t in tasks], s.episodes_per_task,
                             s.eval_seed)
-  return {t: v["success"].tolist() for t, v in out.items()}
+  return ({t: v["success"].tolist() for t, v in out.items()},
+          int(load_progress(run_dir)["collected_episodes"]))
 
 
 def run_block_method(block: str, method: str, seed: int, s: Settings, work_dir: str,
@@ -198,11 +202,13 @@ def run_block_method(block: str, method: str, seed: int, s: Settings, work_dir: 
   if saved is not None:
     return saved
   t0 = time.time()
-  success = {}
+  success, collected = {}, {}
   for (tasks, _), config, d in zip(runs, configs, dirs):
-    success.update(train_and_evaluate(d, seed_dir, config, tasks, s, seed))
-  saved = {"success": {t: success[t] for t in TASKS}, "train_seconds": time.time() - t0,
-           "meta": want}
+    rates, collected[os.path.basename(d)] = train_and_evaluate(d, seed_dir, config, tasks, s,
+                                                                seed)
+    success.update(rates)
+  saved = {"success": {t: success[t] for t in TASKS}, "on_policy_episodes": collected,
+           "train_seconds": time.time() - t0, "meta": want}
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
     json.dump(saved, f)
