@@ -23,7 +23,7 @@ def success_to_slots(env_success: np.ndarray, env_slots: Sequence[int], max_task
   return out
 
 
-def run_episode(env, policy, task: str, task_slot: int, env_slots: Sequence[int],
+def run_episode(env, policy, task: str | None, task_slot: int, env_slots: Sequence[int],
                 max_tasks: int, robot_id: int = 0, episode_id: int = 0,
                 seed: int | None = None) -> Episode:
   """One complete episode of `task`; the Episode is validated against `env.spec()`.
@@ -31,7 +31,8 @@ def run_episode(env, policy, task: str, task_slot: int, env_slots: Sequence[int]
   Args:
     env: an mtopt env.
     policy: callable(obs, task_slot) -> action; its reset() (if any) is called first.
-    task: the env task name to attempt; task_slot its registry slot.
+    task: the env task name to attempt, or None for a task the env does not define
+      (`Env.reset(None)`); task_slot its registry slot.
     env_slots: the registry slot of each of env.task_names() (-1: none), to map ground
       truth.
     max_tasks: the registry's number of slots.

@@ -1,4 +1,6 @@
-"""Evaluation: per-task success of a policy, judged by the simulator's ground truth.
+"""Evaluation: per-task success of a policy, judged by the run's success labeller (the
+detector; what a real robot has), with the simulator's ground truth beside it where the
+simulator defines the task.
 
 Evaluation episodes use fixed ids (hence fixed start states, see `episode_seed`), so two
 evaluations of different checkpoints see the same scenes.
@@ -6,20 +8,20 @@ evaluations of different checkpoints see the same scenes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 EVAL_EPISODE_BASE = 1 << 48  # Far from collection ids (robot_id << 32 + counter).
 
 
-def evaluate(ray, actors: Sequence, tasks: Sequence[str], episodes_per_task: int,
-             max_attempts: int = 3) -> dict[str, float]:
+def run_evaluation(ray, actors: Sequence, tasks: Sequence[str], episodes_per_task: int,
+                   max_attempts: int = 3) -> dict[str, list]:
   """Runs `episodes_per_task` of each task spread over `actors` (Ray RobotActors).
 
   A chunk whose actor dies is run again (Ray restarts the actor) up to `max_attempts`
   times, with the same episode ids, so a crash changes no result.
-  Returns task -> success rate in [0, 1] (ground truth for the attempted task).
+  Returns task -> its episodes, in episode-id order.
   """
   from ray.exceptions import RayActorError
   if episodes_per_task < 1 or not actors or not tasks:
@@ -32,7 +34,7 @@ def evaluate(ray, actors: Sequence, tasks: Sequence[str], episodes_per_task: int
     return actor.run_episodes.remote(len(idx), EVAL_EPISODE_BASE + int(idx[0]),
                                      [plan[i] for i in idx])
 
-  wins = {t: [] for t in tasks}
+  out = {t: [] for t in tasks}
   refs = [submit(a, idx) for a, idx in chunks]  # All actors work at once.
   for (actor, idx), ref in zip(chunks, refs):
     for attempt in range(1, max_attempts + 1):
@@ -44,8 +46,35 @@ def evaluate(ray, actors: Sequence, tasks: Sequence[str], episodes_per_task: int
           raise
         ref = submit(actor, idx)
     for ep, i in zip(episodes, idx):
-      wins[plan[i]].append(bool(ep.success[ep.task_id]))
-  return {t: float(np.mean(v)) for t, v in wins.items()}
+      out[plan[i]].append(ep)
+  return out
+
+
+def judge(episodes: dict[str, list], labeller: Callable | None, threshold: float = 0.5,
+          true_tasks: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+  """Success rates of evaluation episodes: {"success": task -> rate as `labeller` judges
+  the attempted task (ground truth when there is no labeller), "true": task -> the
+  simulator's rate, for the `true_tasks` it defines}."""
+  judged, true = {}, {}
+  for task, eps in episodes.items():
+    own = np.array([bool(ep.success[ep.task_id]) for ep in eps])
+    if task in true_tasks:
+      true[task] = float(own.mean())
+    if labeller is None:
+      judged[task] = float(own.mean())
+    else:
+      labels = np.asarray(labeller(eps))
+      judged[task] = float(np.mean([row[ep.task_id] >= threshold
+                                    for row, ep in zip(labels, eps)]))
+  return {"success": judged, "true": true}
+
+
+def evaluate(ray, actors: Sequence, tasks: Sequence[str], episodes_per_task: int,
+             max_attempts: int = 3) -> dict[str, float]:
+  """Task -> the simulator's success rate (`run_evaluation`, judged by ground truth): for
+  scripted experts and tests, where the simulator defines every task."""
+  episodes = run_evaluation(ray, actors, tasks, episodes_per_task, max_attempts)
+  return judge(episodes, None)["success"]
 
 
 def start_seed(seed: int, index: int) -> int:
@@ -59,12 +88,16 @@ def rollouts(envs: Sequence, act_batch, tasks: Sequence[str], slots: Sequence[in
   """One episode in each of `envs` at once, every step's observations batched into one
   `act_batch(observation dict [B, ...], task slots int32 [B]) -> (actions [B, A], _)` call.
 
-  Returns per env: `success` (the env's ground truth for its task at the end), `final`
-  (the final observation), `terminated` and `steps`.
+  A task the env does not define starts from `reset(None)`. Returns per env: `success`
+  (the env's ground truth for its task at the end; False for a task it does not define),
+  `env_success` (its ground truth for every env task), `final` (the final observation),
+  `terminated` and `steps`.
   """
   spec = envs[0].spec()
   lo, hi = spec.action.minimum, spec.action.maximum
-  obs = [env.reset(task, seed=s) for env, task, s in zip(envs, tasks, seeds)]
+  names = envs[0].task_names()
+  obs = [env.reset(task if task in names else None, seed=s)
+         for env, task, s in zip(envs, tasks, seeds)]
   live = list(range(len(envs)))
   out = [{"steps": 0, "terminated": False} for _ in envs]
   while live:
@@ -75,8 +108,9 @@ def rollouts(envs: Sequence, act_batch, tasks: Sequence[str], slots: Sequence[in
       obs[i], done, info = envs[i].step(action)
       out[i]["steps"] += 1
       if done:
-        names = envs[i].task_names()
-        out[i].update(success=bool(envs[i].success()[names.index(tasks[i])]), final=obs[i],
+        truth = envs[i].success()
+        out[i].update(success=bool(tasks[i] in names and truth[names.index(tasks[i])]),
+                      env_success=truth, final=obs[i],
                       terminated=bool(info.get("terminated", False)))
       else:
         still.append(i)
@@ -89,8 +123,9 @@ def evaluate_in_process(make_env, act_batch, tasks: Sequence[str], task_slots: S
   """Greedy evaluation in this process, `num_envs` episodes stepped together.
 
   Episode j of every task starts from `start_seed(seed, j)`. Returns task -> {"success":
-  bool [episodes_per_task], "final": observation dict [episodes_per_task, ...]}, in
-  episode order, so results of different methods pair up episode by episode.
+  bool [episodes_per_task], "env_success": bool [episodes_per_task, env tasks], "final":
+  observation dict [episodes_per_task, ...]}, in episode order, so results of different
+  methods pair up episode by episode.
   """
   if episodes_per_task < 1 or not tasks or len(tasks) != len(task_slots):
     raise ValueError("evaluate_in_process: need tasks, their slots and episodes_per_task >= 1")
@@ -109,5 +144,6 @@ def evaluate_in_process(make_env, act_batch, tasks: Sequence[str], task_slots: S
   for t in tasks:
     rows = [r for p, r in zip(plan, results) if p[0] == t]
     out[t] = {"success": np.array([r["success"] for r in rows]),
+              "env_success": np.stack([r["env_success"] for r in rows]),
               "final": {k: np.stack([r["final"][k] for r in rows]) for k in rows[0]["final"]}}
   return out

@@ -1,8 +1,10 @@
 """RobotActor: one simulated (or real) robot that owns an env and runs whole episodes.
 
 Per episode it asks its task scheduler which task to attempt and its policy which action
-to take; each finished, validated episode goes to the caller (`run_episodes` returns
-them) and to an optional sink (a replay writer, a labeller). An episode is only ever
+to take. It attempts any registered task: one the env does not define (a task given by
+success examples only) starts from a scene reset without a task (`Env.reset(None)`). Each
+finished, validated episode goes to the caller (`run_episodes` returns them) and to an
+optional sink (a replay writer, a labeller). An episode is only ever
 emitted complete: if the process dies mid-episode, that episode is gone, and Ray
 restarts the actor (see `remote_robot_actor`).
 """
@@ -51,13 +53,24 @@ class RobotActor:
     self.registry = (registry if isinstance(registry, TaskRegistry)
                      else TaskRegistry.from_json(dict(registry)))
     env_tasks = self.env.task_names()
-    # Ground truth is kept for the env tasks that have a slot.
-    self._known = [t for t in env_tasks if t in self.registry]
+    # Ground truth is kept for the env tasks that have a slot (for reports only).
     self._slots = [self.registry.slot(t) if t in self.registry else -1 for t in env_tasks]
-    self.tasks = list(tasks) or self._known
-    for t in self.tasks:
-      if t not in self._known:
-        raise ValueError(f"robot {robot_id}: task {t!r} is not both an env task and registered")
+    self._env_tasks = set(env_tasks)
+    # Default: every registered task, the env's own in the env's order first.
+    self.tasks = list(tasks) or ([t for t in env_tasks if t in self.registry] +
+                                 [t for t in self.registry.names if t not in env_tasks])
+    unknown = [t for t in self.tasks if t not in self.registry]
+    if unknown:
+      raise ValueError(f"robot {robot_id}: task(s) {unknown} are not registered; "
+                       f"known: {', '.join(self.registry.names)}")
+    # A task only a success detector knows is attempted in the env's shared scene.
+    own = [t for t in self.tasks if t not in self._env_tasks]
+    if own and not self.env.shared_scene:
+      raise ValueError(f"robot {robot_id}: task(s) {own} are not {type(self.env).__name__} "
+                       f"tasks, and its scene depends on the task; known: {', '.join(env_tasks)}")
+    if own and isinstance(policy, str) and policy == "scripted":
+      raise ValueError(f"robot {robot_id}: task(s) {own} have no scripted expert (they are "
+                       f"defined by examples only); attempt them with a learned policy")
     self.scheduler = make_scheduler(scheduler, self.tasks, task_weights,
                                     seed=[self.seed, self.robot_id, 1])
     self.policy = make_policy(policy, self.env, gaussian_std, epsilon, sticky_prob,
@@ -85,8 +98,7 @@ class RobotActor:
     if episode_id is None:
       episode_id = (self.robot_id << 32) + self._counter
     self._counter += 1
-    ep = _run_known(self, task, episode_id)
-    self.scheduler.update(task, bool(ep.success[ep.task_id]))
+    ep = _run(self, task, episode_id)
     self.episodes_run += 1
     if self.sink is not None:
       self.sink(ep)
@@ -102,7 +114,12 @@ class RobotActor:
     return out
 
   def set_success_estimates(self, estimates: Mapping[str, float]) -> None:
+    """The fleet's success per task, as the driver's success labeller judged it (a robot
+    never judges its own episodes: on a real robot only the detector knows the task)."""
     self.scheduler.set_success_estimates(estimates)
+
+  def set_focus(self, tasks: Sequence[str], share: float) -> None:
+    self.scheduler.set_focus(tasks, share)
 
   def task_probabilities(self) -> dict[str, float]:
     return dict(zip(self.scheduler.tasks, self.scheduler.probabilities().tolist()))
@@ -112,8 +129,9 @@ class RobotActor:
     time.sleep(seconds)
 
 
-def _run_known(actor: RobotActor, task: str, episode_id: int) -> Episode:
-  ep = run_episode(actor.env, actor.policy, task, actor.registry.slot(task),
+def _run(actor: RobotActor, task: str, episode_id: int) -> Episode:
+  ep = run_episode(actor.env, actor.policy, task if task in actor._env_tasks else None,
+                   actor.registry.slot(task),
                    env_slots=actor._slots, max_tasks=actor.registry.max_tasks,
                    robot_id=actor.robot_id, episode_id=episode_id,
                    seed=episode_seed(actor.seed, episode_id))

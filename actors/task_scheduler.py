@@ -2,7 +2,8 @@
 
 `uniform` picks every task equally; `weighted` by fixed weights (imbalanced mixtures,
 rare tasks); `underperforming` favours tasks whose recent success rate is low (MT-Opt's
-robots spent their time where the policy was weakest).
+robots spent their time where the policy was weakest). Any of them can be told to focus on
+some tasks (`set_focus`: a task just added to a run gets a fixed share of the attempts).
 """
 
 from __future__ import annotations
@@ -25,9 +26,27 @@ class TaskScheduler:
       raise ValueError(f"TaskScheduler: duplicate task names in {list(tasks)}")
     self.tasks = list(tasks)
     self._rng = np.random.default_rng(seed)
+    self._focus, self._focus_share = [], 0.0
+
+  def base_probabilities(self) -> np.ndarray:
+    return np.full(len(self.tasks), 1.0 / len(self.tasks))
 
   def probabilities(self) -> np.ndarray:
-    return np.full(len(self.tasks), 1.0 / len(self.tasks))
+    p = self.base_probabilities()
+    if not self._focus:
+      return p
+    q = np.zeros(len(self.tasks))
+    q[self._focus] = 1.0 / len(self._focus)
+    return (1.0 - self._focus_share) * p + self._focus_share * q
+
+  def set_focus(self, tasks: Sequence[str], share: float) -> None:
+    """`share` of the attempts go to `tasks` (equally), the rest as before; () ends it."""
+    unknown = [t for t in tasks if t not in self.tasks]
+    if unknown or not 0.0 <= share <= 1.0:
+      raise ValueError(f"TaskScheduler.set_focus: need known tasks and share in [0, 1], got "
+                       f"{list(tasks)} and {share}; known: {', '.join(self.tasks)}")
+    self._focus = [self.tasks.index(t) for t in tasks]
+    self._focus_share = float(share)
 
   def next_task(self) -> str:
     return self.tasks[int(self._rng.choice(len(self.tasks), p=self.probabilities()))]
@@ -50,7 +69,7 @@ class WeightedScheduler(TaskScheduler):
       raise ValueError(f"WeightedScheduler: weights must be >= 0 with a positive sum, got {list(w)}")
     self._p = w / w.sum()
 
-  def probabilities(self) -> np.ndarray:
+  def base_probabilities(self) -> np.ndarray:
     return self._p
 
 
@@ -77,7 +96,7 @@ class UnderperformingScheduler(TaskScheduler):
     r = self._recent[task]
     return float(np.mean(r)) if r else 0.0
 
-  def probabilities(self) -> np.ndarray:
+  def base_probabilities(self) -> np.ndarray:
     need = np.array([1.0 - self.success_rate(t) + self._floor for t in self.tasks])
     return need / need.sum()
 

@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.actors.mode = "ray"
   c.actors.scheduler = "uniform"  # uniform | weighted | underperforming
   c.actors.task_weights = []  # For `weighted`: one weight per task, in env.tasks order.
+  # Share of attempts for a task added to the run (`mtopt tasks add`) while its judged
+  # success is below the other tasks' mean.
+  c.actors.new_task_share = 0.5
   c.actors.policy = "scripted"  # scripted | random | cem
   c.actors.gaussian_std = 0.0  # Exploration / data-quality noise knobs.
   c.actors.epsilon = 0.3  # Offline data: about half the scripted episodes succeed.
@@ -82,6 +85,13 @@ def get_config() -> ml_collections.ConfigDict:
   # tasks' successes are not assumed to be failures; example folders carry real failures.
   c.detector.other_task_negatives = False
   c.detector.seed = 0
+
+  # The detector loop (success_detectors/review.py): collected episodes labelled within
+  # `margin` of the cut are flagged and queued for review, with `fraction` of the others
+  # the detector calls successes; `mtopt tasks review` answers them and retrains.
+  c.review = ml_collections.ConfigDict()
+  c.review.margin = 0.1
+  c.review.fraction = 0.2
 
   c.learner = ml_collections.ConfigDict()
   c.learner.batch_size = 256

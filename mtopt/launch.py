@@ -25,13 +25,14 @@ evaluation (a "save point"), so they resume at the same step. The parts are in
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from mtopt import envs
 from mtopt.config import ConfigDict, ConfigError
-from mtopt.program import collection, nodes, offline_data, reports
+from mtopt.program import collection, new_tasks, nodes, offline_data, relabel, reports
 from mtopt.program.evaluation import Evaluation
 from mtopt.program.run_dir import load_progress, open_run_dir, save_progress
 from mtopt.tasks import TaskRegistry
@@ -69,6 +70,9 @@ def _steps_to_save_point(step: int, periods: list[int], total: int) -> int:
   return min([p - step % p for p in periods if p > 0] + [total - step])
 
 
+RESTART = "restart"  # _train's answer when the run's tasks or detector changed under it.
+
+
 def _collection_budget(config: ConfigDict, lcfg, replay, slots):
   """`train.episodes_per_step` > 0: on-policy collection tied to learner steps (see
   `collection.CollectionBudget`); None (as fast as the actors go) otherwise."""
@@ -92,8 +96,12 @@ def _collection_budget(config: ConfigDict, lcfg, replay, slots):
 
 def train(config: ConfigDict, log=print) -> dict:
   """Trains from `config` until `learner.num_steps`; returns the final per-task success."""
-  with contextlib.ExitStack() as stack:  # Shuts down what was built, also after an error.
-    return _train(config, log, stack)
+  while True:
+    with contextlib.ExitStack() as stack:  # Shuts down what was built, also after an error.
+      result = _train(config, log, stack)
+    if result != RESTART:
+      return result
+    log("the run's tasks or detector changed: restarting from the last save point")
 
 
 def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
@@ -110,7 +118,13 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
   unknown = [x for x in tasks if x not in registry]
   if unknown:
     raise ConfigError(f"train.tasks names unknown task(s) {unknown}; known: {registry.names}")
+  own = [x for x in tasks if x not in env.task_names()]
+  if own and t.labels != "learned":
+    raise ConfigError(f"task(s) {own} are defined by success examples only: the simulator "
+                      f"has no ground truth for them; train with train.labels=learned")
   slots = [registry.slot(x) for x in tasks]
+  for d in [run_dir] + ([os.path.join(run_dir, "online")] if t.mode == "mixed" else []):
+    relabel.ensure_labelled(config, spec, d, labeller, slots, log)  # After `tasks add`.
   replay, online = nodes.make_replays(config, spec, run_dir, labeller, slots)
   replays = [r for r in (replay, online) if r is not None]
   for r in replays:
@@ -130,10 +144,14 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
     policy = nodes.pulled_cem_policy(ps, spec, registry.max_tasks, lcfg,
                                      gaussian_std=t.explore_gaussian_std,
                                      epsilon=t.explore_epsilon, seed=config.seed)
+    reviewer = (collection.Reviewer(config, run_dir, labeller,
+                                    [registry.slot(x) for x in tasks if x not in own],
+                                    seed=config.seed)
+                if t.labels == "learned" else None)
     collector = collection.start_collector(ray, config, registry, policy, tasks,
-                                           online or replay, budget)
+                                           online or replay, reviewer, budget)
     stack.callback(collector.stop)
-  evaluation = Evaluation(ray, config, registry, ps, spec, lcfg, tasks, run_dir)
+  evaluation = Evaluation(ray, config, registry, ps, spec, lcfg, tasks, run_dir, labeller)
   stack.callback(evaluation.close)
   sampler = nodes.make_sampler(config, lcfg.batch_size, replay, online)
   stack.callback(sampler.close)  # Its in-flight reads end before the servers stop.
@@ -149,6 +167,8 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
     raise ConfigError(f"{run_dir}: progress.json is at step {progress['step']} but the "
                       f"newest learner checkpoint at {learner.steps}; checkpoints were removed")
   progress["evaluations"] = [e for e in progress["evaluations"] if e["step"] <= learner.steps]
+  attempts_before = dict(progress.get("attempts", {}))
+  review_before = dict(progress.get("review", {}))
 
   def save_point(checkpoint_replays: bool):
     """Learner and progress at the same step; the replays' logs hold every episode, a
@@ -159,17 +179,35 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
     progress["step"] = learner.steps
     if collector is not None:
       progress["collected_episodes"] = collector.collected
+      progress["attempts"] = {t: attempts_before.get(t, 0) + collector.attempts[registry.slot(t)]
+                              for t in tasks}  # Episodes collected per task, over the run.
+      if collector.reviewer is not None:  # Labels near the detector's cut, and the queue.
+        r = collector.reviewer
+        progress["review"] = {"flagged": review_before.get("flagged", 0) + r.flagged,
+                              "labelled": review_before.get("labelled", 0) + r.seen,
+                              "queued": len(r.queue.pending())}
     save_progress(run_dir, progress)
 
   total, every = int(lcfg.num_steps), int(t.eval_every)
   evals = progress["evaluations"]
   last_rates = evals[-1]["success"] if evals else {}
+  watch = new_tasks.Watch(run_dir)
   if learner.steps and learner.steps < total:
     # A save point writes the learner's checkpoint first: a kill before progress.json
     # followed leaves it one save point behind (that point's evaluation is then missing).
     behind = (f" (progress.json was saved at step {progress['step']})"
               if learner.steps > progress["step"] else "")
     log(f"resuming from step {learner.steps}{behind}")
+  joined = new_tasks.added(tasks, progress)
+  if joined:
+    last_rates = new_tasks.zero_shot(evaluation, learner, progress, joined, log)
+    save_point(checkpoint_replays=False)
+
+  def steer(rates):
+    if collector is not None:  # Underperforming and new tasks get more attempts.
+      collector.set_success_estimates(rates)
+      collector.focus(new_tasks.focused(progress, rates), float(config.actors.new_task_share))
+  steer(last_rates)
   with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                 transient=False) as bar:
@@ -187,9 +225,10 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
       evaluate_now = learner.steps % every == 0 or learner.steps == total
       if evaluate_now:
         last_rates = evaluation(learner.get_params(), learner.steps, progress)
-        if collector is not None:  # Underperforming tasks get more attempts.
-          collector.set_success_estimates(last_rates)
+        steer(last_rates)
       save_point(checkpoint_replays=evaluate_now)
+      if watch.changed():
+        return RESTART
       episodes = progress["imported_episodes"] + (collector.collected if collector else 0)
       info = (f"loss {float(metrics.get('loss', np.nan)):.3f}  success "
               f"{np.mean(list(last_rates.values()) or [np.nan]):.2f}  episodes {episodes}")

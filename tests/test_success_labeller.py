@@ -31,8 +31,7 @@ def episodes(rng, n, start=0):
   return out
 
 
-@pytest.mark.slow
-def test_bulk_relabel_writes_labels_next_to_the_data(ray_session, detector_dir, tmp_path):
+def test_bulk_relabel_writes_labels_next_to_the_data(detector_dir, tmp_path):
   rng = np.random.default_rng(1)
   eps = episodes(rng, 37, start=100)
   data = str(tmp_path / "data")
@@ -40,7 +39,7 @@ def test_bulk_relabel_writes_labels_next_to_the_data(ray_session, detector_dir, 
     for ep in eps:
       w.write(ep)
   before = sorted(p.name for p in (tmp_path / "data").rglob("*"))
-  path = relabel_dataset(data, detector_dir, num_slices=3)
+  path = relabel_dataset(data, detector_dir, batch_size=8)  # Several batches.
   stored = label_store.read_labels(data)
   assert path == label_store.labels_path(data)
   want = load_labeller(detector_dir)(eps)

@@ -115,8 +115,7 @@ def test_bad_example_folders_are_rejected_and_change_nothing(run_dir, tmp_path, 
   assert snapshot(run_dir) == before
 
 
-@pytest.mark.slow
-def test_add_relabels_stored_data(ray_session, run_dir, tmp_path, capsys):
+def test_add_relabels_stored_data(run_dir, tmp_path, capsys):
   rng = np.random.default_rng(3)
   eps = episodes(rng, 20)
   with rlds_format.DatasetWriter(str(run_dir / "data" / "part0"), SPEC, MAX_TASKS,

@@ -5,6 +5,9 @@
                                             its detector head, labels for stored data
   mtopt tasks train --examples ROOT         a detector for every ROOT/NAME example folder
                                             (fresh), or a retrain on them (rehearsal)
+  mtopt tasks review [--show ID] [--answer ID success|failure] [--simulator] [--apply]
+                                            the detector loop: answer policy episodes the
+                                            run queued, retrain on them (rehearsal)
   mtopt tasks make-examples --out ROOT      example folders from the simulator's ground truth
 
 The detector lives in RUN_DIR/detector/, the registry in RUN_DIR/tasks.json, stored data
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import glob
 import os
+
+import numpy as np
 
 from mtopt import cli
 from mtopt.tasks import REGISTRY_FILE, TaskError, TaskRegistry
@@ -40,7 +45,7 @@ def add_parser(sub):
   add.add_argument("--description", default="",
                    help="a note stored in the registry (default: the folder's task.json)")
   add.add_argument("--no-relabel", action="store_true",
-                   help="do not relabel the stored datasets under RUN_DIR/data/")
+                   help="do not relabel the stored datasets under RUN_DIR/data/ now")
   _common(add)
   add.set_defaults(func=_add)
 
@@ -50,6 +55,20 @@ def add_parser(sub):
   train.add_argument("--no-relabel", action="store_true")
   _common(train)
   train.set_defaults(func=_train)
+
+  review = verbs.add_parser("review", help="the detector loop: list, show and answer the "
+                                           "policy episodes a run queued; --apply retrains")
+  review.add_argument("--show", type=int, metavar="EPISODE_ID",
+                      help="print a queued episode's final observation (images: saved as PNG)")
+  review.add_argument("--answer", nargs=2, metavar=("EPISODE_ID", "success|failure"))
+  review.add_argument("--simulator", action="store_true",
+                      help="answer every pending episode of a simulator task with its "
+                           "ground truth (simulation only)")
+  review.add_argument("--apply", action="store_true",
+                      help="retrain the detector on the answers plus all stored examples "
+                           "(rehearsal) and relabel the stored datasets")
+  _common(review)
+  review.set_defaults(func=_review)
 
   make = verbs.add_parser("make-examples", help="write example folders from the simulator's "
                                                 "ground truth (noisy scripted episodes)")
@@ -112,9 +131,10 @@ def _as_task_error(fn):
     from mtopt.rlds_format import DatasetError
     from success_detectors.detector import DetectorError
     from success_detectors.examples import ExamplesError
+    from success_detectors.review import ReviewError
     try:
       return fn(args)
-    except (ExamplesError, DetectorError, DatasetError) as e:
+    except (ExamplesError, DetectorError, DatasetError, ReviewError) as e:
       raise TaskError(str(e)) from None
   return wrapped
 
@@ -173,23 +193,21 @@ def _datasets(run_dir: str) -> list[str]:
   return sorted(os.path.dirname(p) for p in found)
 
 
-def _relabel(run_dir: str) -> None:
+def _relabel(run_dir: str, detector) -> None:
+  """Labels every stored dataset of the run with `detector`, in this process. The run's
+  replays are relabelled when the run continues (it sees the new detector version)."""
+  import time
+  from success_detectors.labeller import relabel_dataset
   datasets = _datasets(run_dir)
   if not datasets:
     print(f"no stored datasets under {os.path.join(run_dir, DATA_DIR)}; nothing to relabel")
-    return
-  import ray
-  from success_detectors.labeller import relabel_dataset
-  started = not ray.is_initialized()
-  if started:
-    ray.init(include_dashboard=False, log_to_driver=False)
-  try:
-    for d in datasets:
-      path = relabel_dataset(d, os.path.join(run_dir, DETECTOR_DIR))
-      print(f"relabelled {d} -> {path}")
-  finally:
-    if started:
-      ray.shutdown()
+  for d in datasets:
+    start = time.perf_counter()
+    path = relabel_dataset(d, detector)
+    print(f"relabelled {d} -> {path} ({time.perf_counter() - start:.1f} s)")
+  if os.path.isdir(os.path.join(run_dir, "replay")):
+    print(f"{run_dir}: its replay is relabelled when the run continues (`mtopt train` on it; "
+          "a running run restarts itself at its next save point)")
 
 
 @_as_task_error
@@ -223,7 +241,7 @@ def _add(args):
   reg.save(run_dir)
   _print_quality(reg, det, before)
   if not args.no_relabel:
-    _relabel(run_dir)
+    _relabel(run_dir, det)
   return 0
 
 
@@ -266,7 +284,52 @@ def _train(args):
   reg.save(run_dir)
   _print_quality(reg, det, before)
   if not args.no_relabel:
-    _relabel(run_dir)
+    _relabel(run_dir, det)
+  return 0
+
+
+@_as_task_error
+def _review(args):
+  from success_detectors.review import ReviewQueue
+  config, run_dir = args.config, _run_dir(args)
+  queue = ReviewQueue(run_dir)
+  reg = _registry(run_dir, int(config.max_tasks))
+  if args.answer:
+    eid, verdict = args.answer
+    if verdict not in ("success", "failure") or not eid.lstrip("-").isdigit():
+      raise TaskError(f"--answer takes EPISODE_ID success|failure, got {eid} {verdict}")
+    queue.answer(int(eid), verdict == "success")
+  if args.simulator:
+    print(f"answered {queue.answer_from_simulator()} episode(s) from the simulator's ground truth")
+  if args.show is not None:
+    item = queue.item(args.show)
+    print(f"episode {args.show}: task {reg.name(item['slot'])} (slot {item['slot']}), "
+          f"detector {item['label']:.3f}")
+    for k, v in item["observation"].items():
+      if v.dtype == np.uint8 and v.ndim == 3:
+        import matplotlib.image
+        path = os.path.join(queue.root, f"{args.show}_{k}.png")
+        matplotlib.image.imsave(path, v)
+        print(f"  {k}: image saved to {path}")
+      else:
+        print(f"  {k}: {np.array2string(v, precision=3, max_line_width=100)}")
+  if args.apply:
+    examples, ids = queue.answered_examples()
+    if examples is None:
+      print("no answered episodes to apply")
+    else:
+      det = _load_or_create_detector(args, config)
+      before = det.quality()
+      det.retrain(examples)
+      det.save(os.path.join(run_dir, DETECTOR_DIR))
+      queue.mark_applied(ids)
+      print(f"retrained the detector on {len(ids)} reviewed episode(s) and its stored examples")
+      _print_quality(reg, det, before)
+      _relabel(run_dir, det)
+  pending = queue.pending()
+  print(f"{len(pending)} episode(s) waiting for review in {queue.root}"
+        + (f": {', '.join(map(str, pending[:10]))}{' ...' if len(pending) > 10 else ''}"
+           if pending else ""))
   return 0
 
 

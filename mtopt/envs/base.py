@@ -23,6 +23,10 @@ class Env(abc.ABC):
   config says so.
   """
 
+  # True where one scene serves every task, so that reset(None) starts an episode of a task
+  # the env does not define.
+  shared_scene = False
+
   @abc.abstractmethod
   def spec(self) -> EnvSpec:
     """Observation and action specs, and the time limit."""
@@ -32,8 +36,13 @@ class Env(abc.ABC):
     """The tasks this env can judge, in the order of `success()`."""
 
   @abc.abstractmethod
-  def reset(self, task: str, seed: int | None = None) -> dict[str, np.ndarray]:
-    """Starts an episode of `task`; the same seed gives the same episode."""
+  def reset(self, task: str | None, seed: int | None = None) -> dict[str, np.ndarray]:
+    """Starts an episode of `task`; the same seed gives the same episode.
+
+    task=None resets the scene for a task the env does not define (one only a success
+    detector knows), where the env's scene does not depend on the task; such an episode
+    has no scripted expert. Envs whose scene is the task raise EnvError.
+    """
 
   @abc.abstractmethod
   def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool, dict[str, Any]]:

@@ -109,7 +109,10 @@ class MetaWorldEnv(Env):
       self._envs[task] = env
     return self._envs[task]
 
-  def reset(self, task: str, seed: int | None = None) -> dict[str, np.ndarray]:
+  def reset(self, task: str | None, seed: int | None = None) -> dict[str, np.ndarray]:
+    if task is None:
+      raise EnvError("metaworld: every task has its own scene; reset needs one of "
+                     f"{', '.join(self._names)}")
     if task not in self._names:
       raise EnvError(f"metaworld: unknown task {task!r}; this env has: {', '.join(self._names)}")
     env = self._scene(task)

@@ -88,6 +88,8 @@ class TabletopEnv(Env):
     self._t = 0
     self._done = True
 
+  shared_scene = True  # Every task happens in the one bin-and-plate scene.
+
   # Interface.
   def spec(self) -> EnvSpec:
     return self._spec
@@ -95,8 +97,8 @@ class TabletopEnv(Env):
   def task_names(self) -> list[str]:
     return list(self._names)
 
-  def reset(self, task: str, seed: int | None = None) -> dict[str, np.ndarray]:
-    if task not in self._names:
+  def reset(self, task: str | None, seed: int | None = None) -> dict[str, np.ndarray]:
+    if task is not None and task not in self._names:
       raise EnvError(f"tabletop: unknown task {task!r}; this env has: {', '.join(self._names)}")
     rng = np.random.default_rng(seed) if seed is not None else self._rng
     m, d = self.model, self.data
@@ -106,7 +108,8 @@ class TabletopEnv(Env):
       d.qpos[self._qadr[i]] = [xy[0], xy[1], half, np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
     d.mocap_pos[0] = scene.HOME + rng.uniform(-0.03, 0.03, 3)
     self._closed, self._held, self._t, self._done = False, -1, 0, False
-    self._task, self._taskdef = task, tasks.task_by_name(task)
+    self._task = task
+    self._taskdef = tasks.task_by_name(task) if task is not None else None  # One shared scene.
     self._set_fingers()
     mujoco.mj_forward(m, d)
     return self._observe()
@@ -158,7 +161,8 @@ class TabletopEnv(Env):
 
   def expert_action(self) -> np.ndarray:
     if self._taskdef is None:
-      raise EnvError("tabletop: expert_action() before reset()")
+      raise EnvError("tabletop: no scripted expert: reset() was not called, or the episode's "
+                     "task is not a simulator task (reset(None))")
     act = scripted.expert_action(self._taskdef, self.data.mocap_pos[0].copy(), self._closed,
                                  self._held, self._object_pos(), self._success_all())
     return act if self._terminate_action else act[:4]

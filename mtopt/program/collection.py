@@ -4,12 +4,15 @@ into a replay from a background thread, optionally tied to the learner's progres
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import shutil
 import threading
 import time
 from typing import Callable
+
+import numpy as np
 
 from mtopt import envs, rlds_format
 from mtopt.config import ConfigDict
@@ -150,16 +153,17 @@ class Collector:
   """
 
   def __init__(self, fleet, replay, episodes_per_write: int = 8, write: bool = True,
-               budget: CollectionBudget | None = None):
+               reviewer=None, budget: CollectionBudget | None = None):
     if budget is not None and not write:
       raise ValueError("Collector: a budget needs the collector to write the episodes")
     self._fleet, self._replay, self._budget = fleet, replay, budget
     self._per_write = 1 if budget is not None else episodes_per_write
-    self._write = write
+    self._write, self.reviewer = write, reviewer
     self.collected = replay.acknowledged()
     largest = replay.max_episode_id()
     self._first_id = max(ONLINE_FIRST_ID, (largest if largest is not None else
                                            ONLINE_FIRST_ID + self.collected - 1) + 1)
+    self.attempts = collections.Counter()  # Task slot -> episodes collected since start.
     self._stop = threading.Event()
     self.error: BaseException | None = None
     self._thread = threading.Thread(target=self._run, daemon=True)
@@ -169,6 +173,7 @@ class Collector:
     try:
       batch = []
       for ep in self._fleet.collect(1 << 40, first_episode_id=self._first_id):
+        self.attempts[ep.task_id] += 1
         if not self._write:  # Already stored (and acknowledged to its robot) on upload.
           self.collected += 1
           if self._stop.is_set():
@@ -179,6 +184,8 @@ class Collector:
           break
         batch.append(ep)
         if len(batch) >= self._per_write:
+          if self.reviewer is not None:
+            batch = self.reviewer(batch)
           self._replay.write_many(batch)  # Returns once the episodes are durable.
           self.collected += len(batch)
           batch = []
@@ -197,21 +204,49 @@ class Collector:
     """Per-task success for the actors' `underperforming` scheduler."""
     self._fleet.call_all("set_success_estimates", rates)
 
+  def focus(self, tasks, share: float) -> None:
+    """`share` of the robots' attempts go to `tasks` (tasks just added); () ends it."""
+    self._fleet.call_all("set_focus", list(tasks), share if tasks else 0.0)
+
   def stop(self):
     self._stop.set()
     self._thread.join(timeout=30)
     self._fleet.shutdown()
 
 
+class Reviewer:
+  """Labels collected episodes before they are stored, and queues some of them for review
+  (`success_detectors.review`): those near the detector's cut (flagged, counted) and
+  `review.fraction` of its other successes."""
+
+  def __init__(self, config: ConfigDict, run_dir: str, labeller, true_slots, seed: int = 0):
+    from success_detectors.review import ReviewQueue
+    self.queue = ReviewQueue(run_dir)
+    self._labeller, self._true = labeller, set(true_slots)
+    self._threshold = float(config.detector.threshold)
+    self._margin, self._fraction = float(config.review.margin), float(config.review.fraction)
+    self._rng = np.random.default_rng(seed)
+    self.flagged = self.seen = 0
+
+  def __call__(self, episodes):
+    labels = np.asarray(self._labeller(episodes), np.float32)
+    self.flagged += self.queue.offer(episodes, labels, self._threshold, self._margin,
+                                     self._fraction, self._rng,
+                                     [ep.task_id in self._true for ep in episodes])
+    self.seen += len(episodes)
+    return [ep.with_labels(row) for ep, row in zip(episodes, labels)]
+
+
 def start_collector(ray, config: ConfigDict, registry: TaskRegistry, policy, tasks,
-                    replay, budget: CollectionBudget | None = None) -> Collector:
+                    replay, reviewer: Reviewer | None = None,
+                    budget: CollectionBudget | None = None) -> Collector:
   """`actors.num_actors` robot actors running `policy` on `tasks`, writing into `replay`
   (as fast as they can, or as `budget` allows)."""
   from actors.fleet import Fleet
   a = config.actors
   fleet = Fleet(ray, int(a.num_actors), nodes.actor_kwargs(config, registry, policy, tasks),
                 episodes_per_call=1, num_cpus=float(a.num_cpus))
-  return Collector(fleet, replay, budget=budget)
+  return Collector(fleet, replay, reviewer=reviewer, budget=budget)
 
 
 def run_learner(learner, num_steps: int, budget: CollectionBudget | None = None,

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from mtopt import envs
 from mtopt.config import ConfigDict, ConfigError
 from mtopt.program import nodes
 from mtopt.tasks import TaskRegistry
@@ -26,26 +27,35 @@ def evaluator_actors(ray, config: ConfigDict, registry: TaskRegistry, ps, spec, 
 
 
 class Evaluation:
-  """Evaluates the learner's current params on `tasks` and records the result."""
+  """Evaluates the learner's current params on `tasks` and records the result: success as
+  the run's labeller judges it (what the scheduler acts on), and the simulator's ground
+  truth beside it for the tasks the simulator defines."""
 
   def __init__(self, ray, config: ConfigDict, registry: TaskRegistry, ps, spec, lcfg,
-               tasks, run_dir: str):
+               tasks, run_dir: str, labeller):
     from tensorboardX import SummaryWriter
     self._ray, self._ps, self._tasks = ray, ps, list(tasks)
     self._episodes = int(config.eval.episodes_per_task)
+    self._labeller, self._threshold = labeller, float(config.detector.threshold)
+    with envs.make(config.env) as env:
+      self._true_tasks = [t for t in self._tasks if t in env.task_names()]
     self._actors = evaluator_actors(ray, config, registry, ps, spec, lcfg)
     self._tb = SummaryWriter(os.path.join(run_dir, "eval"))
 
   def __call__(self, params, step: int, progress: dict) -> dict[str, float]:
-    """Publishes `params` at `step`, evaluates, appends to progress["evaluations"]."""
-    from actors.evaluator import evaluate
+    """Publishes `params` at `step`, evaluates, appends to progress["evaluations"];
+    returns the judged rates."""
+    from actors.evaluator import judge, run_evaluation
     self._ray.get(self._ps.publish.remote(params, step))
-    rates = evaluate(self._ray, self._actors, self._tasks, self._episodes)
-    progress["evaluations"].append({"step": step, "success": rates, "time": time.time()})
-    for task, r in rates.items():
-      self._tb.add_scalar(f"success/{task}", r, step)
-    self._tb.add_scalar("success/mean", float(np.mean(list(rates.values()))), step)
-    return rates
+    episodes = run_evaluation(self._ray, self._actors, self._tasks, self._episodes)
+    rates = judge(episodes, self._labeller, self._threshold, self._true_tasks)
+    progress["evaluations"].append({"step": step, **rates, "time": time.time()})
+    for kind, tag in (("success", "success"), ("true", "true_success")):
+      for task, r in rates[kind].items():
+        self._tb.add_scalar(f"{tag}/{task}", r, step)
+      if rates[kind]:
+        self._tb.add_scalar(f"{tag}/mean", float(np.mean(list(rates[kind].values()))), step)
+    return rates["success"]
 
   def close(self) -> None:
     for actor in self._actors:  # Several runs may share one Ray (experiments).
@@ -55,8 +65,10 @@ class Evaluation:
 
 def evaluate_checkpoint(run_dir: str, episodes_per_task: int | None = None,
                         step: int | None = None) -> dict:
-  """Per-task success of a run's checkpoint (greedy CEM, ground truth)."""
-  from actors.evaluator import evaluate
+  """Per-task success of a run's checkpoint (greedy CEM), judged by the run's detector
+  (ground truth in a `train.labels=ground_truth` run), and the simulator's where it
+  defines the task."""
+  from actors.evaluator import judge, run_evaluation
   from mtopt.serving.policy_source import RunPolicy, checkpoint_steps
 
   run = RunPolicy(run_dir)  # The run's config, tasks, spec and network, as `mtopt serve`'s.
@@ -69,8 +81,23 @@ def evaluate_checkpoint(run_dir: str, episodes_per_task: int | None = None,
   ray.get(ps.publish.remote(params, step))
   actors = evaluator_actors(ray, config, registry, ps, spec, lcfg)
   n = episodes_per_task or int(config.eval.episodes_per_task)
-  rates = evaluate(ray, actors, registry.names, n)
+  episodes = run_evaluation(ray, actors, registry.names, n)
   for actor in [*actors, ps]:
     ray.kill(actor)
-  return {"step": step, "success": rates,
-          "mean_success": float(np.mean(list(rates.values())))}
+  with envs.make(config.env) as env:
+    true_tasks = env.task_names()
+  rates = judge(episodes, run_labeller(config, run_dir), float(config.detector.threshold),
+                true_tasks)
+  return {"step": step, "success": rates["success"], "true_success": rates["true"],
+          "mean_success": float(np.mean(list(rates["success"].values())))}
+
+
+def run_labeller(config: ConfigDict, run_dir: str):
+  """The labeller a finished run judged with: its detector, or None (ground truth)."""
+  if config.train.labels != "learned":
+    return None
+  from success_detectors.labeller import load_labeller
+  path = os.path.join(run_dir, "detector")
+  if not os.path.exists(os.path.join(path, "detector.json")):
+    raise ConfigError(f"{run_dir}: a learned-labels run without a detector in {path}")
+  return load_labeller(path)

@@ -71,7 +71,16 @@ def actor_kwargs(config: ConfigDict, registry: TaskRegistry, policy, tasks=None,
   """RobotActor arguments; `tasks` (default: all registered) are the ones it attempts."""
   a = config.actors
   tasks = list(tasks or registry.names)
-  weights = list(a.task_weights) if len(tasks) == len(registry.names) else []
+  weights = []
+  if a.scheduler == "weighted" and len(a.task_weights):
+    # task_weights follow env.tasks (or the registry's first tasks); a task added since
+    # (from examples) gets their mean.
+    base = list(config.env.tasks) or registry.names
+    if len(a.task_weights) != len(base):
+      raise ConfigError(f"actors.task_weights: {len(a.task_weights)} weights for the "
+                        f"{len(base)} tasks {base}")
+    named = dict(zip(base, map(float, a.task_weights)))
+    weights = [named.get(t, float(np.mean(list(named.values())))) for t in tasks]
   kwargs = dict(env_config=config.env.to_dict(), registry=registry.to_json(), policy=policy,
                 scheduler=a.scheduler if weights or a.scheduler != "weighted" else "uniform",
                 task_weights=weights, tasks=tasks, seed=config.seed + seed_offset)
@@ -82,11 +91,14 @@ def actor_kwargs(config: ConfigDict, registry: TaskRegistry, policy, tasks=None,
 def scripted_actor_kwargs(config: ConfigDict, registry: TaskRegistry, policy: str = "",
                           **overrides) -> dict:
   """RobotActor arguments for data collection: the config's `actors` policy and noise."""
+  from mtopt import envs
   a = config.actors
   policy = policy or str(a.policy)
   if policy not in ("scripted", "random"):
     raise ConfigError(f"actors.policy={policy!r}: data collection supports scripted or random")
-  kwargs = actor_kwargs(config, registry, policy, gaussian_std=float(a.gaussian_std),
+  with envs.make(config.env) as env:  # Scripted experts exist for the env's own tasks only.
+    own = [t for t in registry.names if t in env.task_names()]
+  kwargs = actor_kwargs(config, registry, policy, own, gaussian_std=float(a.gaussian_std),
                         epsilon=float(a.epsilon), sticky_prob=float(a.sticky_prob),
                         sticky_steps=int(a.sticky_steps),
                         early_terminate_prob=float(a.early_terminate_prob))

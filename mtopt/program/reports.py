@@ -9,9 +9,13 @@ import numpy as np
 
 
 def write_results(run_dir: str, step: int, rates: dict, evaluations: list[dict]) -> dict:
-  """RUN/results.json and RUN/success.png; returns the results."""
+  """RUN/results.json and RUN/success.png; returns the results. `success` is as the run's
+  labeller judged it; `true_success` the simulator's, for the tasks it defines."""
+  true = evaluations[-1].get("true", {}) if evaluations else {}
   results = {"step": step, "success": rates,
              "mean_success": float(np.mean(list(rates.values()))),
+             "true_success": true,
+             "mean_true_success": float(np.mean(list(true.values()))) if true else None,
              "evaluations": evaluations}
   with open(os.path.join(run_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
@@ -44,9 +48,14 @@ def plot_success(evaluations: list[dict], path: str) -> None:
 def success_table(results: dict, title: str = "per-task success"):
   from rich.table import Table
   table = Table(title=f"{title} (step {results['step']})")
+  true = results.get("true_success") or {}
   table.add_column("task")
-  table.add_column("success", justify="right")
+  table.add_column("success (judged)" if true else "success", justify="right")
+  if true:
+    table.add_column("true (simulator)", justify="right")
   for task, r in results["success"].items():
-    table.add_row(task, f"{r:.2f}")
-  table.add_row("[bold]mean", f"[bold]{results['mean_success']:.2f}")
+    table.add_row(task, f"{r:.2f}", *([f"{true[task]:.2f}" if task in true else "-"]
+                                      if true else []))
+  mean_true = [f"[bold]{np.mean(list(true.values())):.2f}"] if true else []
+  table.add_row("[bold]mean", f"[bold]{results['mean_success']:.2f}", *mean_true)
   return table

@@ -18,7 +18,8 @@ from mtopt.config import ConfigDict, ConfigError
 # Keys (or prefixes ending in ".") that may differ when a run is resumed.
 RESUMABLE = ("run_dir", "learner.num_steps", "learner.log_every", "learner.checkpoint_every",
              "learner.publish_every", "train.eval_every", "train.wait_for_data_seconds",
-             "eval.", "actors.num_actors", "actors.num_cpus")
+             "eval.", "actors.num_actors", "actors.num_cpus",
+             "actors.new_task_share", "review.")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

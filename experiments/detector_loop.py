@@ -1,0 +1,157 @@
+"""MT-Opt's detector loop on a trained run: does reviewing the policy's own episodes cut
+the detector's false successes on them?
+
+    python -m experiments.detector_loop --runs RUN [RUN ...] [--quick]
+
+The protocol, fixed before any result was looked at:
+
+- Each RUN is a finished `mtopt train --config configs/tabletop_state.py` run (learned
+  labels; `experiments.new_task` leaves them as WORK/seedS/base); it is copied, never
+  changed.
+- Test episodes: the run's greedy CEM policy, 20 episodes per task for its six tasks from
+  fixed start states (evaluation seed 20261204): 120 policy episodes, as in the README's
+  earlier count (14-20 false reach successes per 120).
+- Review episodes, from other start states (seed 20261205): the same policy with the
+  run's exploration (`train.explore_*`), 100 per task. Queued by the run's rule
+  (`review.margin`, `review.fraction` of the config: near the cut, and a fraction of the
+  other judged successes), answered by the simulator (`mtopt tasks review --simulator`),
+  applied with `mtopt tasks review --apply` (retrain with rehearsal).
+- The count: test episodes the detector calls a success of their task where the
+  simulator says failure (false successes), and the reverse (missed), before and after
+  (the same episodes, judged by the old and the retrained detector).
+- Goal (issue 18): false successes cut by at least 3x.
+
+Results: results/detector_loop.{json,md} (or *_quick), stamped with the commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from experiments import protocol
+from mtopt import cli, envs
+
+ROOT = protocol.ROOT
+CONFIG = os.path.join(ROOT, "configs", "tabletop_state.py")
+TEST_SEED, REVIEW_SEED = 20261204, 20261205
+
+
+def _policy_episodes(run: str, per_task: int, seed: int, explore: bool):
+  """(tasks, slots, evaluate_in_process results) of the run's CEM policy."""
+  from actors.evaluator import evaluate_in_process
+  from learners.policy import CEMPolicy
+  from mtopt.serving.policy_source import RunPolicy
+  source = RunPolicy(run)
+  _, params = source.load_params()
+  t = source.config.train
+  policy = CEMPolicy(source.spec, source.registry.max_tasks, source.lcfg.network, params,
+                     source.lcfg.cem, seed=seed,
+                     gaussian_std=float(t.explore_gaussian_std) if explore else 0.0,
+                     epsilon=float(t.explore_epsilon) if explore else 0.0)
+  with envs.make(source.config.env) as env:
+    tasks = [x for x in source.registry.names if x in env.task_names()]
+  slots = [source.registry.slot(x) for x in tasks]
+  res = evaluate_in_process(lambda: envs.make(source.config.env), policy.act_batch, tasks,
+                            slots, per_task, seed)
+  return source, tasks, slots, res
+
+
+def _errors(detector, threshold, tasks, slots, res) -> dict:
+  out = {}
+  for t, k in zip(tasks, slots):
+    judged = detector.predict(res[t]["final"])[:, k] >= threshold
+    true = np.asarray(res[t]["success"], bool)
+    out[t] = {"false_successes": int((judged & ~true).sum()),
+              "missed": int((~judged & true).sum()), "episodes": int(len(true)),
+              "true_successes": int(true.sum())}
+  return out
+
+
+def run_one(run: str, work: str, quick: bool) -> dict:
+  from mtopt.episode import Episode
+  from success_detectors.detector import SuccessDetector
+  from success_detectors.review import ReviewQueue
+  copy = os.path.join(work, os.path.basename(os.path.dirname(run.rstrip("/"))) or "run")
+  shutil.rmtree(copy, ignore_errors=True)
+  shutil.copytree(run, copy, ignore=shutil.ignore_patterns("replay*", "online", "review"))
+  source, tasks, slots, test = _policy_episodes(copy, 3 if quick else 20, TEST_SEED, False)
+  config, threshold = source.config, float(source.config.detector.threshold)
+  before_det = SuccessDetector.load(os.path.join(copy, "detector"))
+  before = _errors(before_det, threshold, tasks, slots, test)
+
+  _, _, _, review = _policy_episodes(copy, 5 if quick else 100, REVIEW_SEED, True)
+  queue, rng = ReviewQueue(copy), np.random.default_rng(0)
+  margin, fraction = float(config.review.margin), float(config.review.fraction)
+  flagged = 0
+  for t, k in zip(tasks, slots):
+    r = review[t]
+    eps = []
+    for j in range(len(r["success"])):  # One-step episodes carrying the final observation.
+      obs = {name: np.stack([v[j], v[j]]) for name, v in r["final"].items()}
+      success = np.zeros(source.registry.max_tasks, bool)
+      success[k] = bool(r["success"][j])
+      eps.append(Episode(obs, np.zeros((1, source.spec.action.shape[0]), np.float32),
+                         task_id=k, episode_id=10_000 * k + j,
+                         success=success))
+    flagged += queue.offer(eps, before_det(eps), threshold, margin, fraction, rng,
+                           [True] * len(eps))
+  queued = len(queue.pending())
+  args = ["--run-dir", copy, "--config", CONFIG]
+  assert cli.main(["tasks", "review", "--simulator", *args]) == 0
+  answers = queue.answers()
+  assert cli.main(["tasks", "review", "--apply", *args]) == 0
+  after_det = SuccessDetector.load(os.path.join(copy, "detector"))
+  after = _errors(after_det, threshold, tasks, slots, test)
+  total = lambda d, key: sum(v[key] for v in d.values())
+  return {"run": run, "before": before, "after": after, "flagged": flagged, "queued": queued,
+          "answered_success": int(sum(answers.values())),
+          "answered_failure": int(len(answers) - sum(answers.values())),
+          "false_successes_before": total(before, "false_successes"),
+          "false_successes_after": total(after, "false_successes"),
+          "missed_before": total(before, "missed"), "missed_after": total(after, "missed"),
+          "test_episodes": total(before, "episodes"),
+          "detector_versions": [before_det.version, after_det.version]}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--runs", nargs="+", required=True)
+  p.add_argument("--quick", action="store_true")
+  args = p.parse_args(argv)
+  work = tempfile.mkdtemp(prefix="mtopt_detector_loop_")
+  rows = [run_one(r, os.path.join(work, str(i)), args.quick) for i, r in enumerate(args.runs)]
+  fs_b = sum(r["false_successes_before"] for r in rows)
+  fs_a = sum(r["false_successes_after"] for r in rows)
+  summary = {"false_successes_before": fs_b, "false_successes_after": fs_a,
+             "cut": fs_b / max(fs_a, 1) if fs_b else None,
+             "missed_before": sum(r["missed_before"] for r in rows),
+             "missed_after": sum(r["missed_after"] for r in rows),
+             "test_episodes": sum(r["test_episodes"] for r in rows)}
+  meta = {**protocol.commit(), "test_seed": TEST_SEED, "review_seed": REVIEW_SEED,
+          "runs": args.runs}
+  base = os.path.join(ROOT, "results", "detector_loop" + ("_quick" if args.quick else ""))
+  with open(base + ".json", "w") as f:
+    json.dump({"summary": summary, "runs": rows, "meta": meta}, f, indent=1)
+  lines = ["| run | queued (near cut) | answered s/f | false successes before -> after | "
+           "missed before -> after | test episodes |", "|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['run']} | {r['queued']} ({r['flagged']}) | {r['answered_success']}/"
+                 f"{r['answered_failure']} | {r['false_successes_before']} -> "
+                 f"{r['false_successes_after']} | {r['missed_before']} -> {r['missed_after']} "
+                 f"| {r['test_episodes']} |")
+  md = "\n".join(lines)
+  with open(base + ".md", "w") as f:
+    f.write(f"# Detector loop\n\ncommit {meta['commit']}{' (dirty)' if meta['dirty'] else ''}"
+            f"\n\n{md}\n\n{json.dumps(summary)}\n")
+  print(md)
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  main()
