@@ -105,3 +105,23 @@ def test_proportional_plan_keeps_rare_tables_and_reports_missing_ones():
   assert report == {"no_data": [2], "no_successes": [0], "no_failures": []}
   small, _ = proportional_plan(2, SLOTS, counts, 1)  # Fewer rows than tables: no floor.
   assert small == {(1, False): 2}
+
+
+def test_small_drift_keeps_the_pipeline_large_drift_rebuilds_it():
+  rng = np.random.default_rng(3)
+  with _replay() as replay:
+    _write(replay, rng, 0, 50, 0.5, 0)
+    _write(replay, rng, 1, 50, 0.5, 100)
+    sampler = replay.sampler(100, proportional=True)
+    next(sampler)
+    plan, rebuilds = dict(sampler.plan), sampler.rebuilds
+    _write(replay, rng, 1, 2, 0.5, 200)  # Shares move by ~1%: below the 2% tolerance.
+    _refresh(sampler)
+    next(sampler)
+    assert sampler.rebuilds == rebuilds and sampler.plan == plan
+    _write(replay, rng, 1, 40, 0.5, 300)  # ~14%: a new plan.
+    _refresh(sampler)
+    next(sampler)
+    assert sampler.rebuilds == rebuilds + 1
+    assert sampler.plan == proportional_plan(100, SLOTS, replay.counts(), 1)[0]
+    sampler.close()
