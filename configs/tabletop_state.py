@@ -138,7 +138,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.mode = "mixed"
   c.train.tasks = []  # Tasks to train and evaluate; empty: every registered task.
   c.train.online_fraction = 0.5  # mixed: share of each batch from on-policy episodes.
-  c.train.rebalance = True  # False: batches in the data's own task/outcome proportions.
+  # False: no rebalancing; rows per (task, outcome) follow the stored items, recomputed
+  # from the live counts while training (the naive multi-task baseline).
+  c.train.rebalance = True
   c.train.dataset_dir = ""  # RLDS dataset for offline/mixed; empty: collect one first.
   c.train.offline_episodes = 400  # Scripted noisy episodes collected when no dataset_dir.
   # A corrupt, truncated or mismatched shard record is an error naming its file and episode;
@@ -146,6 +148,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.skip_bad_episodes = False
   c.train.labels = "learned"  # learned (success detector) | ground_truth (simulator)
   c.train.detector_episodes_per_task = 100  # Simulated examples when no detector exists.
+  # On-policy episodes collected per learner step (online and mixed): the learner waits when
+  # collection lags, the collector when it runs ahead (checked at every publication), so
+  # the on-policy budget follows learner progress, not wall time and machine load; the
+  # same for every method of an experiment. 0: as fast as the actors go (wall time).
+  c.train.episodes_per_step = 0.0
   c.train.explore_gaussian_std = 0.1  # Online exploration around the CEM action...
   c.train.explore_epsilon = 0.1  # ...and uniformly random actions (online and mixed).
   c.train.eval_every = 2000  # Learner steps between evaluations (and checkpoints).

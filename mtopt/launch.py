@@ -93,6 +93,27 @@ def _steps_to_save_point(step: int, periods: list[int], total: int) -> int:
 RESTART = "restart"  # _train's answer when the run's tasks or detector changed under it.
 
 
+def _collection_budget(config: ConfigDict, lcfg, replay, slots):
+  """`train.episodes_per_step` > 0: on-policy collection tied to learner steps (see
+  `collection.CollectionBudget`); None (as fast as the actors go) otherwise."""
+  t = config.train
+  rate = float(t.get("episodes_per_step", 0.0))
+  if rate < 0:
+    raise ConfigError(f"train.episodes_per_step must be >= 0, got {rate}")
+  if not rate or t.mode == "offline":
+    return None
+  if config.actors.get("mode", "ray") == "served":
+    raise ConfigError("train.episodes_per_step needs actors.mode=ray: served robots upload "
+                      "on their own schedule")
+  ready = None
+  if t.mode == "online":  # The sampler's first batch needs a table at min_size.
+    min_size = int(config.replay.min_size)
+    ready = lambda: any(max(c.values()) >= min_size  # noqa: E731
+                        for k, c in replay.counts().items() if k in slots)
+  return collection.CollectionBudget.for_learner(
+      rate, int(lcfg.publish_every), ready=ready, timeout=float(t.wait_for_data_seconds))
+
+
 def train(config: ConfigDict, log=print) -> dict:
   """Trains from `config` until `learner.num_steps`; returns the final per-task success."""
   while True:
@@ -144,6 +165,7 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
   stack.callback(ray.kill, ps)  # Several runs may share one Ray (experiments).
   collector = None
   served = config.actors.get("mode", "ray") == "served"  # Robots act through `mtopt serve`.
+  budget = _collection_budget(config, lcfg, online or replay, slots)
   if t.mode in ("online", "mixed") and not served:
     policy = nodes.pulled_cem_policy(ps, spec, registry.max_tasks, lcfg,
                                      gaussian_std=t.explore_gaussian_std,
@@ -153,7 +175,7 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
                                     seed=config.seed)
                 if t.labels == "learned" else None)
     collector = collection.start_collector(ray, config, registry, policy, tasks,
-                                           online or replay, reviewer)
+                                           online or replay, reviewer, budget)
     stack.callback(collector.stop)
   evaluation = None
   if env is not None and int(config.eval.episodes_per_task) > 0:
@@ -225,9 +247,14 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                 transient=False) as bar:
     job = bar.add_task("train", total=total, completed=learner.steps, info="")
+    periods = [every, int(lcfg.checkpoint_every)]
+    if budget is not None:  # Checked at every publication: collection follows the policy.
+      budget.start(collector.collected, learner.steps)
     while learner.steps < total:
-      metrics = learner.run(_steps_to_save_point(
-          learner.steps, [every, int(lcfg.checkpoint_every)], total))
+      metrics = collection.run_learner(
+          learner, _steps_to_save_point(learner.steps, periods, total), budget,
+          check=collector.check if collector is not None else lambda: None,
+          steps_per_check=int(lcfg.publish_every))
       if collector is not None:
         collector.check()
       evaluate_now = learner.steps % every == 0 or learner.steps == total

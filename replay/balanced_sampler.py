@@ -18,6 +18,10 @@ The plan is recomputed from the tables' sizes every `refresh_seconds`: a task wi
 successes yet (fewer than `min_size` items in its success table) is filled with failures,
 a task with no data at all gives its share to the others; both are reported in
 `BalancedSampler.report` and logged when they change.
+
+With `proportional=True` there is no rebalancing: every table's rows follow its share of
+the stored items, recomputed from the live counts at every refresh (the naive multi-task
+baseline; see `proportional_plan`), so the composition tracks the data as it grows.
 """
 
 from __future__ import annotations
@@ -88,6 +92,39 @@ def make_plan(batch_size: int, task_shares: Mapping[int, float], success_fractio
       if m > 0:
         plan[(k, success)] = m
   return plan, report
+
+
+def proportional_plan(batch_size: int, slots, counts: Mapping[int, Mapping[str, int]],
+                      min_size: int) -> tuple[Plan, dict]:
+  """Rows per (task, outcome) table in proportion to its items: the data's own task shares
+  and, within each task, its own success fraction (no rebalancing).
+
+  A table with at least `min_size` items gets at least one row (when the batch has a row
+  for each): a fixed plan cannot give it a fraction of a row, and none would drop a rare
+  task's data entirely, which uniform sampling over all items would not; the floor errs
+  in the baseline's favour.
+  """
+  items = {(k, s): counts[k]["success" if s else "failure"] for k in slots
+           for s in (True, False)}
+  live = {key: n for key, n in items.items() if n >= min_size}
+  ready_tasks = {k for k, _ in live}
+  report = {"no_data": sorted(k for k in slots if k not in ready_tasks),
+            "no_successes": sorted(k for k in ready_tasks if (k, True) not in live),
+            "no_failures": sorted(k for k in ready_tasks if (k, False) not in live)}
+  if not live:
+    return {}, report
+  keys = sorted(live)
+  floor = 1 if len(keys) <= batch_size else 0
+  rest = _largest_remainder(batch_size - floor * len(keys),
+                            {i: float(live[k]) for i, k in enumerate(keys)})
+  plan = {k: floor + rest[i] for i, k in enumerate(keys)}
+  return {k: n for k, n in plan.items() if n > 0}, report
+
+
+def plan_distance(a: Plan, b: Plan) -> float:
+  """Total variation distance between two plans' row distributions, in [0, 1]."""
+  na, nb = max(1, sum(a.values())), max(1, sum(b.values()))
+  return 0.5 * sum(abs(a.get(k, 0) / na - b.get(k, 0) / nb) for k in set(a) | set(b))
 
 
 def _transition_picker(slot: int, success: bool, k: int, batches: int) -> Callable:
@@ -220,17 +257,27 @@ class BalancedSampler:
   Blocks of batches come from `make_dataset` as numpy arrays; a batch is a slice of one
   (views, no copies), so a batch costs the learner's thread next to nothing.
 
+  With `proportional`, `task_shares` only names the slots and the plan follows the tables'
+  sizes (`proportional_plan`); a new plan replaces the pipeline when its rows differ from
+  the current one's by more than `replan_tolerance` (total variation) or a table starts or
+  stops being sampled: rebuilding costs a pipeline, and the shares move a little with
+  every stored episode.
+
   Attributes:
     plan: rows per (slot, is_success) table in the current batches.
     report: task slots with `no_successes`, `no_failures` or `no_data` (left out).
+    rebuilds: pipelines built so far.
   """
 
   def __init__(self, address: str, layout: TableLayout, counts_fn: Callable[[], dict],
                batch_size: int, task_shares: Mapping[int, float], success_fraction: float,
                transitions_per_sample: int = 1, prefetch: int = 1, refresh_seconds: float = 2.0,
                wait_seconds: float = 60.0, to_jax: bool = False, pooled_failures: bool = False,
-               threshold: float = 0.5):
+               threshold: float = 0.5, proportional: bool = False,
+               replan_tolerance: float = 0.02):
     self._address, self._layout, self._counts_fn = address, layout, counts_fn
+    self.proportional, self._tolerance = proportional, float(replan_tolerance)
+    self.rebuilds = 0
     self._pooled, self._threshold = pooled_failures, threshold
     self.batch_size, self.task_shares = batch_size, dict(task_shares)
     self.success_fraction = success_fraction
@@ -245,8 +292,12 @@ class BalancedSampler:
   def _update_plan(self) -> None:
     deadline = time.monotonic() + self._wait
     while True:
-      plan, report = make_plan(self.batch_size, self.task_shares, self.success_fraction,
-                               self._counts_fn(), self._layout.min_size)
+      if self.proportional:
+        plan, report = proportional_plan(self.batch_size, self.task_shares,
+                                         self._counts_fn(), self._layout.min_size)
+      else:
+        plan, report = make_plan(self.batch_size, self.task_shares, self.success_fraction,
+                                 self._counts_fn(), self._layout.min_size)
       if plan or time.monotonic() > deadline:
         break
       time.sleep(0.05)
@@ -260,12 +311,18 @@ class BalancedSampler:
                     "tasks without data (share given to others): %s",
                     report["no_successes"], report["no_data"])
       self.report = report
-    if plan != self.plan or self._it is None:
+    if self._it is None or self._replan(plan):
       self.plan = plan
+      self.rebuilds += 1
       ds = make_dataset(self._address, self._layout, plan, self._k, self._prefetch,
                         self._pooled, self._threshold)
       self._it = ds.as_numpy_iterator()
       self._block = None
+
+  def _replan(self, plan: Plan) -> bool:
+    if not self.proportional or set(plan) != set(self.plan):
+      return plan != self.plan
+    return plan_distance(plan, self.plan) > self._tolerance
 
   def __iter__(self):
     return self

@@ -239,11 +239,16 @@ class ReverbReplay(Replay):
   def sampler(self, batch_size: int, task_shares: Mapping[int, float] | None = None,
               success_fraction: float | None = None, seed: int | None = None,
               to_jax: bool = False, prefetch: int = 1, wait_seconds: float = 60.0,
-              refresh_seconds: float = 2.0) -> BalancedSampler:
+              refresh_seconds: float = 2.0, proportional: bool = False) -> BalancedSampler:
     """Rebalanced batches; `task_shares` maps slot -> weight (default: equal over `slots`).
 
+    `proportional`: no rebalancing; rows per (task, outcome) follow the stored items, as
+    they change (`balanced_sampler.proportional_plan`); takes no shares or fraction.
     `prefetch` blocks of batches (see `balanced_sampler.make_dataset`) are made ahead.
     """
+    if proportional and (task_shares is not None or success_fraction is not None):
+      raise ReplayError("a proportional sampler follows the data's own shares; pass no "
+                        "task_shares or success_fraction")
     del seed  # Reverb's sampling is not seedable; kept for the interface.
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
       raise ReplayError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -258,7 +263,7 @@ class ReverbReplay(Replay):
     return BalancedSampler(self.address, self.layout, self.counts, int(batch_size), shares,
                            float(frac), self.transitions_per_sample, prefetch, refresh_seconds,
                            wait_seconds, to_jax, pooled_failures=self.pooled_failures,
-                           threshold=self.threshold)
+                           threshold=self.threshold, proportional=proportional)
 
   def episodes(self) -> Iterator[Episode]:
     """Every episode in the `episodes` table once, oldest first.

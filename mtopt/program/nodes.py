@@ -139,19 +139,15 @@ def make_replays(config: ConfigDict, spec, run_dir: str, labeller, slots):
   return replay, online
 
 
-def batch_composition(config: ConfigDict, replay) -> dict:
+def batch_composition(config: ConfigDict) -> dict:
   """Sampler arguments: MT-Opt's rebalancing (equal task shares, `replay.success_fraction`)
-  or, with `train.rebalance` off, the data's own proportions: task shares by stored items
-  and the overall success fraction (the naive multi-task baseline)."""
+  or, with `train.rebalance` off, the data's own proportions (the naive multi-task
+  baseline): rows per (task, outcome) table follow its stored items, recomputed from the
+  replay's live counts while training, not fixed when the sampler is built (an on-policy
+  replay starts from a few episodes of the first, random policy)."""
   if config.train.rebalance:
     return {"success_fraction": float(config.replay.success_fraction)}
-  counts = replay.counts()
-  items = {k: counts[k]["success"] + counts[k]["failure"] for k in replay.slots}
-  successes = sum(counts[k]["success"] for k in replay.slots)
-  shares = {k: float(v) for k, v in items.items() if v > 0}
-  if not shares:
-    raise ConfigError("train.rebalance=False needs data in the replay before training")
-  return {"success_fraction": successes / max(1, sum(items.values())), "task_shares": shares}
+  return {"proportional": True}
 
 
 def make_sampler(config: ConfigDict, batch_size: int, replay, online=None, offline=None):
@@ -162,7 +158,7 @@ def make_sampler(config: ConfigDict, batch_size: int, replay, online=None, offli
   wait = float(config.train.wait_for_data_seconds)
 
   def sampler_of(r):
-    return lambda size: r.sampler(size, wait_seconds=wait, **batch_composition(config, r))
+    return lambda size: r.sampler(size, wait_seconds=wait, **batch_composition(config))
   first = offline or sampler_of(replay)
   if online is None:
     return first(batch_size)
