@@ -8,20 +8,11 @@ one. Each Meta-World task is its own scene, so episodes are not shared across ta
 (`replay.sharing=none`; batches are still rebalanced per task and outcome).
 """
 
-import importlib.util
-import os
-
-
-def _tabletop_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tabletop_state.py")
-  spec = importlib.util.spec_from_file_location("_mtopt_tabletop_state", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from configs import tabletop_state
 
 
 def get_config():
-  c = _tabletop_config()
+  c = tabletop_state.get_config()
   c.run_dir = "runs/metaworld_mt10"
   c.env.name = "metaworld"
   del c.env["fine_features"]  # A tabletop option.

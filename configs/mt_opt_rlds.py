@@ -12,22 +12,13 @@ dataset carries no reward or success field, so labels come from a success detect
 for its observations (`mtopt tasks train`; MT-Opt trained its own on `mt_opt/sd`).
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _tabletop_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tabletop_state.py")
-  spec = importlib.util.spec_from_file_location("_mtopt_tabletop_state", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from configs import tabletop_state
 
 
 def get_config():
-  c = _tabletop_config()
+  c = tabletop_state.get_config()
   c.run_dir = "runs/mt_opt_rlds"
   c.env = ml_collections.ConfigDict()
   c.env.name = "none"  # A dataset only: no simulator.

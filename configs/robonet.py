@@ -6,22 +6,13 @@ Prepared on disk first (`tfds build robonet/robonet_64`); mtopt never downloads.
     mtopt train --config configs/robonet.py --config.dataset.labels.detector_dir=DIR
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _mt_opt_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mt_opt_rlds.py")
-  spec = importlib.util.spec_from_file_location("_mtopt_mt_opt_rlds", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from configs import mt_opt_rlds
 
 
 def get_config():
-  c = _mt_opt_config()
+  c = mt_opt_rlds.get_config()
   c.run_dir = "runs/robonet"
   c.dataset.tfds_name = "robonet/robonet_64"
   c.dataset.max_episode_steps = 40

@@ -74,15 +74,11 @@ class FieldMapping:
 
 
 def _feature_at(features, path: str):
-  """The TFDS feature at `path`, and whether it is a per-step field."""
-  node, per_step = features, False
-  for key in path.split("/"):
-    if isinstance(node, tfds.features.Dataset):
-      node, per_step = node.feature, True
-    try:
-      node = node[key]
-    except (KeyError, TypeError):
-      raise MappingError(f"{path}: no field {key!r} in the dataset's features") from None
+  """The TFDS feature at `path` (a tensor), and whether it is a per-step field."""
+  try:
+    node, per_step = rlds_shards.feature_at(features, path)
+  except rlds_format.DatasetError as e:
+    raise MappingError(str(e)) from None
   if isinstance(node, tfds.features.Dataset):
     raise MappingError(f"{path}: is a nested dataset, not a tensor")
   return node, per_step
