@@ -123,6 +123,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--runs", nargs="+", required=True)
   p.add_argument("--quick", action="store_true")
+  p.add_argument("--name", default="detector_loop", help="results/NAME.{json,md}")
   args = p.parse_args(argv)
   work = tempfile.mkdtemp(prefix="mtopt_detector_loop_")
   rows = [run_one(r, os.path.join(work, str(i)), args.quick) for i, r in enumerate(args.runs)]
@@ -135,7 +136,7 @@ def main(argv=None):
              "test_episodes": sum(r["test_episodes"] for r in rows)}
   meta = {**protocol.commit(), "test_seed": TEST_SEED, "review_seed": REVIEW_SEED,
           "runs": args.runs}
-  base = os.path.join(ROOT, "results", "detector_loop" + ("_quick" if args.quick else ""))
+  base = os.path.join(ROOT, "results", args.name + ("_quick" if args.quick else ""))
   with open(base + ".json", "w") as f:
     json.dump({"summary": summary, "runs": rows, "meta": meta}, f, indent=1)
   lines = ["| run | queued (near cut) | answered s/f | false successes before -> after | "
