@@ -271,4 +271,8 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
   if not evals or evals[-1]["step"] != learner.steps:
     last_rates = evaluation(learner.get_params(), learner.steps, progress)
     save_point(checkpoint_replays=True)
+  if progress.get("review"):
+    r = progress["review"]
+    log(f"detector loop: {r['flagged']} of {r['labelled']} collected episodes were labelled "
+        f"near the cut; {r['queued']} wait for review (`mtopt tasks review`)")
   return reports.write_results(run_dir, learner.steps, last_rates, progress["evaluations"])
