@@ -100,6 +100,20 @@ class Fleet:
     """Calls a RobotActor method on every actor and waits for the results."""
     return self._ray.get([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
 
+  def tell_all(self, method: str, *args, **kwargs) -> int:
+    """Advice (success estimates, focus) to every actor that is up; one that is down or
+    restarting is skipped (it starts afresh and hears the next advice). Returns how many
+    took it."""
+    from ray.exceptions import RayActorError
+    took = 0
+    for ref in [getattr(a, method).remote(*args, **kwargs) for a in self.actors]:
+      try:
+        self._ray.get(ref)
+        took += 1
+      except RayActorError:  # Includes ActorUnavailableError (restarting).
+        pass
+    return took
+
   def shutdown(self) -> None:
     for a in self.actors:
       self._ray.kill(a, no_restart=True)

@@ -239,7 +239,7 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
     save_point(checkpoint_replays=False)
 
   def steer(rates):
-    if collector is not None:  # Underperforming and new tasks get more attempts.
+    if collector is not None and rates:  # Underperforming and new tasks get more attempts.
       collector.set_success_estimates(rates)
       collector.focus(new_tasks.focused(progress, rates), float(config.actors.new_task_share))
   steer(last_rates)

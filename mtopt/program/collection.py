@@ -202,11 +202,11 @@ class Collector:
 
   def set_success_estimates(self, rates: dict) -> None:
     """Per-task success for the actors' `underperforming` scheduler."""
-    self._fleet.call_all("set_success_estimates", rates)
+    self._fleet.tell_all("set_success_estimates", rates)
 
   def focus(self, tasks, share: float) -> None:
     """`share` of the robots' attempts go to `tasks` (tasks just added); () ends it."""
-    self._fleet.call_all("set_focus", list(tasks), share if tasks else 0.0)
+    self._fleet.tell_all("set_focus", list(tasks), share if tasks else 0.0)
 
   def stop(self):
     self._stop.set()
