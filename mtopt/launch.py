@@ -179,7 +179,8 @@ def _train(config: ConfigDict, log, stack: contextlib.ExitStack) -> dict:
     stack.callback(collector.stop)
   evaluation = None
   if env is not None and int(config.eval.episodes_per_task) > 0:
-    evaluation = Evaluation(ray, config, registry, ps, spec, lcfg, tasks, run_dir, labeller)
+    evaluation = Evaluation(ray, config, registry, ps, spec, lcfg, tasks, run_dir, labeller,
+                            env.task_names())
     stack.callback(evaluation.close)
   else:
     log("no simulator or no evaluation episodes (eval.episodes_per_task=0): not evaluating")

@@ -90,22 +90,24 @@ class ReviewQueue:
 
   def answer(self, episode_id: int, success: bool) -> None:
     self.item(episode_id)  # An unknown episode is an error; nothing is recorded.
-    answers = self.answers()
-    answers[int(episode_id)] = bool(success)
+    self._record({int(episode_id): bool(success)})
+
+  def answer_from_simulator(self) -> int:
+    """Answers every pending episode whose task the simulator judges; returns how many."""
+    truths = {e: self.item(e)["truth"] for e in self.pending()}
+    known = {e: bool(t) for e, t in truths.items() if t >= 0}
+    self._record(known)
+    return len(known)
+
+  def _record(self, new: dict[int, bool]) -> None:
+    """Adds answers in one atomic rewrite of answers.json."""
+    if not new:
+      return
+    answers = {**self.answers(), **new}
     tmp = self._answers_path + ".tmp"
     with open(tmp, "w") as f:
       json.dump({str(k): v for k, v in sorted(answers.items())}, f)
     os.replace(tmp, self._answers_path)
-
-  def answer_from_simulator(self) -> int:
-    """Answers every pending episode whose task the simulator judges; returns how many."""
-    n = 0
-    for e in self.pending():
-      truth = self.item(e)["truth"]
-      if truth >= 0:
-        self.answer(e, bool(truth))
-        n += 1
-    return n
 
   # Applying (into the detector's examples).
   def answered_examples(self):

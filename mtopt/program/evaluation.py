@@ -32,13 +32,12 @@ class Evaluation:
   truth beside it for the tasks the simulator defines."""
 
   def __init__(self, ray, config: ConfigDict, registry: TaskRegistry, ps, spec, lcfg,
-               tasks, run_dir: str, labeller):
+               tasks, run_dir: str, labeller, true_tasks):
     from tensorboardX import SummaryWriter
     self._ray, self._ps, self._tasks = ray, ps, list(tasks)
     self._episodes = int(config.eval.episodes_per_task)
     self._labeller, self._threshold = labeller, float(config.detector.threshold)
-    with envs.make(config.env) as env:
-      self._true_tasks = [t for t in self._tasks if t in env.task_names()]
+    self._true_tasks = [t for t in self._tasks if t in true_tasks]  # The simulator's own.
     self._actors = evaluator_actors(ray, config, registry, ps, spec, lcfg)
     self._tb = SummaryWriter(os.path.join(run_dir, "eval"))
 

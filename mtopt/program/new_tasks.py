@@ -38,7 +38,8 @@ def zero_shot(evaluation, learner, progress: dict, new: list[str], log=print) ->
   progress.setdefault("new_tasks", {}).update({t: learner.steps for t in new})
   rates = evaluation(learner.get_params(), learner.steps, progress)
   progress["evaluations"][-1]["zero_shot"] = list(new)
-  log("zero-shot success (judged): " + ", ".join(f"{t} {rates[t]:.2f}" for t in new))
+  if rates:  # None without a simulator to evaluate in.
+    log("zero-shot success (judged): " + ", ".join(f"{t} {rates[t]:.2f}" for t in new))
   return rates
 
 
