@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from mtopt.program import collection
+from mtopt.program import budget as budget_lib, collection
 from replay.reverb_replay import ReverbReplay
 from replay.tables import TableLayout
 from tests.test_replay_helpers import MAX_TASKS, SPEC, make_episode
@@ -48,17 +48,17 @@ class TimedLearner:
 
 
 def _train(rate, chunk, total, learner, fleet):
-  """The driver's loop (`mtopt.launch`): learner chunks, budget checks between them.
+  """The driver's loop (`program.training_loop`): learner chunks, budget checks between.
   Returns (collected - rate * steps) after each chunk, and the final counts."""
   replay = ReverbReplay(TableLayout(SPEC, MAX_TASKS, max_size=10_000), slots=[0, 1],
                         sharing="none")
-  budget = collection.CollectionBudget.for_learner(rate, chunk, timeout=30)
+  budget = budget_lib.CollectionBudget.for_learner(rate, chunk, timeout=30)
   collector = collection.Collector(fleet, replay, budget=budget)
   try:
     budget.start(collector.collected, learner.steps)
     gaps = []
     while learner.steps < total:
-      collection.run_learner(learner, chunk, budget, collector.check)
+      budget_lib.run_learner(learner, chunk, budget, collector.check)
       gaps.append(budget.collected - rate * learner.steps)
     return gaps, budget.collected, replay.num_episodes()
   finally:
@@ -98,14 +98,14 @@ def test_episodes_per_learner_step_stay_at_the_configured_rate(learner_s, fleet_
 def test_learner_waits_for_a_stalled_collector_and_says_so():
   replay = ReverbReplay(TableLayout(SPEC, MAX_TASKS, max_size=100), slots=[0, 1],
                         sharing="none")
-  budget = collection.CollectionBudget(1.0, 1, timeout=0.5)
+  budget = budget_lib.CollectionBudget(1.0, 1, timeout=0.5)
   collector = collection.Collector(TimedFleet(60.0), replay, budget=budget)
   try:
     budget.start(0, 0)
     learner = TimedLearner(0.0)
-    collection.run_learner(learner, 10, budget)  # Nothing is owed at step 0.
+    budget_lib.run_learner(learner, 10, budget)  # Nothing is owed at step 0.
     with pytest.raises(TimeoutError, match="episodes_per_step=1.*step 10"):
-      collection.run_learner(learner, 10, budget)
+      budget_lib.run_learner(learner, 10, budget)
   finally:
     collector._stop.set()  # The stand-in robot is mid-episode; do not wait for it.
     replay.close()
@@ -114,7 +114,7 @@ def test_learner_waits_for_a_stalled_collector_and_says_so():
 def test_collector_stops_while_waiting_for_the_learner():
   replay = ReverbReplay(TableLayout(SPEC, MAX_TASKS, max_size=100), slots=[0, 1],
                         sharing="none")
-  budget = collection.CollectionBudget(1.0, 3)
+  budget = budget_lib.CollectionBudget(1.0, 3)
   fleet = TimedFleet(0.0)
   collector = collection.Collector(fleet, replay, budget=budget)
   try:

@@ -4,6 +4,10 @@
   nodes        Ray, the labeller, robot-actor arguments, parameter-following policies,
                the replays and their batch sampler
   collection   fleets of robot actors: a dataset on disk, or episodes into a replay
+  budget       on-policy episodes tied to learner steps (`train.episodes_per_step`)
+  placement    where the replay and the learner run (`program.placement`)
+  build        one run's nodes, built from the config
+  training_loop  the driver's loop: learner chunks, evaluations, save points, the report
   offline_data the offline dataset of a run and its import into the replay
   evaluation   greedy evaluation during training and of a saved checkpoint
   reports      the success table and plot

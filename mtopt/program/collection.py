@@ -1,22 +1,19 @@
 """Fleets of robot actors collecting episodes: into a new RLDS dataset on disk, or (online)
 into a replay from a background thread, optionally tied to the learner's progress
-(`CollectionBudget`)."""
+(`budget.CollectionBudget`)."""
 
 from __future__ import annotations
 
 import collections
-import math
 import os
 import shutil
 import threading
-import time
-from typing import Callable
 
 import numpy as np
 
 from mtopt import envs, rlds_format
 from mtopt.config import ConfigDict
-from mtopt.program import nodes
+from mtopt.program import budget as budget_lib, nodes
 from mtopt.tasks import TaskRegistry
 
 ONLINE_FIRST_ID = 1 << 40  # Online episode ids start here, above any offline dataset's.
@@ -55,90 +52,6 @@ def collect_dataset(config: ConfigDict, ray, registry: TaskRegistry, out_dir: st
   return writer.num_written, lost
 
 
-class CollectionBudget:
-  """On-policy episodes tied to learner steps, never to wall time (`train.episodes_per_step`).
-
-  With the learner at step s, the collector may have written `base + rate * s + margin`
-  episodes, and the learner runs on from s only once `base + rate * s` are written. So
-  whichever side is faster waits, and collected episodes per learner step stay at `rate`
-  (within `margin` episodes) on any machine and load: every method of an experiment gets
-  the same on-policy data for the same steps. `base` is set by `start`: the episodes
-  collected before training (re)started, less `rate` times its step, so a resumed run goes
-  on at `rate` from where it is. Before `start` nothing is written, except while `ready()`
-  is false (an `online` replay that cannot be sampled yet; those episodes count too).
-
-  The collector checks before each episode it writes (episodes the actors finished
-  meanwhile wait in Ray, made by a policy at most one publication old).
-  """
-
-  def __init__(self, rate: float, margin: int, ready: Callable[[], bool] | None = None,
-               timeout: float = 600.0):
-    if not rate > 0 or margin < 1:
-      raise ValueError(f"CollectionBudget: need rate > 0 and margin >= 1, got {rate}, {margin}")
-    self.rate, self.margin, self.timeout = float(rate), int(margin), float(timeout)
-    self._ready = ready
-    self._cond = threading.Condition()
-    self._base: float | None = None
-    self._steps = 0
-    self.collected = 0  # Set by the collector after each write.
-
-  @classmethod
-  def for_learner(cls, rate: float, steps_per_check: int, **kwargs) -> "CollectionBudget":
-    """A budget the learner checks every `steps_per_check` steps: the collector may run a
-    check's worth ahead, so that both sides work at once."""
-    return cls(rate, max(1, math.ceil(rate * steps_per_check)), **kwargs)
-
-  def start(self, collected: int, steps: int) -> None:
-    with self._cond:
-      self.collected, self._steps = int(collected), int(steps)
-      self._base = collected - self.rate * steps
-      self._cond.notify_all()
-
-  def allowed(self) -> float:
-    """Episodes the collector may have written now."""
-    return -math.inf if self._base is None else self._base + self.rate * self._steps + self.margin
-
-  def owed(self, steps: int) -> float:
-    """Episodes that must be written before the learner runs on from `steps`."""
-    return math.inf if self._base is None else self._base + self.rate * steps
-
-  # The collector's side.
-  def wait_to_write(self, n: int, stop: threading.Event) -> bool:
-    """Blocks until the collector may have written `n` episodes; False once `stop` is set."""
-    with self._cond:
-      while not stop.is_set():
-        if n <= self.allowed() or (self._ready is not None and not self._ready()):
-          return True
-        self._cond.wait(0.2)
-    return False
-
-  def wrote(self, collected: int) -> None:
-    with self._cond:
-      self.collected = int(collected)
-      self._cond.notify_all()
-
-  # The learner's side.
-  def set_steps(self, steps: int) -> None:
-    with self._cond:
-      self._steps = int(steps)
-      self._cond.notify_all()
-
-  def wait_for_episodes(self, steps: int, check: Callable[[], None] = lambda: None) -> float:
-    """Blocks until the episodes owed at `steps` are written; returns the seconds waited.
-    `check` raises if collection failed; TimeoutError after `timeout` seconds."""
-    t0 = time.monotonic()
-    with self._cond:
-      while self.collected < self.owed(steps):
-        check()
-        if time.monotonic() - t0 > self.timeout:
-          raise TimeoutError(
-              f"train.episodes_per_step={self.rate:g}: the learner waited {self.timeout:.0f} s "
-              f"at step {steps} for {self.owed(steps) - self.collected:.0f} more on-policy "
-              f"episodes ({self.collected} written); are the robot actors running?")
-        self._cond.wait(0.2)
-    return time.monotonic() - t0
-
-
 class Collector:
   """Online collection in a background thread: a fleet acting by CEM over the latest
   params with exploration, its episodes written (labelled) into `replay`.
@@ -153,7 +66,7 @@ class Collector:
   """
 
   def __init__(self, fleet, replay, episodes_per_write: int = 8, write: bool = True,
-               reviewer=None, budget: CollectionBudget | None = None):
+               reviewer=None, budget: "budget_lib.CollectionBudget | None" = None):
     if budget is not None and not write:
       raise ValueError("Collector: a budget needs the collector to write the episodes")
     self._fleet, self._replay, self._budget = fleet, replay, budget
@@ -239,7 +152,7 @@ class Reviewer:
 
 def start_collector(ray, config: ConfigDict, registry: TaskRegistry, policy, tasks,
                     replay, reviewer: Reviewer | None = None,
-                    budget: CollectionBudget | None = None) -> Collector:
+                    budget: "budget_lib.CollectionBudget | None" = None) -> Collector:
   """`actors.num_actors` robot actors running `policy` on `tasks`, writing into `replay`
   (as fast as they can, or as `budget` allows)."""
   from actors.fleet import Fleet
@@ -247,18 +160,3 @@ def start_collector(ray, config: ConfigDict, registry: TaskRegistry, policy, tas
   fleet = Fleet(ray, int(a.num_actors), nodes.actor_kwargs(config, registry, policy, tasks),
                 episodes_per_call=1, num_cpus=float(a.num_cpus))
   return Collector(fleet, replay, reviewer=reviewer, budget=budget)
-
-
-def run_learner(learner, num_steps: int, budget: CollectionBudget | None = None,
-                check: Callable[[], None] = lambda: None, steps_per_check: int = 0) -> dict:
-  """`learner.run(num_steps)`; with a budget, in parts of `steps_per_check` steps, each
-  after the on-policy episodes owed at its first step are written (the collector then
-  runs on to the new step), so a check costs no save point."""
-  if budget is None:
-    return learner.run(num_steps)
-  end, metrics = learner.steps + num_steps, {}
-  while learner.steps < end:
-    budget.wait_for_episodes(learner.steps, check)
-    metrics = learner.run(min(steps_per_check or num_steps, end - learner.steps))
-    budget.set_steps(learner.steps)
-  return metrics
