@@ -56,6 +56,11 @@ def get_config() -> ml_collections.ConfigDict:
   # independence between nearby batches, small next to the tens of times every stored
   # transition is replayed in a run (600 episodes x 40 steps vs 6000 steps x 256 rows).
   c.replay.transitions_per_sample = 16
+  # The replay node's Ray resources (with program.placement=actors): CPUs, memory reserved
+  # for it (GiB; 0: none), and custom resources naming its node ("big_memory:1,...").
+  c.replay.num_cpus = 1.0
+  c.replay.memory_gb = 0.0
+  c.replay.resources = ""
 
   c.detector = ml_collections.ConfigDict()  # success_detectors.detector.DetectorConfig
   c.detector.threshold = 0.5
@@ -114,6 +119,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.negative_weight = 1.0
   c.learner.negative_terminate_prob = 0.5
   c.learner.unjudged_weight = 0.0
+  # The learner node's Ray resources (with program.placement=actors), as the replay's.
+  c.learner.num_gpus = 0.0
+  c.learner.num_cpus = 1.0
+  c.learner.memory_gb = 0.0
+  c.learner.resources = ""
   c.learner.network = ml_collections.ConfigDict()
   c.learner.network.architecture = "split"  # split (torso once, head per CEM sample) | whole
   c.learner.network.torso_sizes = (256, 256)
@@ -157,6 +167,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.explore_epsilon = 0.1  # ...and uniformly random actions (online and mixed).
   c.train.eval_every = 2000  # Learner steps between evaluations (and checkpoints).
   c.train.wait_for_data_seconds = 600.0  # How long the sampler waits for enough episodes.
+
+  # Where the replay server and the learner run. driver: in the driver process (one
+  # machine: no copies between processes); actors: each in a Ray actor with its section's
+  # resources, restarted by Ray up to node_restarts times (the replay from its checkpoint
+  # and episode log, on the same port; the learner from its last checkpoint).
+  c.program = ml_collections.ConfigDict()
+  c.program.placement = "driver"
+  c.program.node_restarts = 10
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_actors = 2

@@ -161,11 +161,17 @@ class LearnerConfig:
   def from_config(cls, config: Mapping[str, Any]) -> "LearnerConfig":
     """Builds from an experiment ConfigDict's `learner` (with `network`) and `cem` sections."""
     learner = _section(config, "learner")
+    for key in PLACEMENT_KEYS:  # Where the program runs the learner, not how it learns.
+      learner.pop(key, None)
     network = dict(learner.pop("network", {}) or {})
     cem = _section(config, "cem")
     return cls(network=_build(NetworkConfig, network, "learner.network"),
                cem=_build(CEMConfig, cem, "cem"),
                **_fields(cls, learner, "learner", exclude=("network", "cem")))
+
+
+# `learner.*` keys that place the learner node (`mtopt.program.placement`).
+PLACEMENT_KEYS = ("num_cpus", "num_gpus", "memory_gb", "resources")
 
 
 def _section(config, name: str) -> dict:

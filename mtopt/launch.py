@@ -10,6 +10,9 @@
       └── every eval_every steps ◄── per-task success ── Evaluator actors (greedy CEM)
                                           └──► TaskScheduler of the collecting actors
 
+With `program.placement = "actors"` the replay and the learner are Ray actors too, placed
+by their config sections' resources and restarted when they die (mtopt/program/placement.py).
+
 Modes (`train.mode`): `offline` trains only from an RLDS dataset (given, or collected
 first by scripted noisy experts); `online` collects with the current Q while training;
 `mixed` does both: the offline dataset in one replay, on-policy episodes in a second, and

@@ -103,6 +103,7 @@ class ReverbReplay(Replay):
     self._writer = None
     self._lock = threading.Lock()
     self._seq = 0
+    self.reapplied_ids: set[int] = set()
     if log_dir:
       try:
         self._log = EpisodeLog(log_dir, restored)
@@ -112,9 +113,12 @@ class ReverbReplay(Replay):
         raise
 
   def _reapply(self, episodes: Iterator[Episode]) -> None:
-    """Writes logged episodes (labelled when logged) into Reverb again, not into the log."""
+    """Writes logged episodes (labelled when logged) into Reverb again, not into the log.
+    Their ids stay in `reapplied_ids`: a write that died unanswered may be among them, and
+    whoever retries it can skip what is already stored."""
     batch = []
     for ep in episodes:
+      self.reapplied_ids.add(int(ep.episode_id))
       batch.append(ep)
       if len(batch) == 64:
         self._write(self.prepare(batch), log=False)
@@ -124,8 +128,10 @@ class ReverbReplay(Replay):
   @classmethod
   def from_config(cls, config, spec: EnvSpec, *, run_dir: str | None = None,
                   address: str | None = None, labeller: Labeller | None = None,
-                  slots: Sequence[int] | None = None) -> "ReverbReplay":
-    """From an experiment config's `max_tasks`, `replay.*` and `detector.threshold`."""
+                  slots: Sequence[int] | None = None, port: int | None = None
+                  ) -> "ReverbReplay":
+    """From an experiment config's `max_tasks`, `replay.*` and `detector.threshold`; an
+    owned server listens on `port` (default: any free one)."""
     r = config.replay
     layout = TableLayout(spec, int(config.max_tasks), int(r.max_size),
                          int(r.get("max_episodes", 0)) or None, int(r.min_size),
@@ -135,7 +141,7 @@ class ReverbReplay(Replay):
                success_fraction=r.success_fraction, labeller=labeller, address=address,
                checkpoint_dir=os.path.join(run_dir, "replay") if owned else None,
                log_dir=os.path.join(run_dir, "replay_log") if owned else None,
-               transitions_per_sample=int(r.get("transitions_per_sample", 1)))
+               transitions_per_sample=int(r.get("transitions_per_sample", 1)), port=port)
 
   # Writing.
   def prepare(self, episodes: Sequence[Episode]

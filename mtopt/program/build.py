@@ -25,6 +25,7 @@ class Run(NamedTuple):
   learner: Any
   lcfg: Any
   budget: Any  # `budget.CollectionBudget` or None.
+  supervise: Callable[[], None]  # Reports nodes Ray restarted (`placement.Supervisor`).
 
 
 def build(config: ConfigDict, prepared, progress: dict, stack: contextlib.ExitStack,
@@ -48,7 +49,7 @@ def build(config: ConfigDict, prepared, progress: dict, stack: contextlib.ExitSt
     dirs = [run_dir] + ([os.path.join(run_dir, "online")] if t.mode == "mixed" else [])
   for d in dirs:
     relabel.ensure_labelled(config, spec, d, labeller, slots, log)  # After `tasks add`.
-  make = lambda: placement.make_replays(config, spec, run_dir, labeller, slots)  # noqa: E731
+  make = lambda: placement.make_replays(config, spec, run_dir, labeller, slots, log)  # noqa: E731
   if streamed:
     replay, online = None, make()[0] if t.mode == "mixed" else None
   else:
@@ -88,7 +89,7 @@ def build(config: ConfigDict, prepared, progress: dict, stack: contextlib.ExitSt
   disk = (offline_data.disk_batches(config, source, registry, labeller, run_dir, slots, log)
           if streamed else None)
   learner = placement.make_learner(config, spec, registry, lcfg, run_dir, ps, stack,
-                                   replay, online, disk)
+                                   replay, online, disk, log)
   if t.mode in ("online", "mixed") and served:
     from mtopt.serving.fleet_mode import ServedFleet
     fleet = ServedFleet(ray, config, registry, tasks, learner, online or replay, log)
@@ -98,4 +99,5 @@ def build(config: ConfigDict, prepared, progress: dict, stack: contextlib.ExitSt
     raise ConfigError(f"{run_dir}: progress.json is at step {progress['step']} but the "
                       f"newest learner checkpoint at {learner.steps}; checkpoints were removed")
   progress["evaluations"] = [e for e in progress["evaluations"] if e["step"] <= learner.steps]
-  return Run(tasks, replays, collector, evaluation, learner, lcfg, budget)
+  return Run(tasks, replays, collector, evaluation, learner, lcfg, budget,
+             placement.Supervisor(replays, learner, log))

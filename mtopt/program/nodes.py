@@ -124,14 +124,20 @@ def pulled_cem_policy(ps, spec, max_tasks: int, lcfg, gaussian_std: float = 0.0,
   return PulledPolicy(RemoteParameters(ps), make, spec.action, spec.terminate_dim, seed)
 
 
-def make_replays(config: ConfigDict, spec, run_dir: str, labeller, slots):
-  """(replay, online replay or None): `mixed` keeps on-policy episodes in their own replay
-  under RUN/online, a fixed share of every batch."""
-  from replay.reverb_replay import ReverbReplay
+def online_fraction(config: ConfigDict) -> float:
+  """`train.online_fraction` in `mixed` mode (0 otherwise): the on-policy replay's share."""
   t = config.train
   fraction = float(t.online_fraction) if t.mode == "mixed" else 0.0
   if not 0.0 <= fraction < 1.0:
     raise ConfigError(f"train.online_fraction must be in [0, 1), got {fraction}")
+  return fraction
+
+
+def make_replays(config: ConfigDict, spec, run_dir: str, labeller, slots):
+  """(replay, online replay or None): `mixed` keeps on-policy episodes in their own replay
+  under RUN/online, a fixed share of every batch."""
+  from replay.reverb_replay import ReverbReplay
+  fraction = online_fraction(config)
   replay = ReverbReplay.from_config(config, spec, run_dir=run_dir, labeller=labeller,
                                     slots=slots)
   online = (ReverbReplay.from_config(config, spec, run_dir=os.path.join(run_dir, "online"),

@@ -2,7 +2,7 @@
 
 RUN/config.json is the resolved config of the run's first start. A later start on the same
 directory must match it except for RESUMABLE keys (budgets, cadences, how many actors and
-evaluators): anything else (the env, the tasks, the networks, the replay layout, the
+evaluators, where nodes run): anything else (the env, the tasks, the networks, the replay layout, the
 labels) would silently change what the stored data and checkpoints mean, so it is refused,
 naming the keys. RUN/progress.json records the learner step it was saved at, the episodes
 imported and collected (acknowledged by the replay), and the evaluations so far.
@@ -19,7 +19,10 @@ from mtopt.config import ConfigDict, ConfigError
 RESUMABLE = ("run_dir", "learner.num_steps", "learner.log_every", "learner.checkpoint_every",
              "learner.publish_every", "train.eval_every", "train.wait_for_data_seconds",
              "train.skip_bad_episodes", "eval.", "actors.num_actors", "actors.num_cpus",
-             "actors.new_task_share", "review.")
+             "actors.new_task_share", "review.",
+             # Where the nodes run (`program.placement`): a run may move between machines.
+             "program.", "replay.num_cpus", "replay.memory_gb", "replay.resources",
+             "learner.num_cpus", "learner.num_gpus", "learner.memory_gb", "learner.resources")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

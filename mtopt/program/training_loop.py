@@ -79,6 +79,7 @@ def run(config: ConfigDict, built, registry, run_dir: str, progress: dict, log=p
           steps_per_check=int(built.lcfg.publish_every))
       if collector is not None:
         collector.check()
+      built.supervise()
       evaluate_now = learner.steps % every == 0 or learner.steps == total
       if evaluate_now:
         last_rates = evaluation(learner.get_params(), learner.steps, progress)

@@ -1,0 +1,127 @@
+"""`program.placement`: the replay and the learner as Ray actors with the config's
+resources, restarted when they die (the replay from its log, the learner from its
+checkpoint) while `mtopt train` goes on."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mtopt.config import ConfigError, load_config
+from mtopt.program import placement
+from tests.conftest import ROOT
+from tests.test_launch import DEFAULT, TINY, _wait_for
+
+
+def test_node_options_follow_the_config():
+  config = load_config(DEFAULT, ["program.placement=actors", "learner.num_gpus=1",
+                                 "replay.num_cpus=4", "replay.memory_gb=2",
+                                 "replay.resources=big_memory:1, rack_a"])
+  replay = placement.node_options(config, "replay")
+  assert replay["num_cpus"] == 4 and replay["memory"] == 2 * 2**30
+  assert replay["resources"] == {"big_memory": 1.0, "rack_a": 1.0}
+  assert replay["max_restarts"] == 10 and replay["max_task_retries"] == -1
+  assert placement.node_options(config, "learner")["num_gpus"] == 1
+  for bad, key in [("replay.resources=big_memory:lots", "replay.resources"),
+                   ("learner.num_gpus=-1", "learner.num_cpus, num_gpus"),
+                   ("program.placement=cloud", "program.placement")]:
+    with pytest.raises(ConfigError, match=key):
+      placement.check(load_config(DEFAULT, ["program.placement=actors", bad]), False)
+  with pytest.raises(ConfigError, match="stream"):
+    placement.check(config, streamed=True)
+
+
+def test_replay_node_gets_its_resources_and_restarts_without_losing_or_doubling(
+    tmp_path, ray_session):
+  """A real ReplayNode: placed with `replay.*` resources; SIGKILLed, it comes back on the
+  same port with every acknowledged episode, and a retried write stores nothing twice."""
+  from mtopt.program.replay_node import RemoteReplay, ReplayNode
+  from tests.test_replay_helpers import MAX_TASKS, SPEC, random_episodes
+  config = load_config(DEFAULT, ["program.placement=actors", "replay.num_cpus=0.25",
+                                 "replay.memory_gb=0.5", f"max_tasks={MAX_TASKS}"])
+  options = placement.node_options(config, "replay")
+  handle = ray_session.remote(ReplayNode).options(**options).remote(
+      config.to_dict(), SPEC, str(tmp_path), None, [0, 1])
+  replay = RemoteReplay(placement.started(handle, "replay", options))
+  try:
+    info = replay.info()
+    assert info["resources"]["CPU"] == 0.25 and info["resources"]["memory"] == 2**29
+    rng = np.random.default_rng(0)
+    episodes = random_episodes(rng, 6, [0, 1])
+    replay.write_many(episodes[:4])
+    os.kill(info["pid"], signal.SIGKILL)
+    replay.write_many(episodes[2:])  # Retried by Ray once the node is back; 2 are stored.
+    again = replay.info()
+    assert again["starts"] == 2 and again["pid"] != info["pid"]
+    assert again["address"] == info["address"]  # Samplers reconnect by themselves.
+    assert replay.acknowledged() == replay.num_episodes() == 6
+  finally:
+    replay.close()
+
+
+def _descendant(root: int, name: str):
+  import psutil
+  for p in psutil.Process(root).children(recursive=True):
+    try:
+      if name in " ".join(p.cmdline()):
+        return p
+    except psutil.Error:
+      continue
+  return None
+
+
+@pytest.mark.slow
+def test_train_survives_killed_replay_learner_and_actor_nodes(tmp_path):
+  """`mtopt train` with placement=actors; SIGKILL the replay node, then the learner node,
+  then a robot actor. Every acknowledged episode is in the replay afterwards, the learner
+  resumed at a checkpoint step, and the run finishes with all its evaluations."""
+  from mtopt import envs
+  from mtopt.program import run_dir
+  from replay.reverb_replay import ReverbReplay
+  run = str(tmp_path / "run")
+  settings = [f"run_dir={run}", *(a.removeprefix("--config.") for a in TINY),
+              "train.mode=online", "learner.num_steps=400", "train.eval_every=200",
+              "learner.checkpoint_every=40", "program.placement=actors",
+              "replay.num_cpus=0.25", "learner.num_cpus=0.25"]
+  command = [sys.executable, "-m", "mtopt.cli", "train", "--config", DEFAULT,
+             *(f"--config.{s}" for s in settings)]
+  out = open(tmp_path / "stdout", "w+")
+  proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                          start_new_session=True)  # Its own Ray goes with its group.
+  step = lambda: run_dir.load_progress(run)["step"]  # noqa: E731
+  try:
+    _wait_for(lambda: step() >= 80, 600, "two save points")
+    _descendant(proc.pid, "ray::ReplayNode").kill()
+    replay_starts = lambda: json.load(open(os.path.join(run, "replay_node.json")))["starts"]  # noqa: E731
+    _wait_for(lambda: replay_starts() == 2, 300, "the replay node's restart")
+    killed_at = step()
+    _wait_for(lambda: step() >= killed_at + 40, 300, "a save point after the replay's restart")
+    learner_at = step()
+    _descendant(proc.pid, "ray::LearnerNode").kill()
+    starts = lambda: json.load(open(os.path.join(run, "learner_node.json")))  # noqa: E731
+    _wait_for(lambda: len(starts()) == 2, 300, "the learner node's restart")
+    _wait_for(lambda: _descendant(proc.pid, "ray::RobotActor.run_episodes") is not None, 120,
+              "a busy robot actor")
+    _descendant(proc.pid, "ray::RobotActor.run_episodes").kill()
+    assert proc.wait(timeout=900) == 0
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+  out.seek(0)
+  log = out.read()
+  assert "the replay node at" in log and "was restarted" in log, log[-3000:]
+  resumed = starts()[1]
+  assert "learner node was restarted: it resumed from its checkpoint at step " \
+         f"{resumed}" in log.replace("\n", " "), log[-3000:]
+  assert resumed % 40 == 0 and resumed >= learner_at  # A checkpoint, at or after its save point.
+  progress = run_dir.load_progress(run)
+  assert progress["step"] == 400 and [e["step"] for e in progress["evaluations"]] == [200, 400]
+  config = load_config(DEFAULT, settings)
+  with ReverbReplay.from_config(config, envs.make(config.env).spec(), run_dir=run) as r:
+    ids = [e.episode_id for e in r.episodes()]
+    assert len(ids) == len(set(ids)) == r.acknowledged() >= progress["collected_episodes"] > 0
