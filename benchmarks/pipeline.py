@@ -12,8 +12,9 @@ experiments/two_node_cluster.sh); `--placement actors` then puts the replay and 
 on the nodes their resources name.
 
 Timing: the learner runs `rounds` windows of `steps` updates inside the program while the
-actors collect; the actors are then stopped, and the same Learner code (same config, in
-this process) runs the same windows on batches sampled from that replay once and held in
+actors collect; the actors are then stopped and it runs them again (what sampling and the
+program cost without the actors' CPU); then the same Learner code (same config, in this
+process) runs the same windows on batches sampled from that replay once and held in
 memory. The figure for each is the median window; the load average is printed beside
 them, because on a shared 2-core machine the actors and other people's work take the
 learner's cores. Bytes are estimated from array sizes (not counted on the wire): a sampled
@@ -93,6 +94,7 @@ def main(argv=None) -> dict:
     episodes_per_step = (after[1] - before[1]) / (steps * rounds)
     params_bytes = nbytes(learner.get_params())
     collector.stop()  # The actors stop: nothing else of the program runs from here.
+    stopped = windows(lambda n: budget_lib.run_learner(learner, n), steps, rounds)
     replay = run.replays[0]
     client = replay.client(config) if isinstance(replay, RemoteReplay) else replay
     sampler = nodes.make_sampler(config, int(config.learner.batch_size), client)
@@ -111,6 +113,7 @@ def main(argv=None) -> dict:
     cluster = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
   in_rate = steps / float(np.median(in_program))
   alone_rate = steps / float(np.median(fed))
+  stopped_rate = steps / float(np.median(stopped))
   batch_bytes = nbytes(held[0])
   k = int(config.replay.get("transitions_per_sample", 1))
   sampled_bytes = int(config.learner.batch_size) / k * episode_bytes
@@ -129,6 +132,8 @@ def main(argv=None) -> dict:
   print(f"{'learner':34s} {'updates/s':>10s}  windows (s)   load avg (1 min)")
   print(f"{'inside the program (actors on)':34s} {in_rate:10.1f}  "
         + " ".join(f"{t:.2f}" for t in in_program) + f"   {before[2]:.2f} -> {after[2]:.2f}")
+  print(f"{'inside the program, actors stopped':34s} {stopped_rate:10.1f}  "
+        + " ".join(f"{t:.2f}" for t in stopped))
   print(f"{'same learner fed from memory':34s} {alone_rate:10.1f}  "
         + " ".join(f"{t:.2f}" for t in fed) + f"   {quiet:.2f}")
   print(f"learner_in_program_vs_alone {in_rate / alone_rate:.2f} (goal >= 0.9); the "
@@ -142,6 +147,7 @@ def main(argv=None) -> dict:
   result = dict(placement=args.placement, actors=args.actors, quick=args.quick,
                 learner_in_program_updates_per_s=round(in_rate, 2),
                 learner_alone_updates_per_s=round(alone_rate, 2),
+                learner_in_program_actors_stopped_updates_per_s=round(stopped_rate, 2),
                 learner_in_program_vs_alone=round(in_rate / alone_rate, 3),
                 episodes_per_s_into_replay=round(episodes_per_s, 2),
                 episodes_per_learner_step=round(episodes_per_step, 3),

@@ -25,11 +25,13 @@ $RAY start --address="$IP:6390" --num-cpus=2 --dashboard-agent-listen-port=52420
 sleep 10  # The job agent needs a moment after start.
 export RAY_ADDRESS=http://127.0.0.1:8266
 $RAY status --address="$IP:6390" | sed -n '/Active/,/Pending/p'
-$RAY job submit --submission-id "mtopt-$(date +%s)" -- bash -c "cd $PWD && .venv/bin/mtopt train \
+# MTOPT_JOB replaces the job's command (e.g. `.venv/bin/python -m benchmarks.pipeline ...`).
+JOB=${MTOPT_JOB:-".venv/bin/mtopt train \
   --config configs/tabletop_state.py --config.run_dir=runs/cluster_demo \
   --config.train.labels=ground_truth --config.train.offline_episodes=60 \
   --config.learner.num_steps=400 --config.train.eval_every=200 \
-  --config.eval.episodes_per_task=2 --config.replay.min_size=2 $*"
+  --config.eval.episodes_per_task=2 --config.replay.min_size=2 $*"}
+$RAY job submit --submission-id "mtopt-$(date +%s)" -- bash -c "cd $PWD && $JOB"
 .venv/bin/python - <<'PY'
 import collections
 from ray.util.state import list_actors, list_nodes
