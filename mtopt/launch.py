@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 
 from mtopt import envs
 from mtopt.config import ConfigDict, ConfigError
-from mtopt.program import build, dataset_source, nodes, offline_data, training_loop
+from mtopt.program import (build, dataset_source, nodes, offline_data, placement,
+                           training_loop)
 from mtopt.program.checks import check_config
 from mtopt.program.run_dir import load_progress, open_run_dir
 from mtopt.tasks import TaskRegistry
@@ -58,6 +59,7 @@ def prepare(config: ConfigDict, log=print) -> Prepared:
   source = dataset_source.from_config(config, log)
   if source is not None:
     dataset_source.check_against_config(config, source)
+  placement.check(config, streamed=source is not None and source.stream)
   env = None if dataset_source.no_env(config) else envs.make(config.env)
   spec = source.spec if env is None else env.spec()
   if source is not None and env is not None:

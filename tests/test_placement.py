@@ -96,8 +96,9 @@ def test_train_survives_killed_replay_learner_and_actor_nodes(tmp_path):
   try:
     _wait_for(lambda: step() >= 80, 600, "two save points")
     _descendant(proc.pid, "ray::ReplayNode").kill()
-    replay_starts = lambda: json.load(open(os.path.join(run, "replay_node.json")))["starts"]  # noqa: E731
-    _wait_for(lambda: replay_starts() == 2, 300, "the replay node's restart")
+    replay_node = os.path.join(run, "replay_node.json")
+    _wait_for(lambda: json.load(open(replay_node))["starts"] == 2, 300,
+              "the replay node's restart")
     killed_at = step()
     _wait_for(lambda: step() >= killed_at + 40, 300, "a save point after the replay's restart")
     learner_at = step()

@@ -41,7 +41,6 @@ def build(config: ConfigDict, prepared, progress: dict, stack: contextlib.ExitSt
   if own and t.labels != "learned":
     raise ConfigError(f"task(s) {own} are defined by success examples only: the simulator "
                       f"has no ground truth for them; train with train.labels=learned")
-  placement.check(config, streamed)
   slots = [registry.slot(x) for x in tasks]
   if streamed:  # The dataset stays on disk; a replay only for on-policy episodes.
     dirs = [run_dir] if t.mode == "mixed" else []

@@ -2,9 +2,9 @@
 
 RUN/config.json is the resolved config of the run's first start. A later start on the same
 directory must match it except for RESUMABLE keys (budgets, cadences, how many actors and
-evaluators, where nodes run): anything else (the env, the tasks, the networks, the replay layout, the
-labels) would silently change what the stored data and checkpoints mean, so it is refused,
-naming the keys. RUN/progress.json records the learner step it was saved at, the episodes
+evaluators, where the nodes run): anything else (the env, the tasks, the networks, the
+replay layout, the labels) would silently change what the stored data and checkpoints
+mean, so it is refused, naming the keys. RUN/progress.json records the learner step it was saved at, the episodes
 imported and collected (acknowledged by the replay), and the evaluations so far.
 """
 
