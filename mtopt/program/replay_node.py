@@ -21,9 +21,16 @@ from mtopt.program.remote_node import RemoteNode, assigned_resources
 NODE_FILE = "replay_node.json"  # {"port": ..., "starts": ...}, beside the replay's checkpoint.
 
 
-def _free_port() -> int:
+def _free_port(port: int = 0) -> int:
+  """`port` if nothing listens on it (0: any free one), else any free one. The probe
+  fails where a gRPC server listens (those set SO_REUSEPORT: two Reverb servers would
+  share the port), not for the dead server's connections left in TIME_WAIT."""
   with socket.socket() as s:
-    s.bind(("", 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+      s.bind(("", port))
+    except OSError:
+      s.bind(("", 0))
     return s.getsockname()[1]
 
 
@@ -34,14 +41,10 @@ class ReplayNode:
     from replay.reverb_replay import ReverbReplay
     path = os.path.join(run_dir, NODE_FILE)
     state = json.load(open(path)) if os.path.exists(path) else {}
-    try:  # The same port as before a restart, where it is free.
-      self.replay = ReverbReplay.from_config(ConfigDict(config), spec, run_dir=run_dir,
-                                             labeller=labeller, slots=slots,
-                                             port=state.get("port") or _free_port())
-    except RuntimeError:  # Taken meanwhile (or on another machine): a new one.
-      self.replay = ReverbReplay.from_config(ConfigDict(config), spec, run_dir=run_dir,
-                                             labeller=labeller, slots=slots,
-                                             port=_free_port())
+    # The same port as before a restart where it is free: samplers then reconnect.
+    self.replay = ReverbReplay.from_config(ConfigDict(config), spec, run_dir=run_dir,
+                                           labeller=labeller, slots=slots,
+                                           port=_free_port(int(state.get("port", 0))))
     self.starts = int(state.get("starts", 0)) + 1
     self.port = int(self.replay.address.rsplit(":", 1)[1])
     with open(path + ".tmp", "w") as f:

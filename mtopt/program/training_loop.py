@@ -82,6 +82,9 @@ def run(config: ConfigDict, built, registry, run_dir: str, progress: dict, log=p
       built.supervise()
       evaluate_now = learner.steps % every == 0 or learner.steps == total
       if evaluate_now:
+        # A learner node Ray restarted from a checkpoint before the last evaluation comes
+        # to that step again: the new evaluation replaces the old one.
+        evals[:] = [e for e in evals if e["step"] < learner.steps]
         last_rates = evaluation(learner.get_params(), learner.steps, progress)
         steer(last_rates)
       save_point(checkpoint_replays=evaluate_now)
