@@ -10,11 +10,16 @@ and however it was labelled, is a row for a goal g:
 - chained goals (AM's goal chaining, with probability `chain_prob`): g is a state of a
   *successor* episode, one that starts where this one ends (a robot whose scene is not
   reset between attempts leaves such pairs; found by matching goals, so any dataset can
-  have them); with no successor, a state of a random other episode. Nothing is known of
-  the return (`outcome` 0): the target bootstraps through Q(s_t+1, a*, g), and at this
-  episode's end through the Q-value of reaching g from its final state, which the
-  successor's own in-episode rows teach. So goals that no single episode reached (two
-  cubes moved by two episodes) become reachable.
+  have them); with no successor, a state of a random other episode (AM's rule). The
+  target bootstraps through Q(s_t+1, a*, g), and at this episode's end through the
+  Q-value of reaching g from its final state, which the successor's own in-episode rows
+  teach. So goals that no single episode reached (two cubes moved by two episodes) become
+  reachable. Through a successor the return is known as well: this episode's remaining
+  steps and then the successor's up to g (the robot's move home between the two counted
+  as free), so `outcome` = 1 and `steps_after` counts along that path, and the
+  Monte-Carlo bound carries value across the seam at once instead of one bootstrap per
+  target refresh (one chain of ~60 steps needed ~6000 updates that way). A random
+  episode's goal has no known path (`outcome` 0).
 
 The reward is 1 exactly where the goal is reached at s_t+1 (`GoalSpec.reached`), and the
 row is then terminal (discount 0); elsewhere 0, discount 1. A transition that pressed
@@ -31,6 +36,8 @@ import numpy as np
 from mtopt.batch import Batch
 from mtopt.episode import Episode
 from mtopt.goals import GOAL_KEY, STATE_KEY, GoalSpec
+
+RANDOM = -2  # A chained goal from a random other episode (no successor): no known path.
 
 
 class GoalEpisodes:
@@ -123,47 +130,56 @@ class HindsightSampler:
     d, rng, n = self.data, self._rng, self.batch_size
     pick = rng.integers(len(d.rows), size=n)
     state_idx, episode = d.rows[pick], d.row_episode[pick]
-    goal_idx, chained = self._goal_states(state_idx, episode)
+    goal_idx, via = self._goal_states(state_idx, episode)
     goal = d.goals.goal_of(d.states[goal_idx])
     s, s_next = d.states[state_idx], d.states[state_idx + 1]
     reward = d.goals.reached(s_next, goal).astype(np.float32)
-    first_reach = self._first_reach(state_idx + 1, np.where(chained, state_idx + 1, goal_idx),
-                                    goal)
-    outcome = (~chained).astype(np.float32)
-    steps_after = np.where(chained, 0, first_reach - (state_idx + 1)).astype(np.float32)
+    # The known return: along this episode to the goal, or on through the successor.
+    chained = via >= 0
+    seam = np.where(chained, d.last[episode], goal_idx)
+    resume = np.where(chained, d.first[np.maximum(via, 0)], goal_idx)
+    steps_after = self._steps_to_reach(state_idx + 1, seam, resume, goal_idx, goal)
+    known = via != RANDOM
     return Batch(
         observation={STATE_KEY: s, GOAL_KEY: d.goals.goal_inputs(s, goal)},
         action=d.actions[pick], reward=reward, discount=1.0 - reward,
         next_observation={STATE_KEY: s_next, GOAL_KEY: d.goals.goal_inputs(s_next, goal)},
-        task=np.full(n, self.goal_slot, np.int32), outcome=outcome, steps_after=steps_after)
+        task=np.full(n, self.goal_slot, np.int32), outcome=known.astype(np.float32),
+        steps_after=np.where(known, steps_after, 0).astype(np.float32))
 
   def _goal_states(self, state_idx: np.ndarray, episode: np.ndarray):
-    """The state index of each row's goal, and whether it is chained."""
+    """The state index of each row's goal, and the episode it was chained through (-1:
+    in-episode; RANDOM: a random other episode's, with no known path)."""
     d, rng, n = self.data, self._rng, len(state_idx)
     later = rng.integers(state_idx + 1, d.last[episode] + 1)
     goal_idx = np.where(rng.random(n) < self.final_goal_prob, d.last[episode], later)
-    chained = rng.random(n) < self.chain_prob
-    for i in np.flatnonzero(chained):
+    via = np.full(n, -1)
+    for i in np.flatnonzero(rng.random(n) < self.chain_prob):
       options = d.successors[episode[i]]
       if len(options):
-        other = options[rng.integers(len(options))]
+        other = via[i] = options[rng.integers(len(options))]
       elif d.num_episodes > 1:  # AM's chaining to a random other episode.
         other = rng.integers(d.num_episodes - 1)
         other += other >= episode[i]
+        via[i] = RANDOM
       else:
-        other = episode[i]
+        continue
       lo, hi = d.first[other] + 1, d.last[other]
       goal_idx[i] = hi if rng.random() < self.final_goal_prob else rng.integers(lo, hi + 1)
-    return goal_idx, chained
+    return goal_idx, via
 
-  def _first_reach(self, start: np.ndarray, stop: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    """Per row, the first state index in [start, stop] that reaches its goal (stop where
-    none does: the goal is the state at stop, which reaches it by construction)."""
-    offsets = np.arange(self._horizon + 1)
-    idx = np.minimum(start[:, None] + offsets, stop[:, None])  # [B, H]
+  def _steps_to_reach(self, start, seam, resume, stop, goal) -> np.ndarray:
+    """Per row, transitions after s_t+1 until the goal is first reached along the path
+    start..seam, then resume+1..stop (a successor picks up where its predecessor ended;
+    for an in-episode goal seam = resume = stop). The state at stop reaches the goal by
+    construction."""
+    p = np.arange(2 * self._horizon + 1)
+    along = start[:, None] + p  # [B, P]
+    beyond = np.minimum(resume[:, None] + along - seam[:, None], stop[:, None])
+    idx = np.where(along <= seam[:, None], along, beyond)
     hit = self.data.goals.reached(self.data.states[idx], goal[:, None, :])
     hit[:, -1] = True
-    return idx[np.arange(len(start)), hit.argmax(axis=1)]
+    return hit.argmax(axis=1)
 
 
 def with_goal_inputs(batches: Iterable[Batch], goals: GoalSpec) -> Iterator[Batch]:

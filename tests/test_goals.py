@@ -72,21 +72,26 @@ def test_chained_goals_come_from_successors_and_bootstrap():
   other = _episode(_line([5, 5, 5], [6, 5, 5], 6), 2)
   data = GoalEpisodes([first, other, after], GOALS)
   assert [list(s) for s in data.successors] == [[2], [], []]
-  sampler = HindsightSampler(data, 2000, 0, chain_prob=1.0, seed=1)
-  batch = sampler.sample()
-  assert (batch.outcome == 0).all() and (batch.steps_after == 0).all()
+  batch = HindsightSampler(data, 2000, 0, chain_prob=1.0, seed=1).sample()
+  state = batch.observation["state"]
   goal = batch.observation[GOAL_KEY][:, :3] / GOALS.scale
-  from_first = batch.observation["state"][:, 0] < 1 - 1e-6
-  from_first &= batch.observation["state"][:, 1] == 0
-  # Rows of `first` are chained to `after`'s states: x = 1, y along its line.
+  from_first = (state[:, 1] == 0) & (state[:, 0] < 0.99)  # after starts at x = 1.
+  # `first`'s rows are chained to `after`'s states (x = 1, y along its line), and their
+  # return is known along the path: first's remaining steps, then after's to the goal.
   np.testing.assert_allclose(goal[from_first, 0], 1.0, atol=1e-5)
+  assert (batch.outcome[from_first] == 1).all()
+  t = state[from_first, 3].astype(int)
+  j = np.rint(goal[from_first, 1] / 0.2).astype(int)
+  np.testing.assert_array_equal(batch.steps_after[from_first], (5 - (t + 1)) + j)
+  # The others have no successor: a random episode's goal, no known return.
+  assert (batch.outcome[~from_first] == 0).all()
   # Unreached chained goals are not terminal: their targets bootstrap.
   assert (batch.discount[batch.reward == 0] == 1).all()
 
 
 def test_chaining_targets_use_the_later_state_q():
   gspec = goal_env_spec(SPEC, GOALS)
-  config = LearnerConfig(mc_lower_bound=True)
+  config = LearnerConfig(mc_lower_bound=False)
   net = networks.make_q_network(gspec, 4, config.network)
   params = networks.init_params(net, gspec, jax.random.PRNGKey(0))
   data = GoalEpisodes([_episode(_line([0, 0, 0], [1, 0, 0], 6), 0),
@@ -99,6 +104,11 @@ def test_chaining_targets_use_the_later_state_q():
                                             t["next_action"]))
   want = np.clip(batch.reward + config.gamma * batch.discount * np.asarray(q_next), 0, 1)
   np.testing.assert_allclose(np.asarray(t["targets"]), want, atol=1e-5)
+  # With the Monte-Carlo bound, a successor's known path lifts the target to its return.
+  mc = LearnerConfig(mc_lower_bound=True)
+  t = learning.bellman_targets(net, mc, params, params, batch, key, lo, hi)
+  bound = batch.outcome * mc.gamma ** batch.steps_after
+  np.testing.assert_allclose(np.asarray(t["targets"]), np.maximum(want, bound), atol=1e-5)
   # The terminate dimension is pinned: CEM never presses it in goal reaching.
   assert (np.asarray(t["next_action"])[:, 2] == -1).all()
 
