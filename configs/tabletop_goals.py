@@ -39,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.hindsight = ml_collections.ConfigDict()
   c.hindsight.final_goal_prob = 0.3
   c.hindsight.chain_prob = 0.3
+  # A goal chained through a successor episode has a known return along the two episodes
+  # (the move home between them counted as free); False: bootstrapped only (AM as published).
+  c.hindsight.chain_return = True
 
   c.learner.num_steps = 10000
   c.learner.gamma = 0.95  # Goals take up to two episodes' steps (two_cubes: 100).

@@ -87,14 +87,22 @@ class GoalSpec:
 
   def distances(self, state: np.ndarray, goal: np.ndarray) -> np.ndarray:
     """Per-group distances [..., groups] of a state to a goal."""
-    diff = self.goal_of(state) - np.asarray(goal, np.float32)
+    return self.goal_distances(self.goal_of(state), goal)
+
+  def goal_distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-group distances [..., groups] between two goals."""
+    diff = np.asarray(a, np.float32) - np.asarray(b, np.float32)
     groups = self.group if self.indices else diff.shape[-1]
     return np.linalg.norm(diff.reshape((*diff.shape[:-1], diff.shape[-1] // groups, groups)),
                           axis=-1)
 
   def reached(self, state: np.ndarray, goal: np.ndarray) -> np.ndarray:
     """bool [...]: every group of the state within `tolerance` of the goal's."""
-    return np.all(self.distances(state, goal) < self.tolerance, axis=-1)
+    return self.matches(self.goal_of(state), goal)
+
+  def matches(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """bool [...]: goal `a` is within tolerance of goal `b` in every group."""
+    return np.all(self.goal_distances(a, b) < self.tolerance, axis=-1)
 
   def goal_inputs(self, state: np.ndarray, goal: np.ndarray | None) -> np.ndarray:
     """float32 [..., input_dim]: what the network sees of `goal` from `state` (zeros and

@@ -78,22 +78,32 @@ class GoalEpisodes:
     self.first, self.last = np.asarray(first), np.asarray(last)
     if not len(self.rows):
       raise ValueError("hindsight relabelling: no transition without terminate")
+    self.goal_states = goals.goal_of(self.states)  # [S, G]: what relabelling compares.
     self.successors = self._successors()
+    # The successors flat (CSR), for vectorised draws.
+    self.successor_count = np.array([len(s) for s in self.successors])
+    self.successor_start = np.concatenate([[0], np.cumsum(self.successor_count)[:-1]])
+    self.successor_flat = np.concatenate([*self.successors, np.zeros(0, int)]).astype(int)
 
   @property
   def num_episodes(self) -> int:
     return len(self.first)
 
   def _successors(self) -> list[np.ndarray]:
-    """Episode f succeeds e if f's first state reaches e's final goal (f != e)."""
+    """Episode f succeeds e if f's first state reaches e's final goal (f != e). Candidates
+    come from the starts sorted by their first entry (within tolerance of the final's),
+    so the match is not E x E."""
     g = self.goals
-    finals = g.goal_of(self.states[self.last])
-    starts = self.states[self.first]
+    finals, starts = self.goal_states[self.last], self.goal_states[self.first]
+    order = np.argsort(starts[:, 0], kind="stable")
+    key = starts[order, 0]
+    lo = np.searchsorted(key, finals[:, 0] - g.tolerance, side="left")
+    hi = np.searchsorted(key, finals[:, 0] + g.tolerance, side="right")
     out = []
-    for e in range(self.num_episodes):  # One row of the E x E match at a time: bounded memory.
-      match = g.reached(starts, finals[e])
-      match[e] = False
-      out.append(np.flatnonzero(match))
+    for e in range(self.num_episodes):
+      candidates = order[lo[e]:hi[e]]
+      match = candidates[g.matches(starts[candidates], finals[e])]
+      out.append(np.sort(match[match != e]))
     return out
 
   def chained_fraction(self) -> float:
@@ -105,11 +115,14 @@ class HindsightSampler:
   """An endless iterator of goal-relabelled `Batch`es (see the module docstring).
 
   Observations carry `GOAL_KEY` (`GoalSpec.goal_inputs` of the row's goal at s_t and at
-  s_t+1), the task column is `goal_slot` (the network's slot for goal reaching).
+  s_t+1), the task column is `goal_slot` (the network's slot for goal reaching). With
+  `chain_return` False, rows chained through a successor have no known return either
+  (AM's chaining as published: bootstrapped only).
   """
 
   def __init__(self, data: GoalEpisodes, batch_size: int, goal_slot: int, *,
-               final_goal_prob: float = 0.3, chain_prob: float = 0.0, seed: int = 0):
+               final_goal_prob: float = 0.3, chain_prob: float = 0.0,
+               chain_return: bool = True, seed: int = 0):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for name, p in (("final_goal_prob", final_goal_prob), ("chain_prob", chain_prob)):
@@ -117,6 +130,7 @@ class HindsightSampler:
         raise ValueError(f"{name} must be in [0, 1], got {p}")
     self.data, self.batch_size, self.goal_slot = data, int(batch_size), int(goal_slot)
     self.final_goal_prob, self.chain_prob = float(final_goal_prob), float(chain_prob)
+    self.chain_return = bool(chain_return)
     self._rng = np.random.default_rng(seed)
     self._horizon = int((data.last - data.first).max())
 
@@ -131,7 +145,7 @@ class HindsightSampler:
     pick = rng.integers(len(d.rows), size=n)
     state_idx, episode = d.rows[pick], d.row_episode[pick]
     goal_idx, via = self._goal_states(state_idx, episode)
-    goal = d.goals.goal_of(d.states[goal_idx])
+    goal = d.goal_states[goal_idx]
     s, s_next = d.states[state_idx], d.states[state_idx + 1]
     reward = d.goals.reached(s_next, goal).astype(np.float32)
     # The known return: along this episode to the goal, or on through the successor.
@@ -139,7 +153,7 @@ class HindsightSampler:
     seam = np.where(chained, d.last[episode], goal_idx)
     resume = np.where(chained, d.first[np.maximum(via, 0)], goal_idx)
     steps_after = self._steps_to_reach(state_idx + 1, seam, resume, goal_idx, goal)
-    known = via != RANDOM
+    known = (via == -1) | ((via >= 0) & self.chain_return)
     return Batch(
         observation={STATE_KEY: s, GOAL_KEY: d.goals.goal_inputs(s, goal)},
         action=d.actions[pick], reward=reward, discount=1.0 - reward,
@@ -151,21 +165,21 @@ class HindsightSampler:
     """The state index of each row's goal, and the episode it was chained through (-1:
     in-episode; RANDOM: a random other episode's, with no known path)."""
     d, rng, n = self.data, self._rng, len(state_idx)
-    later = rng.integers(state_idx + 1, d.last[episode] + 1)
-    goal_idx = np.where(rng.random(n) < self.final_goal_prob, d.last[episode], later)
     via = np.full(n, -1)
-    for i in np.flatnonzero(rng.random(n) < self.chain_prob):
-      options = d.successors[episode[i]]
-      if len(options):
-        other = via[i] = options[rng.integers(len(options))]
-      elif d.num_episodes > 1:  # AM's chaining to a random other episode.
-        other = rng.integers(d.num_episodes - 1)
-        other += other >= episode[i]
-        via[i] = RANDOM
-      else:
-        continue
-      lo, hi = d.first[other] + 1, d.last[other]
-      goal_idx[i] = hi if rng.random() < self.final_goal_prob else rng.integers(lo, hi + 1)
+    other = episode.copy()
+    chain = rng.random(n) < self.chain_prob
+    count = d.successor_count[episode]
+    through = chain & (count > 0)
+    pick = d.successor_start[episode] + (rng.random(n) * count).astype(int)
+    other[through] = via[through] = d.successor_flat[pick[through]]
+    random = chain & (count == 0) & (d.num_episodes > 1)  # AM's rule: a random other episode.
+    drawn = rng.integers(max(d.num_episodes - 1, 1), size=n)
+    other[random] = drawn[random] + (drawn[random] >= episode[random])
+    via[random] = RANDOM
+    # In-episode goals come after s_t; a chained one is any state of the other but its first.
+    lo = np.where(other == episode, state_idx + 1, d.first[other] + 1)
+    later = rng.integers(lo, d.last[other] + 1)
+    goal_idx = np.where(rng.random(n) < self.final_goal_prob, d.last[other], later)
     return goal_idx, via
 
   def _steps_to_reach(self, start, seam, resume, stop, goal) -> np.ndarray:
@@ -177,7 +191,7 @@ class HindsightSampler:
     along = start[:, None] + p  # [B, P]
     beyond = np.minimum(resume[:, None] + along - seam[:, None], stop[:, None])
     idx = np.where(along <= seam[:, None], along, beyond)
-    hit = self.data.goals.reached(self.data.states[idx], goal[:, None, :])
+    hit = self.data.goals.matches(self.data.goal_states[idx], goal[:, None, :])
     hit[:, -1] = True
     return hit.argmax(axis=1)
 
