@@ -24,12 +24,15 @@ class Learner:
 
   With `run_dir`, it writes TensorBoard scalars to `run_dir/learner/` and Orbax
   checkpoints to `run_dir/checkpoints/`, and resumes from the newest checkpoint there.
-  With several devices (or `devices=`), each batch is split across them.
+  With several devices (or `devices=`), each batch is split across them. `init_params`
+  (a network of the same shapes, e.g. a goal-conditioned one's) replaces the fresh online
+  parameters and both targets, where there is no checkpoint to resume.
   """
 
   def __init__(self, env_spec: EnvSpec, max_tasks: int, config: LearnerConfig,
                batches: Iterable[Batch], *, run_dir: str | None = None, seed: int = 0,
-               publish: PublishFn | None = None, devices=None, resume: bool = True):
+               publish: PublishFn | None = None, devices=None, resume: bool = True,
+               init_params=None):
     self.env_spec = env_spec
     self.max_tasks = max_tasks
     self.config = config
@@ -45,6 +48,8 @@ class Learner:
                                                    self._mesh, stacked=True)
     self._state = learning.init_training_state(self.network, env_spec, config,
                                                jax.random.PRNGKey(seed))
+    if init_params is not None:
+      self._state = learning.start_from(self._state, init_params, config)
     self._checkpointer = self._writer = None
     if run_dir is not None:
       self._checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints"))

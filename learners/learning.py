@@ -90,6 +90,18 @@ def init_training_state(network: networks.QNetwork, env_spec: EnvSpec, config: L
                        step=jnp.zeros((), jnp.int32), key=train_key)
 
 
+def start_from(state: TrainingState, params: Params, config: LearnerConfig) -> TrainingState:
+  """`state` with `params` as the online network and both targets (fresh optimiser)."""
+  want, got = jax.tree.structure(state.params), jax.tree.structure(params)
+  shapes = [(np.shape(a), np.shape(b)) for a, b in zip(jax.tree.leaves(state.params),
+                                                       jax.tree.leaves(params))]
+  if want != got or any(a != b for a, b in shapes):
+    raise ValueError("init_params do not match the network's parameter shapes")
+  params = jax.tree.map(jnp.asarray, params)
+  return state._replace(params=params, target_params=params, lagged_params=params,
+                        opt_state=make_optimizer(config).init(params))
+
+
 def cem_best_actions(network: networks.QNetwork, params: Params, observation: dict,
                      task: jax.Array, key: jax.Array, minimum, maximum,
                      cem: CEMConfig) -> tuple[jax.Array, jax.Array]:

@@ -87,7 +87,12 @@ def _check_tasks(config: ConfigDict, registry: TaskRegistry) -> None:
 
 
 def train(config: ConfigDict, log=print) -> dict:
-  """Trains from `config` until `learner.num_steps`; returns the final per-task success."""
+  """Trains from `config` until `learner.num_steps`; returns the final per-task success
+  (`train.mode=goals`: goal-reaching success by goal kind, `program.goal_training`)."""
+  if config.train.mode == "goals":
+    check_config(config)
+    from mtopt.program import goal_training
+    return goal_training.train(config, log)
   while True:
     with contextlib.ExitStack() as stack:  # Shuts down what was built, also after an error.
       prepared = prepare(config, log)

@@ -14,10 +14,16 @@ def add_parser(sub):
 
 def _run(args):
   from rich.console import Console
+  from mtopt.program import goal_training
   from mtopt.program.evaluation import evaluate_checkpoint
-  from mtopt.program.reports import success_table
-  results = evaluate_checkpoint(args.checkpoint, args.episodes, args.step)
+  from mtopt.program.reports import goal_table, success_table
+  from mtopt.program.run_dir import load_run_config
+  goals = load_run_config(args.checkpoint).train.mode == "goals"
+  if goals:  # --episodes: goals per kind.
+    results = goal_training.evaluate_checkpoint(args.checkpoint, args.episodes, args.step)
+  else:
+    results = evaluate_checkpoint(args.checkpoint, args.episodes, args.step)
   if args.json:
     print(json.dumps(results))
   else:
-    Console().print(success_table(results, "evaluation"))
+    Console().print(goal_table(results) if goals else success_table(results, "evaluation"))

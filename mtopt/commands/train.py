@@ -12,9 +12,9 @@ def add_parser(sub):
 def _run(args):
   from rich.console import Console
   from mtopt import launch
-  from mtopt.program.reports import success_table
+  from mtopt.program.reports import goal_table, success_table
   console = Console()
   results = launch.train(args.config, log=console.print)
-  console.print(success_table(results))
+  console.print(goal_table(results) if "per_kind" in results else success_table(results))
   console.print(f"run directory: {args.config.run_dir} (TensorBoard logs, checkpoints, "
                 f"results.json, success.png)")

@@ -43,11 +43,14 @@ class TabletopEnv(Env):
 
   def __init__(self, observation: str = "state", tasks_subset: Sequence[str] = (),
                max_episode_steps: int = 50, terminate_action: bool = True,
-               seed: int | None = None, camera: str = "front", fine_features: bool = False):
+               seed: int | None = None, camera: str = "front", fine_features: bool = False,
+               respawn_every: int = 1):
     if observation not in ("state", "image"):
       raise EnvError(f"tabletop: observation must be 'state' or 'image', got {observation!r}")
     if max_episode_steps < 1:
       raise EnvError(f"tabletop: max_episode_steps must be >= 1, got {max_episode_steps}")
+    if int(respawn_every) < 1:
+      raise EnvError(f"tabletop: respawn_every must be >= 1, got {respawn_every}")
     for name in tasks_subset:
       if name not in tasks.TASK_NAMES:
         raise EnvError(f"tabletop: unknown task {name!r}; known: {', '.join(tasks.TASK_NAMES)}")
@@ -58,6 +61,11 @@ class TabletopEnv(Env):
     self._terminate_action = bool(terminate_action)
     self._fine = bool(fine_features)
     self._rng = np.random.default_rng(seed)
+    # Objects respawn at every this many resets; in between an episode starts where the
+    # last one ended (the gripper sent home, open), as a robot's bin is not reset between
+    # attempts. Such data holds sequences of tasks done one after another in one scene.
+    self._respawn_every = int(respawn_every)
+    self._resets = 0
 
     self.model = mujoco.MjModel.from_xml_string(scene.scene_xml())
     self.data = mujoco.MjData(self.model)
@@ -97,15 +105,26 @@ class TabletopEnv(Env):
   def task_names(self) -> list[str]:
     return list(self._names)
 
-  def reset(self, task: str | None, seed: int | None = None) -> dict[str, np.ndarray]:
+  def reset(self, task: str | None, seed: int | None = None,
+            keep_scene: bool = False) -> dict[str, np.ndarray]:
+    """Starts an episode of `task` (None: no simulator task). The objects respawn (from
+    `seed`'s stream where given) unless `keep_scene` or `respawn_every` keeps them where
+    the last episode left them; the gripper always starts near home, open."""
     if task is not None and task not in self._names:
       raise EnvError(f"tabletop: unknown task {task!r}; this env has: {', '.join(self._names)}")
     rng = np.random.default_rng(seed) if seed is not None else self._rng
     m, d = self.model, self.data
+    keep = self._resets > 0 and (keep_scene or self._resets % self._respawn_every != 0)
+    kept = d.qpos[self._qadr].copy()
+    self._resets += 1
     mujoco.mj_resetData(m, d)
-    for i, (xy, yaw) in enumerate(_spawn(rng)):
-      half = scene.OBJECTS[i].half_size
-      d.qpos[self._qadr[i]] = [xy[0], xy[1], half, np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+    if keep:
+      d.qpos[self._qadr] = kept
+    else:
+      for i, (xy, yaw) in enumerate(_spawn(rng)):
+        half = scene.OBJECTS[i].half_size
+        d.qpos[self._qadr[i]] = [xy[0], xy[1], half, np.cos(yaw / 2), 0.0, 0.0,
+                                 np.sin(yaw / 2)]
     d.mocap_pos[0] = scene.HOME + rng.uniform(-0.03, 0.03, 3)
     self._closed, self._held, self._t, self._done = False, -1, 0, False
     self._task = task

@@ -13,7 +13,7 @@ import os
 
 from mtopt.config import ConfigDict, ConfigError
 
-MODES = ("offline", "online", "mixed")
+MODES = ("offline", "online", "mixed", "goals")
 LABELS = ("learned", "ground_truth")
 SCHEDULERS = ("uniform", "weighted", "underperforming")
 POLICIES = ("scripted", "random", "cem")
@@ -72,7 +72,7 @@ def check_config(config: ConfigDict) -> None:
          when=mode == "mixed")
   p.need("train.eval_every", _at_least(1), ">= 1")
   p.need("train.offline_episodes", _at_least(1), ">= 1",
-         when=mode in ("offline", "mixed") and not p.get("train.dataset_dir"))
+         when=mode in ("offline", "mixed", "goals") and not p.get("train.dataset_dir"))
   p.need("train.detector_episodes_per_task", _at_least(1), ">= 1")
   p.need("train.wait_for_data_seconds", _at_least(0), ">= 0")
   p.need("train.explore_gaussian_std", _at_least(0), ">= 0")
@@ -108,6 +108,9 @@ def check_config(config: ConfigDict) -> None:
   p.need("eval.num_actors", _at_least(1), ">= 1")
   p.need("eval.episodes_per_task", _at_least(0), ">= 0")
   _check_sections(config, p)
+  if mode == "goals":
+    from mtopt.program import goal_training
+    p.found += goal_training.check(config)
   if p.found:
     raise ConfigError("bad config value(s): " + "; ".join(p.found))
 

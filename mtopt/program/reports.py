@@ -59,3 +59,15 @@ def success_table(results: dict, title: str = "per-task success"):
   mean_true = [f"[bold]{np.mean(list(true.values())):.2f}"] if true else []
   table.add_row("[bold]mean", f"[bold]{results['mean_success']:.2f}", *mean_true)
   return table
+
+
+def goal_table(results: dict):
+  """Goal-reaching success by goal kind (`train.mode=goals`)."""
+  from rich.table import Table
+  table = Table(title=f"goal reaching (step {results['step']})")
+  for name in ("goal kind", "reached", "goals"):
+    table.add_column(name, justify="left" if name == "goal kind" else "right")
+  for kind, r in results["per_kind"].items():
+    table.add_row(kind, f"{r['rate']:.2f}", str(r["goals"]))
+  table.add_row("[bold]mean", f"[bold]{results['mean']:.2f}", "")
+  return table

@@ -1,0 +1,314 @@
+"""Actionable Models on tabletop: goal reaching from unlabelled multi-task data, its
+ablations beside goal-conditioned BC, and its use downstream.
+
+    python -m experiments.actionable_models [--quick] [--dev] [--seeds 0 1 2]
+        [--parts goals downstream]
+
+The protocol, fixed before any result was looked at (see `experiments/protocol.py`):
+
+- Data: configs/tabletop_goals.py's collection, 3000 episodes of the scripted noisy
+  experts (epsilon 0.3) over all fifteen tabletop tasks, objects respawned every third
+  episode; collection seed 0. No labels or rewards are used by the goal learners.
+- Goals (`actors/goal_evaluation.py`): 50 per kind from held-out expert episodes (start
+  states of evaluation seed 20261203, disjoint from the data's): `move` (one cube into
+  the bin, onto the plate, next to another), `lift` (a cube held up), `two_cubes` (two of
+  those one after the other: no single training episode does two). Reached when every
+  cube is within 3 cm of its goal position; the horizon is 50 steps per task (100 for
+  two_cubes). The same goals and start states for every method and seed.
+- Methods, each 10000 gradient steps at batch 256 on the same relabelled data:
+  `am`: the config (in-episode goals + 30% chained goals, 8 artificial negatives per row,
+  the learner's MC bound and behaviour head); `am_no_negatives` (negative_actions 0);
+  `am_no_chaining` (chain_prob 0); `gcbc`: goal-conditioned BC (`learners/baselines.py`
+  bc on the in-episode relabelled rows: every such row reaches its goal).
+- Seeds 0, 1, 2 (network initialisation, CEM noise and relabelling draws). 95% Wilson
+  intervals per kind and a normal interval for the mean over kinds, pooled over seeds.
+- Downstream (`--parts downstream`): the task-conditioned learner (configs/tabletop_state.py
+  settings, all fifteen tasks, ground-truth labels, all-task sharing, rebalanced batches)
+  on the same dataset, for the rare task place_red_in_bin (about 4% of the episodes
+  succeed at it), from scratch and initialised from seed s's `am` network; success on 50
+  fixed start states (evaluation seed 20261203) after 500, 1000, 2000, 4000 and 8000
+  steps. Target: 0.8 x the scratch learner's success at 8000 steps (per seed); the result
+  is the steps each needs to reach it (the first evaluated step at or above it).
+- Tuning (`--dev`) uses collection seed 1 and goal seed 7; the reported numbers never do.
+
+Results: results/actionable_models.{json,md} (or *_dev / *_quick), stamped with the
+commit, the resolved config and the data's hash; per-run results under --work-dir are
+reused only by an identical run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from experiments import protocol
+from mtopt.config import load_config
+
+ROOT = protocol.ROOT
+CONFIG = os.path.join(ROOT, "configs", "tabletop_goals.py")
+TASK_CONFIG = os.path.join(ROOT, "configs", "tabletop_state.py")
+METHODS = {"am": [], "am_no_negatives": ["learner.negative_actions=0"],
+           "am_no_chaining": ["hindsight.chain_prob=0.0"], "gcbc": ["hindsight.chain_prob=0.0"]}
+EPISODES = 3000
+REPORT = {"collect_seed": 0, "goal_seed": 20261203}
+DEV = {"collect_seed": 1, "goal_seed": 7}
+RARE_TASK = "place_red_in_bin"
+CURVE_STEPS = (500, 1000, 2000, 4000, 8000)
+TARGET_FRACTION = 0.8
+
+
+def dataset(config, work_dir: str, collect_seed: int, episodes: int) -> str:
+  """The experiment's dataset, collected once into work_dir/data."""
+  from mtopt import envs
+  from mtopt.program import collection, nodes
+  from mtopt.tasks import TaskRegistry
+  out = os.path.join(work_dir, "data", f"goals_seed{collect_seed}_{episodes}")
+  if not os.path.exists(os.path.join(out, "dataset_info.json")):
+    print(f"collecting {episodes} episodes", flush=True)
+    with envs.make(config.env) as env:
+      registry = TaskRegistry.from_names(int(config.max_tasks), env.task_names())
+    collection.collect_dataset(config, nodes.init_ray(config), registry, out, episodes,
+                               nodes.scripted_actor_kwargs(config, registry, "scripted"))
+  return out
+
+
+def train_goal_method(method: str, config, spec, data, max_tasks: int, seed: int):
+  """(act_batch, params or None, seconds) of one goal-reaching method."""
+  from learners.baselines import BaselineConfig, BaselineLearner
+  from learners.config import LearnerConfig
+  from learners.goal_conditioned import goal_env_spec
+  from mtopt.program import goal_training
+  lcfg = LearnerConfig.from_config(config)
+  batches = goal_training.sampler(config, data, max_tasks, seed)
+  t0 = time.time()
+  if method == "gcbc":
+    learner = BaselineLearner(goal_env_spec(spec, goal_training.goal_spec(config)), max_tasks,
+                              BaselineConfig(method="bc", batch_size=lcfg.batch_size), batches,
+                              seed=seed, discrete_dims=tuple(config.cem.discrete_dims))
+    learner.run(lcfg.num_steps)
+    return learner.act_batch, None, time.time() - t0
+  with goal_training.make_learner(config, spec, max_tasks, batches, seed=seed) as learner:
+    learner.run(lcfg.num_steps)
+    params = learner.get_params()
+  return (goal_training.cem_act(config, spec, max_tasks, params, seed), params,
+          time.time() - t0)
+
+
+def summarize(per_seed: dict) -> dict:
+  """{seed: {kind: reached per goal}} -> protocol summary with `per_goal_kind`."""
+  s = protocol.summarize(per_seed)
+  s["per_goal_kind"] = s.pop("per_task")
+  s["goals_per_kind"] = s.pop("episodes_per_task")
+  return s
+
+
+def downstream(task_config, spec, data_dir: str, goal_params: dict, seeds, goals,
+               eval_seed: int, per_task: int, steps=CURVE_STEPS) -> dict:
+  """Learning curves of the task-conditioned learner on RARE_TASK, from scratch and from
+  each seed's `am` parameters."""
+  from actors.evaluator import evaluate_in_process
+  from experiments.offline_tabletop import import_replays
+  from learners.config import LearnerConfig
+  from learners.goal_conditioned import with_goal_observation
+  from learners.learner import Learner
+  from learners.policy import CEMPolicy
+  from mtopt import envs
+  from mtopt.tasks import TaskRegistry
+  from replay.hindsight import with_goal_inputs
+  registry = TaskRegistry.from_names(int(task_config.max_tasks), list(task_config.env.tasks))
+  slot = registry.slot(RARE_TASK)
+  lcfg = LearnerConfig.from_config(task_config)
+  tspec = with_goal_observation(spec, goals)
+  from mtopt.program.nodes import make_labeller
+  replays = import_replays(task_config, spec, registry,
+                           make_labeller(task_config, None, registry, ""), data_dir)
+  replays["none"].close()
+  curves = {}
+  try:
+    for seed in seeds:
+      for start in ("scratch", "am"):
+        init = goal_params[seed] if start == "am" else None
+        sampler = replays["all"].sampler(lcfg.batch_size)
+        policy = CEMPolicy(tspec, registry.max_tasks, lcfg.network, None, lcfg.cem, seed=seed)
+
+        def act(obs, task):
+          return policy.act_batch(goals.observation(obs, None), task)
+        curve, done = [], 0
+        with Learner(tspec, registry.max_tasks, lcfg, with_goal_inputs(sampler, goals),
+                     seed=seed, init_params=init) as learner:
+          for step in steps:
+            learner.run(step - done)
+            done = step
+            policy.set_params(learner.get_params())
+            r = evaluate_in_process(lambda: envs.make(task_config.env, seed=[seed, 1]), act,
+                                    [RARE_TASK], [slot], per_task, eval_seed)
+            curve.append(float(np.mean(r[RARE_TASK]["success"])))
+            print(f"downstream seed {seed} {start} step {step}: {curve[-1]:.2f}", flush=True)
+        sampler.close()
+        curves.setdefault(str(seed), {})[start] = curve
+  finally:
+    replays["all"].close()
+  out = {"task": RARE_TASK, "steps": list(steps), "curves": curves, "per_seed": {}}
+  for seed, c in curves.items():
+    target = TARGET_FRACTION * c["scratch"][-1]
+    first = {k: next((s for s, v in zip(steps, c[k]) if v >= target and v > 0), None)
+             for k in c}
+    ratio = (first["am"] / first["scratch"]) if first["am"] and first["scratch"] else None
+    out["per_seed"][seed] = {"target": target, "steps_to_target": first, "ratio": ratio}
+  return out
+
+
+def markdown(out: dict) -> str:
+  meta = out["meta"]
+  lines = ["# Actionable Models on tabletop", "",
+           f"{meta['episodes_per_task']} goals per kind and seed (paired), seeds {meta['seeds']}, "
+           f"{meta['steps']} gradient steps at batch {meta['batch_size']} for every method; 95% "
+           f"intervals pooled over seeds. Data: {meta['episodes']} episodes, sha "
+           f"{meta['data_sha'][:12]}. Commit {meta['commit'][:10]}"
+           f"{' (dirty tree)' if meta['dirty'] else ''}.", ""]
+  if out["methods"]:
+    kinds = list(next(iter(out["methods"].values()))["per_goal_kind"])
+    lines += ["| method | mean [95% CI] | seed means | " + " | ".join(kinds) + " |",
+              "|---|---|---|" + "---|" * len(kinds)]
+    for m, r in out["methods"].items():
+      lines.append(f"| {m} | {r['mean']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | "
+                   + ", ".join(f"{v:.2f}" for v in r["seed_means"].values()) + " | "
+                   + " | ".join(f"{r['per_goal_kind'][k]['rate']:.2f} "
+                                f"[{r['per_goal_kind'][k]['ci'][0]:.2f}, "
+                                f"{r['per_goal_kind'][k]['ci'][1]:.2f}]" for k in kinds) + " |")
+    lines.append("")
+  d = out.get("downstream")
+  if d:
+    lines += [f"## Downstream: {d['task']}, success on {meta['episodes_per_task']} start states",
+              "", "| seed | start | " + " | ".join(str(s) for s in d["steps"]) +
+              " | steps to target |", "|---|---|" + "---|" * (len(d["steps"]) + 1)]
+    for seed, c in d["curves"].items():
+      ps = d["per_seed"][seed]
+      for start, curve in c.items():
+        lines.append(f"| {seed} | {start} | " + " | ".join(f"{v:.2f}" for v in curve)
+                     + f" | {ps['steps_to_target'][start]} (target {ps['target']:.2f}) |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+  from mtopt import envs
+  from mtopt.program import goal_training
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--quick", action="store_true", help="tiny budget: a smoke run of the path")
+  p.add_argument("--dev", action="store_true", help="tuning data and goals")
+  p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+  p.add_argument("--parts", nargs="+", default=["goals", "downstream"],
+                 choices=["goals", "downstream"])
+  p.add_argument("--work-dir", default=os.path.join(ROOT, "runs", "actionable_models"))
+  p.add_argument("--out", default=os.path.join(ROOT, "results"))
+  p.add_argument("overrides", nargs="*", help="config overrides for every method, key=value")
+  args = p.parse_args(argv)
+  which = DEV if args.dev else REPORT
+  episodes, per_kind, steps = EPISODES, protocol.MIN_EPISODES_PER_TASK, CURVE_STEPS
+  overrides = list(args.overrides)
+  if args.quick:
+    episodes, per_kind, args.seeds, steps = 90, 4, args.seeds[:1], (20, 40)
+    overrides += ["learner.num_steps=40", "learner.batch_size=64"]
+  suffix = "_quick" if args.quick else "_dev" if args.dev else ""
+  work_dir = args.work_dir + suffix
+  settings = [*overrides, f"seed={which['collect_seed']}", f"eval.goal_seed={which['goal_seed']}",
+              f"eval.goals_per_kind={per_kind}", f"run_dir={os.path.join(work_dir, 'run')}"]
+  config = load_config(CONFIG, settings)
+  data_dir = dataset(config, work_dir, which["collect_seed"], episodes)
+  sha = protocol.data_sha(data_dir)
+  with envs.make(config.env) as env:
+    spec, max_tasks = env.spec(), int(config.max_tasks)
+  data = goal_training.load_episodes(config, data_dir, spec)
+  targets = goal_training.goal_targets(config)
+  print(f"{data.num_episodes} episodes, {len(data.rows)} transitions, "
+        f"{data.chained_fraction():.0%} with a successor; {len(targets)} goals", flush=True)
+  results, goal_params, stamp = {}, {}, None
+  methods = list(args.methods)
+  if "downstream" in args.parts and "am" not in methods:
+    methods.insert(0, "am")
+  for method in methods:
+    mconfig = load_config(CONFIG, [*settings, *METHODS[method]])
+    per_seed = {}
+    for seed in args.seeds:
+      path = os.path.join(work_dir, method, f"seed{seed}.json")
+      want = protocol.stamp(mconfig.to_dict(), {"goals": sha})
+      want["config"].update(method=method, seed=seed)
+      saved = protocol.load_if_same(path, want)
+      params_path = os.path.join(work_dir, method, f"seed{seed}_params.npz")
+      if saved is None or (method == "am" and not os.path.exists(params_path)):
+        act, params, seconds = train_goal_method(method, mconfig, spec, data, max_tasks, seed)
+        r = goal_training.evaluate(mconfig, act, targets, max_tasks, env_seed=seed)
+        reached = np.asarray(r["reached"])
+        saved = {"reached": {k: reached[[t["kind"] == k for t in targets]].tolist()
+                             for k in r["per_kind"]}, "train_seconds": seconds, "meta": want}
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+          json.dump(saved, f)
+        if params is not None:
+          _save_params(params_path, params)
+        print(f"{method} seed {seed}: mean {r['mean']:.3f} " + ", ".join(
+            f"{k} {v['rate']:.2f}" for k, v in r["per_kind"].items())
+            + f" ({seconds:.0f} s training)", flush=True)
+      if method == "am":
+        goal_params[seed] = _load_params(params_path, mconfig, spec, max_tasks)
+      per_seed[seed] = saved["reached"]
+      stamp = stamp or want
+    if method in args.methods and "goals" in args.parts:
+      results[method] = summarize(per_seed)
+  out = {"methods": results, "meta": {
+      "commit": stamp["commit"], "dirty": stamp["dirty"], "config": stamp["config"],
+      "data_sha": sha, "seeds": args.seeds, "episodes_per_task": per_kind,
+      "steps": int(config.learner.num_steps), "batch_size": int(config.learner.batch_size),
+      "episodes": episodes, "overrides": overrides, **which}}
+  if "downstream" in args.parts:
+    task_config = load_config(TASK_CONFIG, [*overrides, "train.labels=ground_truth",
+                                            f"run_dir={os.path.join(work_dir, 'task_run')}"])
+    from mtopt import rlds_format
+    task_config.env.tasks = list(config.env.tasks) or rlds_format.read_metadata(data_dir)[2]
+    out["downstream"] = downstream(task_config, spec, data_dir, goal_params, args.seeds,
+                                   goal_training.goal_spec(config), which["goal_seed"],
+                                   per_kind, steps)
+  os.makedirs(args.out, exist_ok=True)
+  base = os.path.join(args.out, "actionable_models" + suffix)
+  with open(base + ".json", "w") as f:
+    json.dump(out, f, indent=1)
+  md = markdown(out)
+  with open(base + ".md", "w") as f:
+    f.write(md)
+  print(md)
+  print(json.dumps({"methods": {m: round(r["mean"], 3) for m, r in results.items()},
+                    "downstream": {s: v["ratio"] for s, v in
+                                   out.get("downstream", {}).get("per_seed", {}).items()}}))
+  return out
+
+
+def _save_params(path: str, params) -> None:
+  import jax
+  leaves = jax.tree.leaves(params)
+  np.savez(path, *[np.asarray(x) for x in leaves])
+
+
+def _load_params(path: str, config, spec, max_tasks: int):
+  """The `am` parameters saved beside its result, in the network's tree."""
+  import jax
+  from learners import networks
+  from learners.config import LearnerConfig
+  from learners.goal_conditioned import goal_env_spec
+  from mtopt.program import goal_training
+  gspec = goal_env_spec(spec, goal_training.goal_spec(config))
+  network = networks.make_q_network(gspec, max_tasks, LearnerConfig.from_config(config).network)
+  like = jax.eval_shape(lambda: networks.init_params(network, gspec, jax.random.PRNGKey(0)))
+  with np.load(path) as f:
+    leaves = [f[f"arr_{i}"] for i in range(len(f.files))]
+  return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+if __name__ == "__main__":
+  main()
