@@ -108,7 +108,7 @@ class GoalEpisodes:
 
   def chained_fraction(self) -> float:
     """Share of episodes with at least one successor."""
-    return float(np.mean([len(s) > 0 for s in self.successors]))
+    return float(np.mean(self.successor_count > 0))
 
 
 class HindsightSampler:

@@ -131,15 +131,14 @@ def cem_act(config: ConfigDict, spec, max_tasks: int, params, seed: int = 0):
 def train(config: ConfigDict, log=print) -> dict:
   """Trains Q(s, a, g) for `learner.num_steps` from the run's dataset, then evaluates it on
   the config's goals; writes results.json. Resumes from the run's newest checkpoint."""
-  from mtopt.program import nodes, offline_data
+  from mtopt.program import offline_data
   from mtopt.program.run_dir import load_progress, open_run_dir, save_progress, write_json
   from mtopt.tasks import TaskRegistry
   with envs.make(config.env) as env:
     spec, names = env.spec(), list(config.env.tasks) or env.task_names()
   run_dir = open_run_dir(config)
   registry = TaskRegistry.load_or_create(run_dir, int(config.max_tasks), names)
-  ray = None if config.train.dataset_dir else nodes.init_ray(config)
-  data_dir = offline_data.offline_dataset(config, ray, registry, run_dir, log)
+  data_dir = offline_data.offline_dataset(config, None, registry, run_dir, log)
   data = load_episodes(config, data_dir, spec)
   log(f"goal-conditioned training on {data.num_episodes} episodes ({len(data.rows)} "
       f"transitions; {data.chained_fraction():.0%} have a successor to chain goals to)")

@@ -47,7 +47,8 @@ def _shapes(spec) -> dict:
 
 def offline_dataset(config: ConfigDict, ray, registry: TaskRegistry, run_dir: str, log=print
                     ) -> str:
-  """`train.dataset_dir`, or a dataset of scripted noisy experts collected into the run."""
+  """`train.dataset_dir`, or a dataset of scripted noisy experts collected into the run
+  (`ray` None: Ray is started only if that collection is needed)."""
   if config.train.dataset_dir:
     return config.train.dataset_dir
   out = os.path.join(run_dir, "data", "offline")
@@ -55,7 +56,7 @@ def offline_dataset(config: ConfigDict, ray, registry: TaskRegistry, run_dir: st
     return out
   n = int(config.train.offline_episodes)
   log(f"collecting {n} offline episodes with {config.actors.num_actors} scripted, noisy actors")
-  collect_dataset(config, ray, registry, out, n,
+  collect_dataset(config, ray or nodes.init_ray(config), registry, out, n,
                   nodes.scripted_actor_kwargs(config, registry, "scripted"))
   return out
 
