@@ -40,6 +40,7 @@ def get_config():
   # 0.07-0.10 at 15k steps). Artificial negatives are that term here (not yet measured:
   # results/metaworld_mt10.md was measured with the unbounded CQL-style term they replaced).
   c.learner.negative_actions = 8
+  c.learner.state_label_weight = 0.0  # Meta-World ends episodes itself: no terminate action.
   c.learner.network.merge_width = 128  # A wider per-sample head than tabletop's.
   c.learner.network.head_sizes = (128,)
   c.cem.discrete_dims = ()  # Meta-World's gripper effort is continuous.

@@ -62,5 +62,6 @@ def get_config():
   c.learner.batch_size = 32  # 512 x 640 images.
   c.learner.updates_per_call = 1
   c.learner.network.behaviour_sizes = (256, 256)
+  c.learner.state_label_weight = 0.0  # Labelling every sampled 512x640 frame: unmeasured.
   c.cem.discrete_dims = (7, 8, 9)  # close_gripper, open_gripper, terminate.
   return c

@@ -48,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.gamma = 0.95  # Goals take up to two episodes' steps (two_cubes: 100).
   c.learner.negative_actions = 8  # AM's artificial negatives (bounded; learners/learning.py).
   c.learner.negative_weight = 1.0
+  c.learner.state_label_weight = 0.0  # Goals are judged by GoalSpec.reached, not labels.
 
   c.eval.goal_kinds = ["move", "lift", "two_cubes"]
   c.eval.goals_per_kind = 50

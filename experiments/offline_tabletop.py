@@ -14,7 +14,10 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
 - Methods, each 6000 gradient steps at batch 256 from the same Reverb replay:
   `mtopt`: the QT-Opt learner with the config's settings (rebalanced batches, all-task
   sharing; ablations: `mtopt_negatives` adds 8 artificial negatives per row,
-  `mtopt_no_mc_bound` drops the Monte-Carlo lower bound); `iql`: Implicit Q-Learning with its library defaults, on the same batches;
+  `mtopt_no_mc_bound` drops the Monte-Carlo lower bound, `mtopt_no_state_labels` the
+  terminate term: no state labels, no terminate head, terminate as the behaviour head
+  chose); with state labels (config default) every sampled state is labelled as the
+  method's labels are (`ground_truth`: the simulator judges it; `learned`: the detector); `iql`: Implicit Q-Learning with its library defaults, on the same batches;
   `filtered_bc`: behaviour cloning of the rows of successful episodes (shared across
   tasks by label, as mtopt shares them); `bc`: behaviour cloning of every episode for the
   task it was collected for, in the data's own proportions.
@@ -51,7 +54,10 @@ CONFIG = os.path.join(ROOT, "configs", "tabletop_state.py")
 METHODS = ("mtopt", "iql", "filtered_bc", "bc")
 # mtopt with one setting changed: the ablations of its offline terms (learners/learning.py).
 ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
-             "mtopt_no_mc_bound": ["learner.mc_lower_bound=False"]}
+             "mtopt_no_mc_bound": ["learner.mc_lower_bound=False"],
+             "mtopt_no_state_labels": ["learner.state_label_weight=0.0",
+                                       "learner.network.terminate_sizes=()",
+                                       "cem.score_terminate=False"]}
 DATASETS = {"default": [], "hard": ["actors.epsilon=0.7"]}
 EPISODES = 1200
 REPORT = {"collect_seed": 0, "eval_seed": 20261202}
@@ -96,7 +102,8 @@ def natural_sampler(replay, batch_size: int):
                         success_fraction=successes / max(1, sum(shares.values())))
 
 
-def train_and_act(method: str, config, spec, registry, replays, seed: int):
+def train_and_act(method: str, config, spec, registry, replays, seed: int,
+                  state_labeller=None):
   """Trains `method` for the config's steps; returns (act_batch, seconds)."""
   from learners.baselines import BaselineConfig, BaselineLearner
   from learners.config import LearnerConfig
@@ -117,7 +124,8 @@ def train_and_act(method: str, config, spec, registry, replays, seed: int):
   t0 = time.time()
   try:
     if method == "mtopt":
-      learner = Learner(spec, registry.max_tasks, lcfg, sampler, seed=seed)
+      learner = Learner(spec, registry.max_tasks, lcfg, sampler, seed=seed,
+                        state_labeller=state_labeller)
       learner.run(lcfg.num_steps)
       policy = CEMPolicy(spec, registry.max_tasks, lcfg.network, learner.get_params(),
                          lcfg.cem, seed=seed)
@@ -210,8 +218,10 @@ def main(argv=None) -> dict:
         if saved is None:
           if replays is None:
             replays = import_replays(config, spec, registry, labeller, data_dir)
-          act, seconds = train_and_act(method.split("_")[0] if method in ABLATIONS else method,
-                                       mconfig, spec, registry, replays, seed)
+          act, seconds = train_and_act(
+              method.split("_")[0] if method in ABLATIONS else method, mconfig, spec,
+              registry, replays, seed,
+              nodes.make_state_labeller(mconfig, env, registry, config.run_dir))
           evals = _evaluate(mconfig, act, registry, per_task, which["eval_seed"], seed)
           saved = {"success": {t: v["success"].tolist() for t, v in evals.items()},
                    "train_seconds": seconds, "meta": want}

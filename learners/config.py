@@ -29,6 +29,9 @@ class NetworkConfig:
     behaviour_sizes: hidden widths of a behaviour head pi(s, task) -> action, trained to
       imitate the rows of successful episodes; CEM then searches around its action (see
       `learners.learning`). Empty: no head, CEM searches the whole action box.
+    terminate_sizes: hidden widths of a terminate head: Q(s, terminate) from its own MLP
+      over the state and the task embedding (a success classifier of the state; see
+      `learners.networks`) instead of the shared head. Empty: the shared head scores it.
   """
 
   architecture: str = "split"
@@ -39,12 +42,14 @@ class NetworkConfig:
   conv_channels: tuple[int, ...] = (16, 32, 32)
   image_embedding_dim: int = 128
   behaviour_sizes: tuple[int, ...] = ()
+  terminate_sizes: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.architecture not in ARCHITECTURES:
       raise ConfigError(f"learner.network.architecture must be one of {ARCHITECTURES}, "
                         f"got {self.architecture!r}")
-    for name in ("torso_sizes", "head_sizes", "conv_channels", "behaviour_sizes"):
+    for name in ("torso_sizes", "head_sizes", "conv_channels", "behaviour_sizes",
+                 "terminate_sizes"):
       sizes = tuple(int(s) for s in getattr(self, name))
       if any(s < 1 for s in sizes):
         raise ConfigError(f"learner.network.{name} must be positive widths, got {sizes}")
@@ -65,7 +70,11 @@ class CEMConfig:
     discrete_dims: indices of binary action dimensions (e.g. gripper open/close).
     prior_std: where the network has a behaviour head (`NetworkConfig.behaviour_sizes`),
       the first round samples around its action with this std (a fraction of each
-      dimension's half range) and keeps its discrete choices (see `mtopt.cem`).
+      dimension's half range) and keeps its discrete choices (see `mtopt.cem`)...
+    score_terminate: Q, not the prior, decides terminate (where the env has it): each CEM
+      round scores the terminate action beside continuing samples (see `mtopt.cem`). Needs
+      a Q of terminating that is right away from the data's own terminations, i.e. state
+      labels (`learner.state_label_weight`).
   """
 
   num_samples: int = 64
@@ -73,6 +82,7 @@ class CEMConfig:
   num_iterations: int = 2
   discrete_dims: tuple[int, ...] = ()
   prior_std: float = 0.2
+  score_terminate: bool = False
 
   def __post_init__(self):
     if not self.prior_std > 0:
@@ -111,8 +121,8 @@ class LearnerConfig:
     negative_terminate_prob: chance that a negative presses terminate (where the env has
       a terminate action); see `learning`.
     mc_lower_bound: targets are at least the row's Monte-Carlo return (see `learning`).
-    unjudged_weight: weight of the cross-entropy toward Q = 0 of terminating at a row's
-      state where its episode went on (see `learning`); 0: off.
+    state_label_weight: weight of the cross-entropy of Q of terminating at a row's state
+      toward that state's success label (`Batch.state_label`, see `learning`); 0: off.
     network: the Q-network's shape.
     cem: how targets and actions maximise Q.
   """
@@ -132,7 +142,7 @@ class LearnerConfig:
   negative_weight: float = 1.0
   negative_terminate_prob: float = 0.5
   mc_lower_bound: bool = True
-  unjudged_weight: float = 0.0
+  state_label_weight: float = 0.0
   network: NetworkConfig = NetworkConfig()
   cem: CEMConfig = CEMConfig()
 

@@ -17,6 +17,8 @@ from mtopt.specs import EnvSpec
 
 # publish(params as numpy, step): how parameters reach actors (a parameter server, a queue).
 PublishFn = Callable[[object, int], None]
+# state_labeller(observation dict [B, ...]) -> success probabilities [B, max_tasks].
+StateLabeller = Callable[[dict], np.ndarray]
 
 
 class Learner:
@@ -32,12 +34,13 @@ class Learner:
   def __init__(self, env_spec: EnvSpec, max_tasks: int, config: LearnerConfig,
                batches: Iterable[Batch], *, run_dir: str | None = None, seed: int = 0,
                publish: PublishFn | None = None, devices=None, resume: bool = True,
-               init_params=None):
+               init_params=None, state_labeller: StateLabeller | None = None):
     self.env_spec = env_spec
     self.max_tasks = max_tasks
     self.config = config
     self._batches: Iterator[Batch] = iter(batches)
     self._publish = publish
+    self._state_labeller = state_labeller if config.state_label_weight else None
     devices = list(devices) if devices is not None else jax.devices()
     self._mesh = learning.data_mesh(devices) if len(devices) > 1 else None
     self.network = networks.make_q_network(env_spec, max_tasks, config.network)
@@ -173,6 +176,9 @@ class Learner:
                          f"{self._mesh.size} devices")
       self._checked_keys = True
     check_task_slots(batch, self.max_tasks)
+    if self._state_labeller is not None and batch.state_label is None:
+      labels = np.asarray(self._state_labeller(batch.observation), np.float32)
+      batch = batch._replace(state_label=labels[np.arange(batch.size), batch.task])
     if self._mesh is not None and not stacked:
       return jax.device_put(batch, learning.batch_sharding(self._mesh))
     return batch

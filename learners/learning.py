@@ -114,7 +114,8 @@ def cem_best_actions(network: networks.QNetwork, params: Params, observation: di
                       minimum, maximum, score_args=(params, features),
                       num_samples=cem.num_samples, num_elites=cem.num_elites,
                       num_iterations=cem.num_iterations, discrete_dims=cem.discrete_dims,
-                      prior=prior, prior_std=cem.prior_std)
+                      prior=prior, prior_std=cem.prior_std,
+                      terminate_dim=network.terminate_dim if cem.score_terminate else None)
 
 
 def _score_actions(network, actions, params, features):
@@ -177,14 +178,14 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
                                              minimum, maximum)
       err = jnp.square(predicted - batch.action).mean(axis=-1)
       loss = loss + (err * batch.outcome).sum() / jnp.maximum(batch.outcome.sum(), 1.0)
-    if config.unjudged_weight and network.terminate_dim is not None and \
-        batch.steps_after is not None:
+    if config.state_label_weight and network.terminate_dim is not None and \
+        batch.state_label is not None:
+      # Terminating is being judged at the current state: its Q is the state's label.
       stop = jnp.zeros_like(batch.action).at[:, network.terminate_dim].set(
           maximum[network.terminate_dim])
       stop_logits = networks.head_logits(network, params, features, stop)
-      unjudged = (batch.steps_after > 0).astype(stop_logits.dtype)
-      loss = loss + config.unjudged_weight * (
-          jax.nn.softplus(stop_logits) * unjudged).sum() / jnp.maximum(unjudged.sum(), 1.0)
+      loss = loss + config.state_label_weight * optax.sigmoid_binary_cross_entropy(
+          stop_logits, batch.state_label).mean()
     if config.negative_actions:
       negative_logits = networks.head_logits(network, params, features, negatives)
       loss = loss + config.negative_weight * negatives_loss(negative_logits)

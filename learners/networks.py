@@ -163,6 +163,9 @@ class QNetwork(nn.Module):
     if c.behaviour_sizes:
       self.behaviour_layers = [Dense(s) for s in c.behaviour_sizes]
       self.behaviour_output = Dense(self.action_dim)
+    if c.terminate_sizes and self.terminate_dim is not None:
+      self.terminate_layers = [Dense(s) for s in c.terminate_sizes]
+      self.terminate_output = Output()
 
   def _vector(self, observation: dict) -> list[jax.Array]:
     parts = []
@@ -185,18 +188,41 @@ class QNetwork(nn.Module):
       features = {"vector": vector}
       if self.has_image:
         features["image"] = observation[IMAGE_KEY]
-      return features
+      image = [self.image_encoder(observation[IMAGE_KEY])] if self.has_image else []
+      return self._with_terminate(features, vector, image)
     parts = [vector]
     if self.has_image:
       parts.append(self.image_encoder(observation[IMAGE_KEY]))
     x = jnp.concatenate(parts, axis=-1)
     for layer in self.torso_layers:
       x = nn.relu(layer(x))
-    return self.merge_observation(x)  # Pre-activation: the head adds the action's half.
+    features = self.merge_observation(x)  # Pre-activation: the head adds the action's half.
+    return self._with_terminate(features, vector, parts[1:])
+
+  def _with_terminate(self, features, vector, image_parts):
+    """(features, Q(s, terminate) logit [B]) where the network has a terminate head.
+
+    Terminating is being judged at s, so its Q is a success classifier of the state alone.
+    Its own MLP keeps that classifier (trained on every row where state labels are given,
+    `learners.learning`) from competing with the per-sample head for the torso's width.
+    """
+    if not (self.config.terminate_sizes and self.terminate_dim is not None):
+      return features
+    # Its gradient stops at the shared inputs (task embedding, image features): on every
+    # row it would otherwise outweigh what the Q-head and the behaviour head need of them.
+    x = jax.lax.stop_gradient(jnp.concatenate([vector, *image_parts], axis=-1))
+    for layer in self.terminate_layers:
+      x = nn.relu(layer(x))
+    return features, self.terminate_output(x)
 
   def head(self, features, action: jax.Array) -> jax.Array:
     """Logits [B] for action [B, A], or [B, N] for action [B, N, A]."""
     per_sample = action.ndim == 3
+    if isinstance(features, tuple):  # A terminate head's logit scores terminating.
+      features, stop_logit = features
+      stop = action[..., self.terminate_dim] > 0
+      logits = self.head(features, action)
+      return jnp.where(stop, stop_logit[:, None] if per_sample else stop_logit, logits)
     action = canonical_action(action, self.terminate_dim)
     if self.config.architecture == "split":
       if per_sample:

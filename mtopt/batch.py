@@ -27,6 +27,8 @@ class Batch(NamedTuple):
     outcome: float32 [B] or None; 1 if the row's episode terminated in success at `task`.
     steps_after: float32 [B] or None; transitions after this one in its episode (0 at the
       last), so that outcome * gamma**steps_after is the row's Monte-Carlo return.
+    state_label: float32 [B] or None; the success label of the row's task at `observation`
+      itself (a state labeller's judgement): what terminating there would be judged.
   """
 
   observation: dict
@@ -37,6 +39,7 @@ class Batch(NamedTuple):
   task: np.ndarray
   outcome: np.ndarray | None = None
   steps_after: np.ndarray | None = None
+  state_label: np.ndarray | None = None
 
   @property
   def size(self) -> int:

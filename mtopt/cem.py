@@ -39,7 +39,8 @@ def check_cem_sizes(num_samples: int, num_elites: int, num_iterations: int) -> N
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "score_fn", "batch_size", "num_samples", "num_elites", "num_iterations", "discrete_dims"))
+    "score_fn", "batch_size", "num_samples", "num_elites", "num_iterations", "discrete_dims",
+    "terminate_dim"))
 def cem_maximize(score_fn: Callable[..., jax.Array],
                  key: jax.Array,
                  batch_size: int,
@@ -51,7 +52,8 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
                  num_iterations: int = 2,
                  discrete_dims: Sequence[int] = (),
                  prior: jax.Array | None = None,
-                 prior_std: float = 0.2) -> tuple[jax.Array, jax.Array]:
+                 prior_std: float = 0.2,
+                 terminate_dim: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Maximises `score_fn` over actions in [minimum, maximum], independently per batch row.
 
   Args:
@@ -72,6 +74,10 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
       around instead of the whole box: continuous dims at N(prior, (prior_std * half
       range)^2), discrete dims as the prior chose; the prior itself is the first sample.
     prior_std: see `prior`.
+    terminate_dim: a discrete dim whose maximum ends the episode whatever the other dims
+      (the score must treat it so). Then every round's samples continue (that dim at its
+      minimum) but the last, which terminates: Q chooses between stopping now and the best
+      motion found, and no samples are spent on copies of the one terminate action.
 
   Returns:
     (best_actions [B, A], best_scores [B]): the best sample seen per row and its score.
@@ -117,6 +123,10 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
       samples = jnp.where(discrete, jnp.where(u < prob_max[:, None], maximum, minimum), cont)
     if it == 0 and prior is not None:
       samples = samples.at[:, 0].set(prior)
+    if terminate_dim is not None:
+      samples = samples.at[..., terminate_dim].set(minimum[terminate_dim])
+      stop = mean.at[:, terminate_dim].set(maximum[terminate_dim])
+      samples = samples.at[:, -1].set(jnp.clip(stop, minimum, maximum))
     scores = score_fn(samples, *score_args)
     top_score, best, elite = elite_masks(scores, num_elites)
     # The barrier stops XLA:CPU from fusing the sampling into each masked sum below, which

@@ -214,3 +214,25 @@ def test_one_key_per_row_makes_rows_independent_of_their_batch(rng):
   other, _ = cem_maximize(_quadratic, keys + np.uint32([0, 1]), 6, LO3, HI3,
                           score_args=(centers,))
   assert not np.allclose(np.asarray(other), np.asarray(batch))  # The key matters.
+
+
+
+def test_cem_scores_one_terminate_sample_per_round():
+  """With terminate_dim, every sample continues but the last of each round: CEM returns
+  terminate exactly where its score beats the best motion, whatever the prior chose."""
+  lo, hi = -np.ones(3, np.float32), np.ones(3, np.float32)
+  prior = np.array([[0.0, 1.0, 1.0], [0.0, -1.0, 1.0]], np.float32)  # Both say "terminate".
+  stop_value = jnp.asarray([0.9, 0.1])  # Row 0: stopping is best; row 1: moving to 0.3.
+  seen = []
+
+  def score(a, v):
+    seen.append(np.asarray(a[..., 2] > 0).sum(axis=1))  # Terminate samples per row.
+    return jnp.where(a[..., 2] > 0, v[:, None], 0.5 - jnp.abs(a[..., 0] - 0.3))
+  best, scores = cem_maximize.__wrapped__(score, jax.random.PRNGKey(0), 2, lo, hi,
+                                          score_args=(stop_value,), num_samples=32,
+                                          num_elites=4, num_iterations=2,
+                                          discrete_dims=(1, 2), prior=prior, terminate_dim=2)
+  best = np.asarray(best)
+  assert best[0, 2] == 1.0 and best[1, 2] == -1.0
+  assert abs(best[1, 0] - 0.3) < 0.1 and float(scores[0]) == pytest.approx(0.9)
+  assert len(seen) == 2 and all(list(n) == [1, 1] for n in seen)

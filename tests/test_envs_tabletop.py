@@ -242,3 +242,28 @@ def test_fine_features_are_clipped_centimetre_offsets():
       if np.abs(obs[STATE_DIM:STATE_DIM + 3]).max() < FINE_CLIP:
         break
     assert np.abs(obs[STATE_DIM:STATE_DIM + 3]).max() < FINE_CLIP
+
+
+def test_judge_states_matches_success_on_noisy_expert_states():
+  """`judge_states` (vectorised, from state observations) judges every state as `success()`
+  judges the env's current one, over states of every task's noisy expert."""
+  env = TabletopEnv(fine_features=True, seed=3, tasks_subset=("reach_red", "lift_blue",
+                                                              "place_green_on_plate"))
+  rng = np.random.default_rng(0)
+  states, truth = [], []
+  for e in range(6):
+    env.reset(env.task_names()[e % 3])
+    done = False
+    while not done:
+      a = env.expert_action() if rng.random() > 0.3 else rng.uniform(-1, 1, 5)
+      a[4] = a[4] if rng.random() < 0.02 else -1.0
+      obs, done, _ = env.step(a)
+      states.append(obs["state"])
+      truth.append(env.success())
+  judged = env.judge_states({"state": np.stack(states)})
+  np.testing.assert_array_equal(judged, np.stack(truth))
+  assert np.stack(truth).any(0).sum() >= 2  # Successes of more than one task were judged.
+  image = TabletopEnv(observation="image")
+  with pytest.raises(envs.EnvError, match="judge_states needs state observations"):
+    image.judge_states({"state": np.zeros((1, PROPRIO_DIM), np.float32)})
+  image.close()

@@ -230,3 +230,38 @@ def test_behaviour_head_imitates_only_successful_rows(rng):
                                    jax.random.PRNGKey(0), spec.action.minimum,
                                    spec.action.maximum, CEMConfig(prior_std=0.05))
   assert np.all(np.abs(np.asarray(a) - pi) < 0.3)
+
+
+def test_state_labels_train_q_of_terminating_toward_each_state_label(rng):
+  """With `state_label_weight`, the Learner labels every row's state (its `state_labeller`)
+  and Q(s, terminate) learns that label: here, odd states are successes."""
+  from learners.learner import Learner
+  from mtopt.specs import BoundedArraySpec, EnvSpec
+  spec = EnvSpec(mdp.env_spec().observation, BoundedArraySpec((2,), np.float32, "action",
+                                                              -1.0, 1.0), 20, terminate_dim=1)
+  config = LearnerConfig(network=NetworkConfig(torso_sizes=(32,), merge_width=16,
+                                               head_sizes=(16,), task_embedding_dim=4,
+                                               terminate_sizes=(32,)),
+                         batch_size=32, learning_rate=3e-3, state_label_weight=1.0)
+  eye = np.eye(mdp.N, dtype=np.float32)
+
+  def batches():
+    while True:
+      pos = rng.integers(0, mdp.N, 32)
+      action = np.stack([rng.uniform(-1, 1, 32), -np.ones(32)], 1).astype(np.float32)
+      yield mdp.Batch({"state": eye[pos]}, action, np.zeros(32, np.float32),
+                      np.ones(32, np.float32), {"state": eye[pos]}, np.zeros(32, np.int32))
+  labelled = []
+
+  def odd(observation):
+    labelled.append(len(observation["state"]))
+    out = np.zeros((len(observation["state"]), MAX_TASKS), np.float32)
+    out[:, 0] = np.argmax(observation["state"], 1) % 2
+    return out
+  learner = Learner(spec, MAX_TASKS, config, batches(), state_labeller=odd)
+  learner.run(400)
+  stop = np.tile(np.array([[0.0, 1.0]], np.float32), (mdp.N, 1))
+  q = jax.nn.sigmoid(networks.q_logits(learner.network, learner.state.params, {"state": eye},
+                                       np.zeros(mdp.N, np.int32), stop))
+  np.testing.assert_allclose(np.asarray(q), np.arange(mdp.N) % 2, atol=0.15)
+  assert labelled and set(labelled) == {32}

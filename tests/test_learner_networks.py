@@ -99,11 +99,15 @@ def test_merge_and_output_are_dense_layers_in_params_and_values(rng):
                              rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("architecture", ["split", "whole"])
-def test_terminate_actions_are_one_action(rng, architecture):
-  """With a terminate dimension, Q(s, terminate) ignores the dimensions the env ignores."""
+@pytest.mark.parametrize("architecture,terminate_sizes",
+                         [("split", ()), ("whole", ()), ("split", (16,)), ("whole", (16,))],
+                         ids=["split", "whole", "split-terminate-head", "whole-terminate-head"])
+def test_terminate_actions_are_one_action(rng, architecture, terminate_sizes):
+  """With a terminate dimension, Q(s, terminate) ignores the dimensions the env ignores
+  (with a terminate head, it is that head's logit)."""
   spec = EnvSpec(STATE_SPEC.observation, STATE_SPEC.action, 10, terminate_dim=2)
-  net = networks.make_q_network(spec, 8, NetworkConfig(architecture=architecture, **SMALL))
+  net = networks.make_q_network(spec, 8, NetworkConfig(architecture=architecture,
+                                                       terminate_sizes=terminate_sizes, **SMALL))
   params = networks.init_params(net, spec, jax.random.PRNGKey(0))
   obs, task = _inputs(spec, rng, 5)
   stop = rng.uniform(-1, 1, (5, 6, 3)).astype(np.float32)
@@ -115,6 +119,24 @@ def test_terminate_actions_are_one_action(rng, architecture):
   go[..., 2] = -go[..., 2]  # Not terminating: the other dimensions matter again.
   q_go = np.asarray(networks.head_logits(net, params, features, go))
   assert np.ptp(q_go, axis=1).min() > 1e-4
+
+
+def test_terminate_head_scores_terminating_and_stops_gradient_at_the_shared_inputs(rng):
+  """Q(s, terminate) is the terminate head's own logit; its gradient reaches its own layers
+  but not the task embedding the Q-head and behaviour head share."""
+  spec = EnvSpec(STATE_SPEC.observation, STATE_SPEC.action, 10, terminate_dim=2)
+  net = networks.make_q_network(spec, 8, NetworkConfig(terminate_sizes=(16,), **SMALL))
+  params = networks.init_params(net, spec, jax.random.PRNGKey(0))
+  obs, task = _inputs(spec, rng, 5)
+  stop = np.zeros((5, 3), np.float32)
+  stop[:, 2] = 1.0
+
+  def q_stop(p):
+    return networks.head_logits(net, p, networks.encode(net, p, obs, task), stop).sum()
+  grads = jax.grad(q_stop)(params)["params"]
+  assert np.abs(np.asarray(grads["task_embedding"]["embedding"])).max() == 0.0
+  assert np.abs(np.asarray(grads["terminate_output"]["kernel"])).max() > 0.0
+  assert all(np.abs(np.asarray(g)).max() == 0.0 for g in jax.tree.leaves(grads["head_layers_0"]))
 
 
 def test_env_spec_terminate_dim_round_trips_and_is_checked():

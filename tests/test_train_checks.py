@@ -30,6 +30,14 @@ def test_bad_values_are_named(override, needle):
     check_config(load_config(DEFAULT, [override]))
 
 
+def test_state_labels_need_an_env_that_judges_states():
+  with pytest.raises(ConfigError, match="learner.state_label_weight must be 0 unless"):
+    check_config(load_config(DEFAULT, ["learner.state_label_weight=1.0",
+                                       "train.labels=ground_truth", "env.observation=image"]))
+  check_config(load_config(DEFAULT, ["learner.state_label_weight=1.0", "train.labels=learned",
+                                     "env.observation=image"]))
+
+
 def test_every_problem_is_listed_at_once():
   with pytest.raises(ConfigError) as e:
     check_config(load_config(DEFAULT, ["learner.batch_size=-5", "replay.min_size=0",

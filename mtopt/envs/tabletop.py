@@ -178,6 +178,15 @@ class TabletopEnv(Env):
   def success(self) -> np.ndarray:
     return self._success_all()[self._columns]
 
+  def judge_states(self, observation: dict) -> np.ndarray:
+    """bool [N, env tasks]: ground-truth success of N state observations ([N, STATE_DIM]),
+    as `success()` judges the current one. Image observations hold no object positions."""
+    if "state" not in observation or self._observation != "state":
+      raise EnvError("tabletop: judge_states needs state observations")
+    state = np.asarray(observation["state"])
+    objects = np.stack([state[:, 5 + 7 * i:8 + 7 * i] for i in range(len(scene.OBJECTS))], 1)
+    return tasks.success_batch(state[:, :3], objects)[:, self._columns]
+
   def expert_action(self) -> np.ndarray:
     if self._taskdef is None:
       raise EnvError("tabletop: no scripted expert: reset() was not called, or the episode's "

@@ -94,5 +94,25 @@ def success_all(tip: np.ndarray, obj_pos: np.ndarray) -> np.ndarray:
   return np.array(reach + lift + in_bin + on_plate + push, dtype=bool)
 
 
+def success_batch(tip: np.ndarray, obj_pos: np.ndarray) -> np.ndarray:
+  """bool [N, len(TASKS)]: `success_all` of N states at once (tip [N, 3], objects [N, K, 3])."""
+  tip, obj = np.asarray(tip, np.float64)[:, None], np.asarray(obj_pos, np.float64)
+  half = HALF[None]
+  bottom = obj[..., 2] - half
+  dz = obj[..., 2] + half + _TIP_CLEARANCE - tip[..., 2]
+  reach = (np.square(obj[..., :2] - tip[..., :2]).sum(-1) + dz * dz) < REACH_TOLERANCE ** 2
+  lift = bottom > LIFT_HEIGHT
+  b, p = np.asarray(scene.BIN.center), np.asarray(scene.PLATE.center)
+  in_bin = (np.abs(obj[..., :2] - b).max(-1) < scene.BIN.half_extent) & (
+      bottom < scene.BIN.top + REST_TOLERANCE)
+  on_plate = (np.square(obj[..., :2] - p).sum(-1) < scene.PLATE.half_extent ** 2) & (
+      np.abs(bottom - scene.PLATE.top) < REST_TOLERANCE)
+  on_table = bottom < REST_TOLERANCE
+  push = [(np.square(obj[:, a, :2] - obj[:, b_, :2]).sum(-1)
+           < (HALF[a] + HALF[b_] + PUSH_GAP) ** 2) & on_table[:, a] & on_table[:, b_]
+          for a, b_ in PUSH_PAIRS]
+  return np.concatenate([reach, lift, in_bin, on_plate, np.stack(push, -1)], -1)
+
+
 _HALF = HALF.tolist()
 _TIP_CLEARANCE = scene.TIP_RADIUS + 0.002

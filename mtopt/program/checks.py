@@ -105,6 +105,10 @@ def check_config(config: ConfigDict) -> None:
   p.need("actors.sticky_steps", _at_least(1), ">= 1")
   p.need("actors.task_weights", lambda w: all(x >= 0 for x in w) and (not w or sum(w) > 0),
          "weights >= 0 with a positive sum")
+  p.need("learner.state_label_weight", lambda v: v == 0 or (
+      p.get("env.name") == "tabletop" and p.get("env.observation") == "state"),
+      "0 unless the env judges its states (tabletop, env.observation=state)",
+      when=p.get("train.labels") == "ground_truth")
   p.need("eval.num_actors", _at_least(1), ">= 1")
   p.need("eval.episodes_per_task", _at_least(0), ">= 0")
   _check_sections(config, p)

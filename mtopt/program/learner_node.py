@@ -32,9 +32,11 @@ class LearnerNode:
     self._sampler, self._addresses = None, None
     self._follow_replays()
     lcfg = LearnerConfig.from_config(self._config)
+    from mtopt.program.nodes import state_labeller_for_run
     self.learner = Learner(spec, max_tasks, lcfg, self._batches(), run_dir=run_dir,
                            seed=int(self._config.seed),
-                           publish=lambda params, step: ps.publish.remote(params, step))
+                           publish=lambda params, step: ps.publish.remote(params, step),
+                           state_labeller=state_labeller_for_run(self._config, None, run_dir))
     # Every start and the step it resumed from, for the driver's report (and the tests).
     path = os.path.join(run_dir, NODE_FILE)
     self.starts = (json.load(open(path)) if os.path.exists(path) else []) + [self.learner.steps]

@@ -66,6 +66,40 @@ def make_labeller(config: ConfigDict, env, registry: TaskRegistry, run_dir: str,
   return detector
 
 
+def make_state_labeller(config: ConfigDict, env, registry: TaskRegistry, run_dir: str):
+  """Labels single states for the learner's terminate term (`learner.state_label_weight`;
+  None when it is 0): observation dict [B, ...] -> success probabilities [B, max_tasks].
+
+  `ground_truth`: the env judges the states (`judge_states`: tabletop state observations);
+  `learned`: the run's success detector (run_dir/detector, trained by `make_labeller`)
+  applied to each state as to a final observation.
+  """
+  if not float(config.learner.get("state_label_weight", 0.0)):
+    return None
+  if config.train.labels == "learned":
+    from success_detectors.detector import SuccessDetector
+    return SuccessDetector.load(os.path.join(run_dir, "detector")).predict
+  if not hasattr(env, "judge_states") or config.env.observation != "state":
+    raise ConfigError("learner.state_label_weight with train.labels=ground_truth needs an env "
+                      "that judges state observations (tabletop, env.observation=state)")
+  slots = [registry.slot(t) for t in env.task_names()]
+
+  def ground_truth(observation):
+    out = np.zeros((len(observation["state"]), registry.max_tasks), np.float32)
+    out[:, slots] = env.judge_states(observation)
+    return out
+  return ground_truth
+
+
+def state_labeller_for_run(config: ConfigDict, registry: TaskRegistry | None, run_dir: str):
+  """`make_state_labeller` for a run's learner (registry None: the run's saved one)."""
+  if not float(config.learner.get("state_label_weight", 0.0)):
+    return None
+  from mtopt import envs
+  return make_state_labeller(config, envs.make(config.env), registry or TaskRegistry.load(run_dir),
+                             run_dir)
+
+
 def actor_kwargs(config: ConfigDict, registry: TaskRegistry, policy, tasks=None,
                  seed_offset: int = 0, **knobs) -> dict:
   """RobotActor arguments; `tasks` (default: all registered) are the ones it attempts."""

@@ -110,7 +110,8 @@ def make_learner(config: ConfigDict, spec, registry, lcfg, run_dir: str, ps,
                                offline=disk)
   stack.callback(sampler.close)  # Its in-flight reads end before the servers stop.
   learner = Learner(spec, registry.max_tasks, lcfg, sampler, run_dir=run_dir,
-                    seed=config.seed, publish=lambda params, step: ps.publish.remote(params, step))
+                    seed=config.seed, publish=lambda params, step: ps.publish.remote(params, step),
+                    state_labeller=nodes.state_labeller_for_run(config, registry, run_dir))
   stack.callback(learner.close)
   return learner
 
