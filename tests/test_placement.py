@@ -100,7 +100,7 @@ def test_train_survives_killed_replay_learner_and_actor_nodes(tmp_path):
     _wait_for(lambda: json.load(open(replay_node))["starts"] == 2, 300,
               "the replay node's restart")
     killed_at = step()
-    _wait_for(lambda: step() >= killed_at + 40, 300, "a save point after the replay's restart")
+    _wait_for(lambda: step() >= killed_at + 40, 600, "a save point after the replay's restart")
     learner_at = step()
     _descendant(proc.pid, "ray::LearnerNode").kill()
     starts = lambda: json.load(open(os.path.join(run, "learner_node.json")))  # noqa: E731
