@@ -163,9 +163,13 @@ class QNetwork(nn.Module):
     if c.behaviour_sizes:
       self.behaviour_layers = [Dense(s) for s in c.behaviour_sizes]
       self.behaviour_output = Dense(self.action_dim)
-    if c.terminate_sizes and self.terminate_dim is not None:
+    if self._has_terminate_head:
       self.terminate_layers = [Dense(s) for s in c.terminate_sizes]
       self.terminate_output = Output()
+
+  @property
+  def _has_terminate_head(self) -> bool:
+    return bool(self.config.terminate_sizes) and self.terminate_dim is not None
 
   def _vector(self, observation: dict) -> list[jax.Array]:
     parts = []
@@ -188,7 +192,9 @@ class QNetwork(nn.Module):
       features = {"vector": vector}
       if self.has_image:
         features["image"] = observation[IMAGE_KEY]
-      image = [self.image_encoder(observation[IMAGE_KEY])] if self.has_image else []
+      # Only a terminate head needs the image encoded once per state here.
+      image = [self.image_encoder(observation[IMAGE_KEY])] \
+          if self.has_image and self._has_terminate_head else []
       return self._with_terminate(features, vector, image)
     parts = [vector]
     if self.has_image:
@@ -206,7 +212,7 @@ class QNetwork(nn.Module):
     Its own MLP keeps that classifier (trained on every row where state labels are given,
     `learners.learning`) from competing with the per-sample head for the torso's width.
     """
-    if not (self.config.terminate_sizes and self.terminate_dim is not None):
+    if not self._has_terminate_head:
       return features
     # Its gradient stops at the shared inputs (task embedding, image features): on every
     # row it would otherwise outweigh what the Q-head and the behaviour head need of them.
