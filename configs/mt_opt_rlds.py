@@ -63,5 +63,7 @@ def get_config():
   c.learner.updates_per_call = 1
   c.learner.network.behaviour_sizes = (256, 256)
   c.learner.state_label_weight = 0.0  # Labelling every sampled 512x640 frame: unmeasured.
+  c.learner.network.terminate_sizes = ()  # As measured (no state labels to train it).
+  c.cem.score_terminate = False
   c.cem.discrete_dims = (7, 8, 9)  # close_gripper, open_gripper, terminate.
   return c

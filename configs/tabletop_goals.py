@@ -49,6 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.negative_actions = 8  # AM's artificial negatives (bounded; learners/learning.py).
   c.learner.negative_weight = 1.0
   c.learner.state_label_weight = 0.0  # Goals are judged by GoalSpec.reached, not labels.
+  c.learner.network.terminate_sizes = ()  # As measured (no state labels to train it).
+  c.cem.score_terminate = False
 
   c.eval.goal_kinds = ["move", "lift", "two_cubes"]
   c.eval.goals_per_kind = 50

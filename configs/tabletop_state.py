@@ -123,10 +123,11 @@ def get_config() -> ml_collections.ConfigDict:
   # motion: terminating is being judged now. Tuning data, 2 seeds: mean 0.53 -> 0.63, reach
   # 0.61 -> 0.96 (the old terminate-Q, fit only where the data terminated, fired 2-5 cm
   # short of the cube, or the behaviour head never pressed it), lift 0.44 -> 0.30; report
-  # data, ground truth: 0.598 -> 0.697 (results/offline_tabletop.md). Off by default: with
-  # learned labels the detector costs 0.2-0.45 ms per labelled state, several times the
-  # update itself. On: state_label_weight=1.0, terminate_sizes=(256,256), score_terminate.
-  c.learner.state_label_weight = 0.0
+  # data, ground truth: 0.598 -> 0.697. Each distinct state is labelled once
+  # (success_detectors/state_labels.py): the detector costs ~0.3 ms per state. Needs a
+  # labeller that judges states: the detector (train.labels=learned) or, for ground truth,
+  # state observations. Off: 0.0 (and terminate_sizes=(), cem.score_terminate=False).
+  c.learner.state_label_weight = 1.0
   # The learner node's Ray resources (with program.placement=actors), as the replay's.
   c.learner.num_gpus = 0.0
   c.learner.num_cpus = 1.0
@@ -142,7 +143,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.network.image_embedding_dim = 128
   # A success-filtered behaviour head that CEM searches around (learners/learning.py).
   c.learner.network.behaviour_sizes = (256, 256)
-  c.learner.network.terminate_sizes = ()  # Q(s, terminate) from its own MLP, e.g. (256, 256).
+  # Q(s, terminate) from its own MLP (its gradient stopped at the shared inputs): through
+  # the shared head, the state-label term cost lift.
+  c.learner.network.terminate_sizes = (256, 256)
 
   c.cem = ml_collections.ConfigDict()
   c.cem.num_samples = 64
@@ -150,7 +153,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.cem.num_iterations = 2
   c.cem.discrete_dims = (3, 4)  # Binary action dims: gripper open/close, terminate.
   c.cem.prior_std = 0.2  # Around the behaviour head's action, where there is one.
-  c.cem.score_terminate = False  # Q decides terminate: one terminate sample per round.
+  c.cem.score_terminate = True  # Q decides terminate: one terminate sample per round.
 
   c.train = ml_collections.ConfigDict()  # mtopt train (see mtopt/launch.py).
   # offline | online | mixed. Offline-only Q-learning on tabletop exploits the Q-function

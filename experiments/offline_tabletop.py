@@ -14,10 +14,11 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
 - Methods, each 6000 gradient steps at batch 256 from the same Reverb replay:
   `mtopt`: the QT-Opt learner with the config's settings (rebalanced batches, all-task
   sharing; ablations: `mtopt_negatives` adds 8 artificial negatives per row,
-  `mtopt_no_mc_bound` drops the Monte-Carlo lower bound, `mtopt_state_labels` trains Q
-  of terminating toward every sampled state's label, from its own head, and lets CEM
-  score terminating: the states are labelled as the method's labels are (`ground_truth`:
-  the simulator judges them; `learned`: the detector)); `iql`: Implicit Q-Learning with its library defaults, on the same batches;
+  `mtopt_no_mc_bound` drops the Monte-Carlo lower bound, `mtopt_no_state_labels` drops
+  the state-label term (the config trains Q of terminating toward every sampled state's
+  label, from its own head, and lets CEM score terminating; the states are labelled as the
+  method's labels are: `ground_truth`: the simulator judges them; `learned`: the
+  detector)); `iql`: Implicit Q-Learning with its library defaults, on the same batches;
   `filtered_bc`: behaviour cloning of the rows of successful episodes (shared across
   tasks by label, as mtopt shares them); `bc`: behaviour cloning of every episode for the
   task it was collected for, in the data's own proportions.
@@ -55,9 +56,9 @@ METHODS = ("mtopt", "iql", "filtered_bc", "bc")
 # mtopt with one setting changed: the ablations of its offline terms (learners/learning.py).
 ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
              "mtopt_no_mc_bound": ["learner.mc_lower_bound=False"],
-             "mtopt_state_labels": ["learner.state_label_weight=1.0",
-                                    "learner.network.terminate_sizes=(256,256)",
-                                    "cem.score_terminate=True"]}
+             "mtopt_no_state_labels": ["learner.state_label_weight=0.0",
+                                       "learner.network.terminate_sizes=()",
+                                       "cem.score_terminate=False"]}
 DATASETS = {"default": [], "hard": ["actors.epsilon=0.7"]}
 EPISODES = 1200
 REPORT = {"collect_seed": 0, "eval_seed": 20261202}

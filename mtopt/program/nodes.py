@@ -72,13 +72,15 @@ def make_state_labeller(config: ConfigDict, env, registry: TaskRegistry, run_dir
 
   `ground_truth`: the env judges the states (`judge_states`: tabletop state observations);
   `learned`: the run's success detector (run_dir/detector, trained by `make_labeller`)
-  applied to each state as to a final observation.
+  applied to each state as to a final observation. Each distinct state is labelled once
+  (`success_detectors.state_labels`).
   """
   if not float(config.learner.get("state_label_weight", 0.0)):
     return None
+  from success_detectors.state_labels import CachedStateLabels
   if config.train.labels == "learned":
     from success_detectors.detector import SuccessDetector
-    return SuccessDetector.load(os.path.join(run_dir, "detector")).predict
+    return CachedStateLabels(SuccessDetector.load(os.path.join(run_dir, "detector")).predict)
   if not hasattr(env, "judge_states") or config.env.observation != "state":
     raise ConfigError("learner.state_label_weight with train.labels=ground_truth needs an env "
                       "that judges state observations (tabletop, env.observation=state)")
@@ -88,7 +90,7 @@ def make_state_labeller(config: ConfigDict, env, registry: TaskRegistry, run_dir
     out = np.zeros((len(observation["state"]), registry.max_tasks), np.float32)
     out[:, slots] = env.judge_states(observation)
     return out
-  return ground_truth
+  return CachedStateLabels(ground_truth)
 
 
 def state_labeller_for_run(config: ConfigDict, registry: TaskRegistry | None, run_dir: str):
