@@ -10,7 +10,10 @@ For each observation kind (state; 64x64 image plus proprioception):
      after the add, with a 95% Wilson interval for the worst task's figures (the first 60
      held-out episodes per task are the ones that earlier versions held out: one
      error then cost a task 3-4.5 points);
-  5. measures labelling throughput: episodes/s of `detector(episodes)` (one forward pass).
+  5. measures labelling throughput: episodes/s of `detector(episodes)` (one forward pass),
+     and what a learner's batch of 256 state labels costs (`learner.state_label_weight`):
+     the detector on every row, and memoised (`success_detectors/state_labels.py`) once
+     every held-out state has been seen (a run samples each stored state ~50 times).
 
   .venv/bin/python -m benchmarks.success_detector [--quick] [--observation state|image|both]
       [--test-episodes N] [--fine-features on|off]
@@ -98,6 +101,26 @@ def label_rate(det, test, n: int, budget_s: float = 3.0) -> float:
   return count / (time.perf_counter() - start)
 
 
+def state_label_ms(det, test, batch: int = 256, budget_s: float = 3.0) -> dict:
+  """ms per learner batch of `batch` state labels drawn from the held-out states: the
+  detector on every row, and memoised after every state has been labelled once."""
+  from success_detectors.state_labels import CachedStateLabels
+  rng = np.random.default_rng(0)
+  n = len(next(iter(test.observations.values())))
+  draw = lambda: {k: v[rng.integers(0, n, batch)] for k, v in test.observations.items()}  # noqa: E731
+  cached = CachedStateLabels(det.predict)
+  cached(test.observations)  # Every state once (and compiles).
+  out = {}
+  for name, fn in (("detector", det.predict), ("memoised", cached)):
+    fn(draw())
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < budget_s or count == 0:
+      fn(draw())
+      count += 1
+    out[name] = 1e3 * (time.perf_counter() - start) / count
+  return out
+
+
 def run(observation: str, quick: bool, max_successes: int, max_failures: int, seed: int,
         work: str, test_episodes: int | None = None, fine_features: bool = True) -> dict:
   s = settings(observation, quick)
@@ -140,8 +163,9 @@ def run(observation: str, quick: bool, max_successes: int, max_failures: int, se
   after = evaluate(det, test, slots)
   rate = label_rate(det, test, 4096 if observation == "state" else 512,
                     budget_s=2.0 if quick else 5.0)
+  state_ms = state_label_ms(det, test, budget_s=1.0 if quick else 3.0)
   return dict(names=names, new=new, counts=counts, before=before, after=after,
-              label_rate=rate, collect_s=collect_s, train_s=train_s, add_s=add_s,
+              label_rate=rate, state_ms=state_ms, collect_s=collect_s, train_s=train_s, add_s=add_s,
               test_episodes=len(test))
 
 
@@ -180,6 +204,8 @@ def report(observation: str, r: dict) -> dict:
         f"new task {r['new']}: P {r['after'][r['new']]['precision']:.3f} "
         f"R {r['after'][r['new']]['recall']:.3f}; max |change| of old tasks after add "
         f"{max(deltas, default=0):.3f}")
+  print(f"state labels for a learner batch of 256: {r['state_ms']['detector']:.2f} ms by the "
+        f"detector, {r['state_ms']['memoised']:.2f} ms memoised (every state seen)")
   print(f"labelling: {r['label_rate']:.0f} episodes/s; collect {r['collect_s']:.1f} s, "
         f"train {r['train_s']:.1f} s, tasks add {r['add_s']:.1f} s")
   return {"min_precision": round(min(prec), 4), "min_recall": round(min(rec), 4),
@@ -190,6 +216,8 @@ def report(observation: str, r: dict) -> dict:
           "min_recall_wilson95": [round(x, 4) for x in ci_r],
           "min_heldout_positives": min(positives), "test_episodes": r["test_episodes"],
           "label_episodes_per_s": round(r["label_rate"], 1),
+          "state_labels_ms_per_batch_detector": round(r["state_ms"]["detector"], 3),
+          "state_labels_ms_per_batch_memoised": round(r["state_ms"]["memoised"], 3),
           "new_task_precision": round(r["after"][r["new"]]["precision"], 4),
           "new_task_recall": round(r["after"][r["new"]]["recall"], 4),
           "max_old_task_change_after_add": round(max(deltas, default=0.0), 4),
