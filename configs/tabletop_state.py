@@ -128,6 +128,7 @@ def get_config() -> ml_collections.ConfigDict:
   # labeller that judges states: the detector (train.labels=learned) or, for ground truth,
   # state observations. Off: 0.0 (and terminate_sizes=(), cem.score_terminate=False).
   c.learner.state_label_weight = 1.0
+  c.learner.shared_head_at_terminations = False
   # The learner node's Ray resources (with program.placement=actors), as the replay's.
   c.learner.num_gpus = 0.0
   c.learner.num_cpus = 1.0

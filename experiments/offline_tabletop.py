@@ -58,7 +58,8 @@ ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
              "mtopt_no_mc_bound": ["learner.mc_lower_bound=False"],
              "mtopt_no_state_labels": ["learner.state_label_weight=0.0",
                                        "learner.network.terminate_sizes=()",
-                                       "cem.score_terminate=False"]}
+                                       "cem.score_terminate=False"],
+             "mtopt_shared_terminations": ["learner.shared_head_at_terminations=True"]}
 DATASETS = {"default": [], "hard": ["actors.epsilon=0.7"]}
 EPISODES = 1200
 REPORT = {"collect_seed": 0, "eval_seed": 20261202}

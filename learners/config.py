@@ -123,6 +123,8 @@ class LearnerConfig:
     mc_lower_bound: targets are at least the row's Monte-Carlo return (see `learning`).
     state_label_weight: weight of the cross-entropy of Q of terminating at a row's state
       toward that state's success label (`Batch.state_label`, see `learning`); 0: off.
+    shared_head_at_terminations: with a terminate head, the shared head is also trained at
+      the data's terminating rows (toward their targets, as without one), for its torso.
     network: the Q-network's shape.
     cem: how targets and actions maximise Q.
   """
@@ -143,6 +145,7 @@ class LearnerConfig:
   negative_terminate_prob: float = 0.5
   mc_lower_bound: bool = True
   state_label_weight: float = 0.0
+  shared_head_at_terminations: bool = False
   network: NetworkConfig = NetworkConfig()
   cem: CEMConfig = CEMConfig()
 

@@ -171,6 +171,13 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
     features = networks.encode(network, params, batch.observation, batch.task)
     logits = networks.head_logits(network, params, features, batch.action)
     loss = optax.sigmoid_binary_cross_entropy(logits, targets).mean()
+    if config.shared_head_at_terminations and isinstance(features, tuple):
+      # The shared head also learns the data's terminations, as without a terminate head:
+      # its torso then still sees what success looks like (the terminate head cannot teach
+      # it, its gradient stops at the torso's inputs). Its value there is not used.
+      shared = networks.head_logits(network, params, features[0], batch.action)
+      stopped = (batch.action[:, network.terminate_dim] > 0).astype(jnp.float32)
+      loss = loss + (stopped * optax.sigmoid_binary_cross_entropy(shared, targets)).mean()
     negative_q = jnp.zeros(())
     if network.config.behaviour_sizes and batch.outcome is not None:
       # Success-filtered behaviour cloning: the head CEM searches around (module docstring).

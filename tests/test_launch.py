@@ -204,12 +204,20 @@ def test_offline_import_uses_stored_labels_made_for_the_same_slots(tmp_path):
   assert offline_data.stored_labels(str(tmp_path / "none"), registry) == {}
 
 
-def _wait_for(predicate, deadline_s: float, what: str):
+def _wait_for(predicate, deadline_s: float, what: str, proc=None, out=None):
+  """Polls `predicate` until it holds; fails at the deadline, or as soon as `proc` (with
+  its output file `out`) has exited, with the end of its output."""
   import time
   deadline = time.time() + deadline_s
   while time.time() < deadline:
     if predicate():
       return
+    if proc is not None and proc.poll() is not None:
+      tail = ""
+      if out is not None:
+        out.seek(0)
+        tail = out.read()[-3000:]
+      raise AssertionError(f"waiting for {what}: the run exited with {proc.returncode}\n{tail}")
     time.sleep(1.0)
   raise AssertionError(f"timed out waiting for {what}")
 

@@ -265,3 +265,29 @@ def test_state_labels_train_q_of_terminating_toward_each_state_label(rng):
                                        np.zeros(mdp.N, np.int32), stop))
   np.testing.assert_allclose(np.asarray(q), np.arange(mdp.N) % 2, atol=0.15)
   assert labelled and set(labelled) == {32}
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_head_learns_the_data_terminations_only_when_asked(rng, shared):
+  """With a terminate head, the data's terminating rows train that head; with
+  `shared_head_at_terminations` they train the shared Q-head too (for its torso)."""
+  from mtopt.specs import BoundedArraySpec, EnvSpec
+  spec = EnvSpec(mdp.env_spec().observation, BoundedArraySpec((2,), np.float32, "action",
+                                                              -1.0, 1.0), 20, terminate_dim=1)
+  config = LearnerConfig(network=NetworkConfig(torso_sizes=(32,), merge_width=16,
+                                               head_sizes=(16,), task_embedding_dim=4,
+                                               terminate_sizes=(16,)),
+                         batch_size=32, shared_head_at_terminations=shared)
+  net = networks.make_q_network(spec, MAX_TASKS, config.network)
+  state = learning.init_training_state(net, spec, config, jax.random.PRNGKey(0))
+  pos = rng.integers(0, mdp.N, 32)
+  eye = np.eye(mdp.N, dtype=np.float32)
+  stop = np.stack([rng.uniform(-1, 1, 32), np.ones(32)], 1).astype(np.float32)  # All stop.
+  batch = mdp.Batch({"state": eye[pos]}, stop, np.ones(32, np.float32), np.zeros(32, np.float32),
+                    {"state": eye[pos]}, np.zeros(32, np.int32))
+  new, _ = learning.make_update_fn(net, spec, config, MAX_TASKS)(state, batch)
+  moved = lambda name: max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(  # noqa: E731
+      jax.tree.leaves(state.params["params"][name]), jax.tree.leaves(new.params["params"][name])))
+  assert moved("terminate_output") > 0
+  assert (moved("head_layers_0") > 0) == shared
+  assert (moved("torso_layers_0") > 0) == shared

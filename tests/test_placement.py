@@ -75,6 +75,7 @@ def _descendant(root: int, name: str):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 294 s alone; its waits allow for a loaded machine.
 def test_train_survives_killed_replay_learner_and_actor_nodes(tmp_path):
   """`mtopt train` with placement=actors; SIGKILL the replay node, then the learner node,
   then a robot actor. Every acknowledged episode is in the replay afterwards, the learner
@@ -94,19 +95,20 @@ def test_train_survives_killed_replay_learner_and_actor_nodes(tmp_path):
                           start_new_session=True)  # Its own Ray goes with its group.
   step = lambda: run_dir.load_progress(run)["step"]  # noqa: E731
   try:
-    _wait_for(lambda: step() >= 80, 600, "two save points")
+    _wait_for(lambda: step() >= 80, 600, "two save points", proc, out)
     _descendant(proc.pid, "ray::ReplayNode").kill()
     replay_node = os.path.join(run, "replay_node.json")
     _wait_for(lambda: json.load(open(replay_node))["starts"] == 2, 300,
-              "the replay node's restart")
+              "the replay node's restart", proc, out)
     killed_at = step()
-    _wait_for(lambda: step() >= killed_at + 40, 600, "a save point after the replay's restart")
+    _wait_for(lambda: step() >= killed_at + 40, 600, "a save point after the replay's restart",
+              proc, out)
     learner_at = step()
     _descendant(proc.pid, "ray::LearnerNode").kill()
     starts = lambda: json.load(open(os.path.join(run, "learner_node.json")))  # noqa: E731
-    _wait_for(lambda: len(starts()) == 2, 300, "the learner node's restart")
+    _wait_for(lambda: len(starts()) == 2, 300, "the learner node's restart", proc, out)
     _wait_for(lambda: _descendant(proc.pid, "ray::RobotActor.run_episodes") is not None, 120,
-              "a busy robot actor")
+              "a busy robot actor", proc, out)
     _descendant(proc.pid, "ray::RobotActor.run_episodes").kill()
     assert proc.wait(timeout=900) == 0
   finally:
