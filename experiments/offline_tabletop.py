@@ -18,7 +18,8 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
   the state-label term (the config trains Q of terminating toward every sampled state's
   label, from its own head, and lets CEM score terminating; the states are labelled as the
   method's labels are: `ground_truth`: the simulator judges them; `learned`: the
-  detector)); `iql`: Implicit Q-Learning with its library defaults, on the same batches;
+  detector), `mtopt_unshared_terminations` trains the data's terminating rows into the
+  terminate head only (the config trains the shared head there too)); `iql`: Implicit Q-Learning with its library defaults, on the same batches;
   `filtered_bc`: behaviour cloning of the rows of successful episodes (shared across
   tasks by label, as mtopt shares them); `bc`: behaviour cloning of every episode for the
   task it was collected for, in the data's own proportions.
@@ -59,7 +60,7 @@ ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
              "mtopt_no_state_labels": ["learner.state_label_weight=0.0",
                                        "learner.network.terminate_sizes=()",
                                        "cem.score_terminate=False"],
-             "mtopt_shared_terminations": ["learner.shared_head_at_terminations=True"]}
+             "mtopt_unshared_terminations": ["learner.shared_head_at_terminations=False"]}
 DATASETS = {"default": [], "hard": ["actors.epsilon=0.7"]}
 EPISODES = 1200
 REPORT = {"collect_seed": 0, "eval_seed": 20261202}

@@ -124,7 +124,8 @@ class LearnerConfig:
     state_label_weight: weight of the cross-entropy of Q of terminating at a row's state
       toward that state's success label (`Batch.state_label`, see `learning`); 0: off.
     shared_head_at_terminations: with a terminate head, the shared head is also trained at
-      the data's terminating rows (toward their targets, as without one), for its torso.
+      the data's terminating rows (toward their targets, as without one): its torso then
+      still learns from them what success looks like (see configs/tabletop_state.py).
     network: the Q-network's shape.
     cem: how targets and actions maximise Q.
   """
