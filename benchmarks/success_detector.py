@@ -165,8 +165,8 @@ def run(observation: str, quick: bool, max_successes: int, max_failures: int, se
                     budget_s=2.0 if quick else 5.0)
   state_ms = state_label_ms(det, test, budget_s=1.0 if quick else 3.0)
   return dict(names=names, new=new, counts=counts, before=before, after=after,
-              label_rate=rate, state_ms=state_ms, collect_s=collect_s, train_s=train_s, add_s=add_s,
-              test_episodes=len(test))
+              label_rate=rate, state_ms=state_ms, collect_s=collect_s, train_s=train_s,
+              add_s=add_s, test_episodes=len(test))
 
 
 def report(observation: str, r: dict) -> dict:

@@ -19,7 +19,8 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
   label, from its own head, and lets CEM score terminating; the states are labelled as the
   method's labels are: `ground_truth`: the simulator judges them; `learned`: the
   detector), `mtopt_unshared_terminations` trains the data's terminating rows into the
-  terminate head only (the config trains the shared head there too)); `iql`: Implicit Q-Learning with its library defaults, on the same batches;
+  terminate head only (the config trains the shared head there too)); `iql`: Implicit
+  Q-Learning with its library defaults, on the same batches;
   `filtered_bc`: behaviour cloning of the rows of successful episodes (shared across
   tasks by label, as mtopt shares them); `bc`: behaviour cloning of every episode for the
   task it was collected for, in the data's own proportions.

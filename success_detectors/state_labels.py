@@ -5,8 +5,8 @@ and a dataset holds far fewer distinct states than a run samples rows (6000 step
 256 sample each of 1200 episodes' ~30k states ~50 times). The detector costs ~0.3 ms per
 state (its heads see ~3000 pair and distance features for every slot), several times the
 learner's update for a batch, so each distinct state is labelled once, for every slot, and
-looked up afterwards by a digest of its bytes. The labels are a pure function of the state for a fixed
-labeller, so memoising changes nothing but the cost.
+looked up afterwards by a digest of its bytes. The labels are a pure function of the state
+for a fixed labeller, so memoising changes nothing but the cost.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 
 
 class CachedStateLabels:
-  """`labeller` (observation dict [B, ...] -> [B, max_tasks]) memoised over the last `max_states` distinct states (oldest dropped first).
+  """`labeller` (observation dict [B, ...] -> [B, max_tasks]) memoised over the last
+  `max_states` distinct states (oldest dropped first).
 
   Attributes:
     hits, misses: rows answered from memory / by the labeller so far.
