@@ -8,8 +8,9 @@ reference that runs the whole network per CEM sample; their ratio; achieved GFLO
 state update (XLA's cost analysis) against a large f32 matmul whose timing windows are
 interleaved with the updates' (so both see the same load on a shared machine); and the
 latency of one CEMPolicy action for a single state. A third update, as the tabletop config
-runs it (behaviour head + Monte-Carlo bound on batches carrying outcomes), gives what the
-offline terms cost against the plain update (`with_terms_vs_plain`).
+runs it (behaviour head, Monte-Carlo bound, terminate head on state labels, on batches
+carrying outcomes and state labels), gives what the offline terms cost against the plain
+update (`with_terms_vs_plain`). The action is tabletop's: motion, gripper, terminate.
 
   .venv/bin/python -m benchmarks.learner [--quick] [learner.network.behaviour_sizes=...]
 
@@ -40,10 +41,11 @@ MAX_TASKS = 16
 # The third update's settings (its learner section; the network's shape is the plain one's).
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "tabletop_state.py")
-ACTION = BoundedArraySpec((4,), np.float32, "action", -1.0, 1.0)
-STATE_SPEC = EnvSpec({"state": ArraySpec((32,), np.float32)}, ACTION, 40)
+# Tabletop's action: motion (3), gripper (3), terminate (4; CONFIG's terminate head scores it).
+ACTION = BoundedArraySpec((5,), np.float32, "action", -1.0, 1.0)
+STATE_SPEC = EnvSpec({"state": ArraySpec((32,), np.float32)}, ACTION, 40, terminate_dim=4)
 IMAGE_SPEC = EnvSpec({"image": ArraySpec((64, 64, 3), np.uint8),
-                      "state": ArraySpec((8,), np.float32)}, ACTION, 40)
+                      "state": ArraySpec((8,), np.float32)}, ACTION, 40, terminate_dim=4)
 
 
 def _batch(spec: EnvSpec, size: int, rng: np.random.Generator,
@@ -57,13 +59,15 @@ def _batch(spec: EnvSpec, size: int, rng: np.random.Generator,
         out[k] = rng.normal(size=(size, *s.shape)).astype(np.float32)
     return out
 
-  batch = Batch(obs(), rng.uniform(-1, 1, (size, 4)).astype(np.float32),
+  batch = Batch(obs(), rng.uniform(-1, 1, (size, ACTION.shape[0])).astype(np.float32),
                 (rng.random(size) < 0.3).astype(np.float32),
                 (rng.random(size) < 0.9).astype(np.float32), obs(),
                 rng.integers(0, MAX_TASKS, size).astype(np.int32))
-  if outcomes:  # As the sampler emits them: the Monte-Carlo bound and the behaviour loss.
+  if outcomes:  # As the sampler emits them: the Monte-Carlo bound, the behaviour loss and
+    # the state labels (Q of terminating at every row's state).
     batch = batch._replace(outcome=(rng.random(size) < 0.5).astype(np.float32),
-                           steps_after=rng.integers(0, 40, size).astype(np.float32))
+                           steps_after=rng.integers(0, 40, size).astype(np.float32),
+                           state_label=(rng.random(size) < 0.3).astype(np.float32))
   return batch
 
 
@@ -158,12 +162,10 @@ def measure(name: str, spec: EnvSpec, batch_size: int, budget_s: float, act_call
   timers = {"matmul": _matmul_timer()}
   for arch in ("split", "whole", "split_terms"):
     # "split_terms": the learner as CONFIG sets it, with the offline terms the plain rows
-    # leave out (a behaviour head that CEM searches around, the Monte-Carlo lower bound).
+    # leave out (a behaviour head that CEM searches around, the Monte-Carlo lower bound, the
+    # terminate head trained on state labels and scored by CEM).
     terms = arch == "split_terms"
-    # CONFIG's CEM less its discrete dims (this spec's action has no gripper or terminate).
-    config = (dataclasses.replace(configured, batch_size=batch_size,
-                                  cem=dataclasses.replace(configured.cem, discrete_dims=()))
-              if terms else
+    config = (dataclasses.replace(configured, batch_size=batch_size) if terms else
               LearnerConfig(batch_size=batch_size, network=NetworkConfig(architecture=arch)))
     net = networks.make_q_network(spec, MAX_TASKS, config.network)
     state = learning.init_training_state(net, spec, config, jax.random.PRNGKey(0))
@@ -270,7 +272,9 @@ def main(argv=None) -> dict:
              f"{r['act_p50_ms']:.3f}", f"{r['act_p99_ms']:.3f}")
     print(" | ".join(f"{c:>12}" for c in cells))
   print(f"as configured (configs/tabletop_state.py {' '.join(args.overrides)}: behaviour head "
-        f"{configured.network.behaviour_sizes}, Monte-Carlo bound "
+        f"{configured.network.behaviour_sizes}, terminate head "
+        f"{configured.network.terminate_sizes}, state-label weight "
+        f"{configured.state_label_weight}, Monte-Carlo bound "
         f"{configured.mc_lower_bound}, {configured.negative_actions} negatives), update/s and "
         "vs plain: " + ", ".join(
             f"{r['network']} {r['update_steps_per_s_with_terms']:.1f} "
