@@ -14,7 +14,7 @@ from mtopt.tasks import TaskError
 
 # Only subcommands that work are listed here.
 COMMANDS = ["config", "collect", "tasks", "train", "eval", "replay", "serve", "pin", "robots",
-            "export"]
+            "export", "convert"]
 
 
 def add_config_arg(parser: argparse.ArgumentParser, default: str = "configs/tabletop_state.py"):
