@@ -46,3 +46,45 @@ def test_uploads_are_labelled_by_the_runs_detector_and_written_to_the_replay_onc
     np.testing.assert_allclose(got, want, atol=1e-6)
   finally:
     s.stop()
+
+
+def test_served_fleet_uploads_survive_a_resume_through_the_replays_log(tmp_path):
+  """As `actors.mode=served` runs it: the server writes uploads to the training replay (a
+  logged one, not refilled from the journal). After a stop without any replay checkpoint,
+  the reopened replay holds every acknowledged upload once, and retries stay duplicates."""
+  from replay.reverb_replay import ReverbReplay
+  from mtopt.serving.server import PolicyServer, ServerConfig
+  from mtopt.serving import auth
+  run = make_run(str(tmp_path / "run"))
+  config = load_run_config(run)
+  spec = envs.make(config.env).spec()
+  token = auth.add_robot(run, "r1")
+  rng = np.random.default_rng(0)
+  eps = [episode(rng) for _ in range(5)]
+
+  def serve(replay):
+    return PolicyServer(run, ServerConfig(port=0, replay=False, warm_up=False),
+                        log=lambda *a: None, replay=replay, refill_replay=False).start()
+
+  def upload(server, indices):
+    from mtopt.robot_client import RobotClient
+    with RobotClient(server.url, "r1", token) as c:
+      return [c.upload_episode(i, "reach_red", **eps[i]) for i in indices]
+
+  replay = ReverbReplay.from_config(config, spec, run_dir=os.path.join(run, "train"),
+                                    slots=[0, 1])
+  server = serve(replay)
+  upload(server, range(4))
+  server.stop()
+  replay.close()  # No checkpoint: only the replay's log holds the uploads.
+  replay = ReverbReplay.from_config(config, spec, run_dir=os.path.join(run, "train"),
+                                    slots=[0, 1])
+  try:
+    assert replay.num_episodes() == 4
+    server = serve(replay)
+    replies = upload(server, [3, 4])  # 3 is a retry across the restart.
+    server.stop()
+    assert [r["duplicate"] for r in replies] == [True, False]
+    assert replay.num_episodes() == 5
+  finally:
+    replay.close()
