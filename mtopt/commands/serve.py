@@ -26,6 +26,11 @@ def add_parser(sub):
                  help="keep uploads in the journal only (no in-process Reverb replay)")
   p.add_argument("--tls-cert", default=None, help="PEM certificate: serve wss://")
   p.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
+  p.add_argument("--ray", action="store_true",
+                 help="serve as a Ray Serve application (replicas; uploads to one ingest)")
+  p.add_argument("--replicas", type=int, default=1, help="with --ray: policy replicas")
+  p.add_argument("--ray-address", default=None,
+                 help="with --ray: the Ray cluster to join (e.g. auto); default a local one")
   p.set_defaults(func=_run)
 
 
@@ -43,6 +48,16 @@ def _run(args):
                         max_connections=args.max_connections, idle_timeout_s=args.idle_timeout,
                         uploads=not args.no_uploads, replay=not args.no_replay,
                         tls_cert=args.tls_cert, tls_key=args.tls_key)
+  if args.replicas < 1:
+    raise ConfigError(f"--replicas must be >= 1, got {args.replicas}")
+  if args.ray:
+    if args.tls_cert:
+      raise ConfigError("--tls-cert with --ray: terminate TLS in front of Ray Serve's proxy")
+    from mtopt.serving import policy_source, ray_serve
+    policy_source.RunPolicy(args.run_dir)  # A bad run directory fails here, before Ray.
+    ray_serve.serve_forever(os.path.abspath(args.run_dir), config, args.replicas,
+                            args.ray_address)
+    return
   server = PolicyServer(args.run_dir, config)
   if not auth.load_robots(os.path.abspath(args.run_dir)):
     print(f"serve: note: no robots registered yet; add one with `mtopt robots add NAME "

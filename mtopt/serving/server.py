@@ -35,6 +35,20 @@ class RequestError(ValueError):
   """A request is malformed; the message is sent back to the robot."""
 
 
+def make_ingest(source, config: ServerConfig, replay=None, refill: bool = True, log=print):
+  """(replay, EpisodeIngest) for a run's uploads: into `replay`, or (config.replay) a new
+  in-process Reverb replay, or the journal only."""
+  if config.replay and replay is None:
+    from replay.reverb_replay import ReverbReplay
+    replay = ReverbReplay.from_config(source.config, source.spec, slots=source.registry.slots)
+  store = ingest.EpisodeIngest(source.run_dir, source.spec, source.tasks,
+                               source.registry.max_tasks, replay,
+                               ingest.run_labeller(source.run_dir, source.config), refill=refill)
+  if store.num_restored:
+    log(f"serve: {store.num_restored} uploaded episodes restored from the journal")
+  return replay, store
+
+
 class PolicyServer:
   """Serves RUN's policy. `start()` runs it in a background thread (tests, benchmarks);
   `serve_forever()` in the calling one (the CLI)."""
@@ -55,15 +69,10 @@ class PolicyServer:
     self._connections: set = set()
     self.replay, self.ingest, self._own_replay = replay, None, replay is None
     if config.uploads:
-      if config.replay and replay is None:
-        from replay.reverb_replay import ReverbReplay
-        self.replay = ReverbReplay.from_config(self.source.config, self.spec,
-                                               slots=self.source.registry.slots)
-      self.ingest = ingest.EpisodeIngest(
-          self.run_dir, self.spec, self.tasks, self.source.registry.max_tasks, self.replay,
-          ingest.run_labeller(self.run_dir, self.source.config), refill=refill_replay)
-      if self.ingest.num_restored:
-        log(f"serve: {self.ingest.num_restored} uploaded episodes restored from the journal")
+      self.replay, self.ingest = make_ingest(self.source, config, replay, refill_replay, log)
+    # Where uploads go (in the upload worker thread): this server's ingest, or (a Ray Serve
+    # replica, `ray_serve.py`) a forwarder to the one ingest of the run; None: refused.
+    self.store_uploads = self.ingest.store if self.ingest is not None else None
     self.watcher = policy_source.ParamWatcher(self.source, self._set_params,
                                               config.poll_seconds, log)
     if config.warm_up and self._params is not None:
@@ -197,7 +206,7 @@ class PolicyServer:
         return {"type": "action", "id": rid, "action": action, "q": q,
                 "policy_version": version}
       if kind == "upload":
-        if self.ingest is None:
+        if self.store_uploads is None:
           raise RequestError("this server does not accept uploads")
         result = await self._uploads.submit((robot_index, msg.get("episode")))
         return {"type": "stored", "id": rid, **result, "policy_version": self.policy_version}
@@ -212,15 +221,20 @@ class PolicyServer:
               "policy_version": self.policy_version}
 
   # Lifecycle.
-  async def _main(self):
+  def start_batchers(self) -> None:
+    """The act and upload batchers, on the running event loop."""
     c = self.config
-    self._stopping = asyncio.Event()
     self._acts = batcher.Batcher(self._act_batch, c.max_batch, c.max_wait_ms / 1000,
                                  self._act_pool, expected=lambda: len(self._connections))
     self._acts.start()
-    self._uploads = batcher.Batcher(self.ingest.store if self.ingest else (lambda x: x), 64,
-                                    0.0, self._upload_pool)
+    self._uploads = batcher.Batcher(self.store_uploads or (lambda x: x), 64, 0.0,
+                                    self._upload_pool)
     self._uploads.start()
+
+  async def _main(self):
+    c = self.config
+    self._stopping = asyncio.Event()
+    self.start_batchers()
     tls = None
     if c.tls_cert:
       tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
