@@ -14,10 +14,8 @@ true. Frames over uvicorn's WebSocket limit (16 MiB) close the connection.
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations (the
 # WebSocket parameter) as objects; as strings they name nothing in this module.
-import asyncio
 import dataclasses
 
-from mtopt.robot_client import protocol
 from mtopt.serving.config import ServerConfig
 
 APP_NAME = "mtopt-policy"
@@ -94,25 +92,18 @@ def build(run_dir: str, config: ServerConfig, replicas: int = 1):
         return
       self._start()
       await ws.accept()
-      core._connections.add(ws)
+
+      async def recv():
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+          return None
+        return message.get("bytes") or (message.get("text") or "").encode()
+
       try:
-        await ws.send_bytes(protocol.pack(dict(core._metadata_base, robot=robot,
-                                               policy_version=core.policy_version)))
-        while True:
-          try:
-            async with asyncio.timeout(core.config.idle_timeout_s):
-              message = await ws.receive()
-          except TimeoutError:
-            await ws.close(code=1000, reason="idle timeout")
-            return
-          if message["type"] == "websocket.disconnect":
-            return
-          data = message.get("bytes") or (message.get("text") or "").encode()
-          await ws.send_bytes(protocol.pack(await core._reply(data, index)))
+        await core.converse(ws, robot, index, ws.send_bytes, recv,
+                            lambda code, reason: ws.close(code=code, reason=reason))
       except WebSocketDisconnect:
         pass  # Cut off: nothing half-received is ever stored.
-      finally:
-        core._connections.discard(ws)
 
   return Policy.bind(run_dir, config, Ingest.bind(run_dir, config))
 

@@ -176,23 +176,30 @@ class PolicyServer:
 
   async def _handler(self, ws):
     robot, index = ws.robot
-    self._connections.add(ws)
     try:
-      await ws.send(protocol.pack(dict(self._metadata_base, robot=robot,
-                                       policy_version=self.policy_version)))
+      await self.converse(ws, robot, index, ws.send, ws.recv, ws.close)
+    except websockets.ConnectionClosed:
+      pass  # Cut off (or over the size limit): nothing half-received is ever stored.
+
+  async def converse(self, conn, robot: str, index: int, send, recv, close) -> None:
+    """One robot's connection (also a Ray Serve replica's): the metadata, then a reply per
+    request until `recv()` gives None (gone) or the connection idles out."""
+    self._connections.add(conn)
+    try:
+      await send(protocol.pack(dict(self._metadata_base, robot=robot,
+                                    policy_version=self.policy_version)))
       while True:
         try:
           async with asyncio.timeout(self.config.idle_timeout_s):  # No task per message.
-            data = await ws.recv()
+            data = await recv()
         except TimeoutError:
-          await ws.close(1000, "idle timeout")
+          await close(1000, "idle timeout")
           return
-        reply = await self._reply(data, index)
-        await ws.send(protocol.pack(reply))
-    except websockets.ConnectionClosed:
-      pass  # Cut off (or over the size limit): nothing half-received is ever stored.
+        if data is None:
+          return
+        await send(protocol.pack(await self._reply(data, index)))
     finally:
-      self._connections.discard(ws)
+      self._connections.discard(conn)
 
   async def _reply(self, data, robot_index: int) -> dict:
     rid = None
