@@ -15,6 +15,9 @@ format (`mtopt.robot_client.protocol`); one more row times the synchronous Robot
 - upload_episodes_per_s: 16 robots uploading 50-step episodes, counted when acknowledged
   (validated, journalled with fsync, written to the replay); `_journal_only` without the
   replay (`--no-replay`): the difference is ReverbReplay.write_many's per-step appends.
+- ray_serve_* (with --ray-replicas N): the same act figures through `mtopt serve --ray
+  --replicas N` (Ray Serve's proxy and N replicas, a local Ray); `ray_serve_vs_process_64`
+  divides its 64-robot rate by the single process's.
 Clients and server share this machine's cores, so every figure includes the robots' own
 cost; on a 2-core machine with other jobs running they are lower bounds.
 """
@@ -180,6 +183,8 @@ def main(argv=None) -> None:
   parser.add_argument("--quick", action="store_true", help="shorter runs, about a minute")
   parser.add_argument("--config", default=os.path.join(ROOT, "configs", "tabletop_state.py"))
   parser.add_argument("--image", action="store_true", help="64 px image observations")
+  parser.add_argument("--ray-replicas", type=int, default=0,
+                      help="also time `mtopt serve --ray --replicas N` (Ray Serve)")
   args = parser.parse_args(argv)
   seconds = 3.0 if args.quick else 10.0
   from mtopt.serving import auth
@@ -234,6 +239,23 @@ def main(argv=None) -> None:
         server.url, robots[16:32], upload_messages(spec, tasks, max_tasks), seconds)
   finally:
     server.stop()
+  if args.ray_replicas:  # The same robots through Ray Serve's proxy and N replicas.
+    server = ServerProcess(run, "--ray", "--replicas", str(args.ray_replicas))
+    try:
+      run_fleet(server.url, robots[:8], act_messages(spec, tasks), 1.0)
+      lat, _ = run_fleet(server.url, robots[:8], act_messages(spec, tasks), seconds)
+      r["ray_serve_p50_ms_8"], r["ray_serve_p99_ms_8"] = (float(np.percentile(lat, q) * 1e3)
+                                                          for q in (50, 99))
+      _, r["ray_serve_actions_per_s_64"] = run_fleet(server.url, robots,
+                                                     act_messages(spec, tasks), seconds)
+    finally:
+      server.stop()
+    r["ray_serve_replicas"] = args.ray_replicas
+    r["ray_serve_vs_process_64"] = r["ray_serve_actions_per_s_64"] / r["actions_per_s_64"]
+    rows.append((f"Ray Serve, {args.ray_replicas} replicas, 8 / 64 robots",
+                 f"p50 {r['ray_serve_p50_ms_8']:.2f} ms  p99 {r['ray_serve_p99_ms_8']:.2f} ms;"
+                 f"  {r['ray_serve_actions_per_s_64']:.0f} actions/s "
+                 f"({r['ray_serve_vs_process_64']:.2f}x the single process)"))
   r["unbatched_actions_per_s_64"] = unbatched
   r["batched_vs_unbatched_64"] = r["actions_per_s_64"] / unbatched
   rows.append(("act, 64 robots, --max-batch 1", f"{unbatched:.0f} actions/s  (batched "

@@ -111,10 +111,15 @@ def build(run_dir: str, config: ServerConfig, replicas: int = 1):
 def serve_forever(run_dir: str, config: ServerConfig, replicas: int, address: str | None,
                   log=print) -> None:
   """Deploys on the Ray cluster at `address` (None: a local one) and blocks."""
+  import signal
   import time
 
   import ray
   from ray import serve
+
+  def stop(*_):  # SIGTERM: leave through `finally`, taking Serve (and a local Ray) down.
+    raise SystemExit(0)
+  signal.signal(signal.SIGTERM, stop)
   ray.init(address=address, ignore_reinit_error=True)
   serve.start(http_options={"host": config.host, "port": config.port})
   serve.run(build(run_dir, config, replicas), name=APP_NAME, route_prefix="/")
@@ -125,3 +130,4 @@ def serve_forever(run_dir: str, config: ServerConfig, replicas: int, address: st
       time.sleep(3600)
   finally:
     serve.shutdown()
+    ray.shutdown()
