@@ -27,7 +27,7 @@ from mtopt.batch import Batch
 from mtopt.specs import EnvSpec
 from mtopt.tf_setup import tf
 from replay import rlds_io, rlds_shards, sharing
-from replay.balanced_sampler import _transition_picker, make_plan, to_batch
+from replay.balanced_sampler import _transition_picker, make_plan, proportional_plan, to_batch
 
 
 
@@ -308,7 +308,8 @@ class DiskSampler:
   """An endless iterator of rebalanced `Batch`es read from a dataset's shard files.
 
   Attributes:
-    plan: rows per (slot, is_success) cell in every batch.
+    plan: rows per (slot, is_success) cell in every batch: rebalanced (equal task shares,
+      `success_fraction`), or with `proportional` each cell's share of the episodes.
     batches_per_draw: batches whose episodes are drawn and decoded together (a block is
       `transitions_per_sample` times as many batches).
     report: task slots with `no_successes`, `no_failures` or `no_data`, as the replay's.
@@ -318,7 +319,8 @@ class DiskSampler:
   def __init__(self, data_dir: str, index: EpisodeIndex, spec: EnvSpec, max_tasks: int,
                mapping: rlds_io.FieldMapping | None, batch_size: int, slots: Sequence[int],
                rule: str = "all", task_shares: Mapping[int, float] | None = None,
-               success_fraction: float = 0.5, transitions_per_sample: int = 16,
+               success_fraction: float = 0.5, proportional: bool = False,
+               transitions_per_sample: int = 16,
                min_size: int = 1, cache_bytes: int = 256 << 20, batches_per_draw: int = 8,
                threads: int | None = None, seed: int = 0, prefetch: int = 1,
                block_bytes: int = 64 << 20, vectorised: bool = True):
@@ -328,7 +330,11 @@ class DiskSampler:
     counts = {k: {"success": self._cells[(k, True)].size,
                   "failure": self._cells[(k, False)].size} for k in slots}
     shares = dict(task_shares or {k: 1.0 for k in slots})
-    self.plan, self.report = make_plan(batch_size, shares, success_fraction, counts, min_size)
+    # proportional: the data's own composition (`train.rebalance=false`). A dataset on disk
+    # does not grow, so its plan is fixed once, where the replay's follows its live counts.
+    self.plan, self.report = (proportional_plan(batch_size, shares, counts, min_size)
+                              if proportional else
+                              make_plan(batch_size, shares, success_fraction, counts, min_size))
     if not self.plan:
       raise ValueError(f"{data_dir}: no (task, outcome) cell has {min_size} episodes to "
                        f"sample for slots {list(slots)}")

@@ -109,3 +109,29 @@ def test_vectorised_decode_of_robonet_sequences_with_trim(tmp_path):
     np.testing.assert_array_equal(a["action"][i].numpy(), b["action"].numpy())
     for k in spec.observation:
       np.testing.assert_array_equal(a["observation"][k][i].numpy(), b["observation"][k].numpy())
+
+
+def test_proportional_batches_keep_the_datas_own_composition(dataset):
+  """`train.rebalance=false` streamed: rows per (task, outcome) follow the cells' sizes."""
+  from replay.balanced_sampler import proportional_plan
+  path, eps, index = dataset
+  cells = disk_sampler.cells(index, MAX_TASKS, [0, 1, 2], "none")
+  counts = {k: {"success": cells[(k, True)].size, "failure": cells[(k, False)].size}
+            for k in (0, 1, 2)}
+  want, _ = proportional_plan(48, {0: 1.0, 1: 1.0, 2: 1.0}, counts, 1)
+  sampler = DiskSampler(path, index, SPEC, MAX_TASKS, None, batch_size=48, slots=[0, 1, 2],
+                        rule="none", proportional=True, transitions_per_sample=4,
+                        cache_bytes=1 << 16)
+  try:
+    assert sampler.plan == want
+    assert sum(n for (_, won), n in want.items() if won) < 24  # Not the rebalanced half.
+    for _ in range(5):
+      b = next(sampler)
+      got = {}
+      for i in range(b.size):
+        ep = eps[int(b.observation["state"][i, 0])]
+        key = (int(b.task[i]), bool(ep.labels[b.task[i]] >= 0.5))
+        got[key] = got.get(key, 0) + 1
+      assert got == want
+  finally:
+    sampler.close()

@@ -129,8 +129,6 @@ def disk_batches(config: ConfigDict, source, registry: TaskRegistry, labeller, r
   dataset, streamed from disk. Its index (where each episode lies, its task and success
   bits) is built once and kept in RUN/dataset_index.npz for a resumed run."""
   from replay.disk_sampler import DiskSampler, EpisodeIndex
-  if not config.train.rebalance:
-    raise ConfigError("train.rebalance=false is not supported with dataset.stream=true yet")
   from mtopt.program import relabel
   from mtopt.program.run_dir import write_json
   path = os.path.join(run_dir, "dataset_index.npz")
@@ -183,8 +181,7 @@ def disk_batches(config: ConfigDict, source, registry: TaskRegistry, labeller, r
 
   def make(batch_size: int):
     return DiskSampler(source.data_dir, index, source.spec, registry.max_tasks, mapping,
-                       batch_size, slots, rule=r.sharing,
-                       success_fraction=float(r.success_fraction),
+                       batch_size, slots, rule=r.sharing, **nodes.batch_composition(config),
                        transitions_per_sample=int(r.transitions_per_sample),
                        min_size=int(r.min_size), cache_bytes=source.cache_bytes,
                        seed=int(config.seed))
