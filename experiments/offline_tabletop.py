@@ -64,7 +64,8 @@ ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
                                        "cem.score_terminate=False"],
              "mtopt_unshared_terminations": ["learner.shared_head_at_terminations=False"],
              # The learner-speed trade-off: one layer of 128 for the behaviour and terminate
-             # heads instead of (256, 256) (benchmarks.learner --quick: 0.82 of the plain update vs 0.58).
+             # heads instead of (256, 256) (benchmarks.learner --quick: 0.82 of the plain
+             # update vs 0.58).
              "mtopt_small_heads": ["learner.network.behaviour_sizes=(128,)",
                                    "learner.network.terminate_sizes=(128,)"]}
 DATASETS = {"default": [], "hard": ["actors.epsilon=0.7"]}
