@@ -78,7 +78,7 @@ def _descendant(root: int, name: str):
 @pytest.mark.timeout(1800)  # 294 s alone; its waits allow for a loaded machine.
 def test_train_survives_killed_replay_learner_and_actor_nodes(tmp_path):
   """`mtopt train` with placement=actors; SIGKILL the replay node, then the learner node,
-  then a robot actor. Every acknowledged episode is in the replay afterwards, the learner
+  then a robot actor and the parameter server. Every acknowledged episode is in the replay afterwards, the learner
   resumed at a checkpoint step, and the run finishes with all its evaluations."""
   from mtopt import envs
   from mtopt.program import run_dir
@@ -111,6 +111,10 @@ def test_train_survives_killed_replay_learner_and_actor_nodes(tmp_path):
     _wait_for(lambda: busy.append(_descendant(proc.pid, "ray::RobotActor.run_episodes"))
               or busy[-1] is not None, 120, "a busy robot actor", proc, out)
     busy[-1].kill()
+    ps = _descendant(proc.pid, "ray::ParameterServer")
+    ps.kill()  # Back empty; the learner's next publication refills it.
+    _wait_for(lambda: (p := _descendant(proc.pid, "ray::ParameterServer")) is not None
+              and p.pid != ps.pid, 300, "the parameter server's restart", proc, out)
     assert proc.wait(timeout=900) == 0
   finally:
     if proc.poll() is None:

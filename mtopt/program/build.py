@@ -62,7 +62,7 @@ def build(config: ConfigDict, prepared, progress: dict, stack: contextlib.ExitSt
     replay.checkpoint()
     save_progress(run_dir, progress)
 
-  ps = nodes.parameter_server(ray)
+  ps = nodes.parameter_server(ray, placement.restart_options(config))
   stack.callback(ray.kill, ps)  # Several runs may share one Ray (experiments).
   collector = None
   served = config.actors.get("mode", "ray") == "served"  # Robots act through `mtopt serve`.

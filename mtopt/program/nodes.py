@@ -145,9 +145,13 @@ def scripted_actor_kwargs(config: ConfigDict, registry: TaskRegistry, policy: st
   return kwargs
 
 
-def parameter_server(ray):
-  """The parameter server node (a Ray actor)."""
-  return ray.remote(ParameterServer).remote()
+def parameter_server(ray, options: dict | None = None):
+  """The parameter server node (a Ray actor). Restarted by Ray (`options`, e.g.
+  `placement.restart_options`), it comes back empty: readers keep the params they hold (a
+  pull older than theirs returns none), calls in flight are retried on the new one, and the
+  learner's next publication (every `learner.publish_every` steps; every evaluation
+  publishes first) refills it."""
+  return ray.remote(**(options or {}))(ParameterServer).remote()
 
 
 def pulled_cem_policy(ps, spec, max_tasks: int, lcfg, gaussian_std: float = 0.0,

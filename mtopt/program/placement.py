@@ -37,6 +37,13 @@ def check(config: ConfigDict, streamed: bool) -> None:
     node_options(config, section)  # Its resources, checked before any work.
 
 
+def restart_options(config: ConfigDict) -> dict:
+  """Ray options of a node restarted up to `program.node_restarts` times (default 10); a
+  call in flight is retried on the restarted node."""
+  restarts = int(config.get("program", {}).get("node_restarts", 10))
+  return {"max_restarts": restarts, "max_task_retries": -1 if restarts else 0}
+
+
 def node_options(config: ConfigDict, section: str) -> dict:
   """Ray actor options of the `section` node: its resources, restarts, retried calls."""
   s = config[section]
@@ -52,9 +59,8 @@ def node_options(config: ConfigDict, section: str) -> dict:
       resources[name.strip()] = float(amount or 1)
     except ValueError:
       raise ConfigError(f"{section}.resources: {item!r} is not name:amount") from None
-  restarts = int(config.get("program", {}).get("node_restarts", 10))
-  options = dict(num_cpus=cpus, num_gpus=gpus, resources=resources, max_restarts=restarts,
-                 max_task_retries=-1 if restarts else 0)  # A call is retried after a restart.
+  options = dict(num_cpus=cpus, num_gpus=gpus, resources=resources,
+                 **restart_options(config))
   if memory_gb:
     options["memory"] = int(memory_gb * 2**30)
   return options
