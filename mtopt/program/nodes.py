@@ -151,7 +151,7 @@ def parameter_server(ray, options: dict | None = None):
   pull older than theirs returns none), calls in flight are retried on the new one, and the
   learner's next publication (every `learner.publish_every` steps; every evaluation
   publishes first) refills it."""
-  return ray.remote(**(options or {}))(ParameterServer).remote()
+  return ray.remote(ParameterServer).options(**(options or {})).remote()
 
 
 def pulled_cem_policy(ps, spec, max_tasks: int, lcfg, gaussian_std: float = 0.0,
