@@ -45,6 +45,12 @@ def test_train_mt_opt_rlds_config_on_its_mock_data(tmp_path, ray_session, capsys
   stamp = json.load(open(run / "dataset_index.json"))
   assert "detector_version" in stamp["labels"]  # ...if the same labeller made it.
   assert os.listdir(run / "checkpoints")
+  # The learner as its own node streams the dataset itself (program.placement=actors).
+  placed = tmp_path / "placed"
+  assert cli.main(train[:3] + [f"--config.run_dir={placed}"] + train[4:]
+                  + ["--config.program.placement=actors", "--config.learner.num_cpus=0.25"]) == 0
+  assert json.load(open(placed / "results.json"))["step"] == 4
+  assert json.load(open(placed / "learner_node.json")) == [0]
   # A shard cut in half: the run is refused, naming the file; asked to, it skips it.
   shard = sorted(p for p in os.listdir(shard_dir) if "tfrecord" in p)[1]
   with open(os.path.join(shard_dir, shard), "r+b") as f:

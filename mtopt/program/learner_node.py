@@ -21,13 +21,16 @@ NODE_FILE = "learner_node.json"  # [the step each start resumed from, ...]
 
 
 class LearnerNode:
-  """A `learners.learner.Learner` fed by `nodes.make_sampler` over RemoteReplays."""
+  """A `learners.learner.Learner` fed by `nodes.make_sampler` over RemoteReplays, or over
+  `disk` (`offline_data.disk_batches`' factory: the dataset streamed from its files, which
+  the node's machine must see at the same path) in place of `replay`."""
 
   def __init__(self, config: dict, spec, max_tasks: int, run_dir: str, ps, replay,
-               online=None):
+               online=None, disk=None):
     from learners.config import LearnerConfig
     from learners.learner import Learner
     self._config = ConfigDict(config)
+    self._replay, self._online, self._disk = replay, online, disk
     self._replays = [r for r in (replay, online) if r is not None]
     self._sampler, self._addresses = None, None
     self._follow_replays()
@@ -52,9 +55,10 @@ class LearnerNode:
       return
     if self._sampler is not None:
       self._sampler.close()
-    clients = [r.client(self._config) for r in self._replays]
-    batch_size = int(self._config.learner.batch_size)
-    self._sampler = nodes.make_sampler(self._config, batch_size, *clients)
+    replay, online = (r.client(self._config) if r is not None else None
+                      for r in (self._replay, self._online))
+    self._sampler = nodes.make_sampler(self._config, int(self._config.learner.batch_size),
+                                       replay, online, offline=self._disk)
     self._addresses = addresses
 
   def _batches(self):

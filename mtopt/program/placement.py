@@ -27,9 +27,6 @@ def check(config: ConfigDict, streamed: bool) -> None:
   where = placement_of(config)
   if where not in PLACEMENTS:
     raise ConfigError(f"program.placement must be one of {PLACEMENTS}, got {where!r}")
-  if where == "actors" and streamed:
-    raise ConfigError("program.placement=actors does not stream a dataset from disk yet "
-                      "(dataset.stream): use placement=driver")
   if where == "actors" and config.actors.get("mode", "ray") == "served":
     raise ConfigError("program.placement=actors does not serve robots yet (actors.mode="
                       "served): use placement=driver")
@@ -106,7 +103,7 @@ def make_learner(config: ConfigDict, spec, registry, lcfg, run_dir: str, ps,
     from mtopt.program.learner_node import LearnerNode, RemoteLearner
     options = node_options(config, "learner")
     handle = ray.remote(LearnerNode).options(**options).remote(
-        config.to_dict(), spec, registry.max_tasks, run_dir, ps, replay, online)
+        config.to_dict(), spec, registry.max_tasks, run_dir, ps, replay, online, disk)
     stack.callback(ray.kill, handle)  # Also when it never started.
     learner = RemoteLearner(started(handle, "learner", options, log))
     stack.callback(learner.close)
