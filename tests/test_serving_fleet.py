@@ -38,15 +38,21 @@ def test_robot_actor_acts_and_uploads_through_the_server(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_online_through_the_server(tmp_path, ray_session):
+@pytest.mark.parametrize("placement", ["driver", "actors"])
+def test_train_online_through_the_server(tmp_path, ray_session, placement):
+  """With `actors`, the server in the driver writes uploads to the replay node and follows
+  the learner node's checkpoints."""
   from tests.test_launch import TINY
   run = str(tmp_path / "run")
   assert cli.main(["train", "--config", DEFAULT, f"--config.run_dir={run}", *TINY,
                    "--config.train.mode=online", "--config.actors.mode=served",
-                   "--config.learner.num_steps=40"]) == 0
+                   "--config.learner.num_steps=40", f"--config.program.placement={placement}",
+                   "--config.replay.num_cpus=0.25", "--config.learner.num_cpus=0.25"]) == 0
   progress = load_progress(run)
   stored = list(journal.iter_records(run))
   assert progress["collected_episodes"] > 0 and len(stored) >= progress["collected_episodes"]
   assert len({r["episode_id"] for r in stored}) == len(stored)  # Each stored once.
   results = json.load(open(os.path.join(run, "results.json")))
   assert results["step"] == 40
+  for node in ("learner_node.json", "replay_node.json"):
+    assert os.path.exists(os.path.join(run, node)) == (placement == "actors")

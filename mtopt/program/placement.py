@@ -27,9 +27,6 @@ def check(config: ConfigDict, streamed: bool) -> None:
   where = placement_of(config)
   if where not in PLACEMENTS:
     raise ConfigError(f"program.placement must be one of {PLACEMENTS}, got {where!r}")
-  if where == "actors" and config.actors.get("mode", "ray") == "served":
-    raise ConfigError("program.placement=actors does not serve robots yet (actors.mode="
-                      "served): use placement=driver")
   for section in ("replay", "learner"):
     node_options(config, section)  # Its resources, checked before any work.
 
