@@ -59,7 +59,7 @@ def prepare(config: ConfigDict, log=print) -> Prepared:
   source = dataset_source.from_config(config, log)
   if source is not None:
     dataset_source.check_against_config(config, source)
-  placement.check(config, streamed=source is not None and source.stream)
+  placement.check(config)
   env = None if dataset_source.no_env(config) else envs.make(config.env)
   spec = source.spec if env is None else env.spec()
   if source is not None and env is not None:

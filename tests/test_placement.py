@@ -30,8 +30,8 @@ def test_node_options_follow_the_config():
                    ("learner.num_gpus=-1", "learner.num_cpus, num_gpus"),
                    ("program.placement=cloud", "program.placement")]:
     with pytest.raises(ConfigError, match=key):
-      placement.check(load_config(DEFAULT, ["program.placement=actors", bad]), False)
-  placement.check(config, streamed=True)  # The learner node streams the dataset itself.
+      placement.check(load_config(DEFAULT, ["program.placement=actors", bad]))
+  placement.check(config)
 
 
 def test_replay_node_gets_its_resources_and_restarts_without_losing_or_doubling(

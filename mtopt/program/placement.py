@@ -23,7 +23,7 @@ def placement_of(config: ConfigDict) -> str:
   return str(config.get("program", {}).get("placement", "driver"))
 
 
-def check(config: ConfigDict, streamed: bool) -> None:
+def check(config: ConfigDict) -> None:
   where = placement_of(config)
   if where not in PLACEMENTS:
     raise ConfigError(f"program.placement must be one of {PLACEMENTS}, got {where!r}")
