@@ -62,6 +62,37 @@ def test_replay_node_gets_its_resources_and_restarts_without_losing_or_doubling(
     replay.close()
 
 
+def test_replay_node_imports_a_dataset_itself(ray_session, tmp_path):
+  """The offline import runs in the node (the episodes do not cross the driver), and a
+  repeated import resumes after what the node acknowledged."""
+  from mtopt import rlds_format
+  from mtopt.program import offline_data
+  from mtopt.program.replay_node import RemoteReplay, ReplayNode
+  from mtopt.tasks import TaskRegistry
+  from tests.test_replay_helpers import MAX_TASKS, SPEC, random_episodes
+  config = load_config(DEFAULT, ["program.placement=actors", "replay.num_cpus=0.25",
+                                 f"max_tasks={MAX_TASKS}"])
+  data = str(tmp_path / "data")
+  episodes = random_episodes(np.random.default_rng(1), 9, [0, 1])
+  with rlds_format.DatasetWriter(data, SPEC, MAX_TASKS, [], episodes_per_shard=4) as w:
+    for ep in episodes:
+      w.write(ep)
+  registry = TaskRegistry.from_names(MAX_TASKS, ["a", "b"])
+  options = placement.node_options(config, "replay")
+  handle = ray_session.remote(ReplayNode).options(**options).remote(
+      config.to_dict(), SPEC, str(tmp_path / "run"), None, [0, 1])
+  replay = RemoteReplay(placement.started(handle, "replay", options))
+  try:
+    lines = []
+    assert offline_data.import_offline(config, replay, registry, data, None, lines.append) == 9
+    assert "imported 9 episodes" in lines[-1]
+    assert replay.num_episodes() == replay.acknowledged() == 9
+    assert offline_data.import_offline(config, replay, registry, data, None, lines.append) == 9
+    assert "resuming the import" in lines[-2] and replay.num_episodes() == 9
+  finally:
+    replay.close()
+
+
 def _descendant(root: int, name: str):
   import psutil
   for p in psutil.Process(root).children(recursive=True):

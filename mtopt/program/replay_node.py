@@ -68,6 +68,17 @@ class ReplayNode:
     fresh = [ep for ep in episodes if int(ep.episode_id) not in self.replay.reapplied_ids]
     return self.replay.write_many(fresh)
 
+  def import_offline(self, config: dict, registry, data_dir: str, source
+                     ) -> tuple[int, list[str]]:
+    """`offline_data.import_offline` here, reading data_dir on this node's machine: the
+    episodes do not cross the driver. Retried after a restart, it resumes after the
+    acknowledged ones. Returns (episodes held from it, its log lines)."""
+    from mtopt.program import offline_data
+    lines: list[str] = []
+    n = offline_data.import_offline(ConfigDict(config), self.replay, registry, data_dir,
+                                    self.replay.labeller, lines.append, source)
+    return n, lines
+
   def counts(self):
     return self.replay.counts()
 
@@ -100,6 +111,16 @@ class RemoteReplay(RemoteNode):
   def write_many(self, episodes) -> int:
     """Returns once the node has the episodes durably (acknowledged)."""
     return self._call("write_many", list(episodes))
+
+  def import_offline(self, config: ConfigDict, registry, data_dir: str, labeller, log=print,
+                     source=None) -> int:
+    """`offline_data.import_offline`, run by the node (with its own labeller, the same
+    detector as `labeller`): the dataset is read where the node runs, at the same path."""
+    del labeller
+    n, lines = self._call("import_offline", config.to_dict(), registry, data_dir, source)
+    for line in lines:
+      log(line)
+    return n
 
   def counts(self):
     return self._call("counts")
