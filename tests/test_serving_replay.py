@@ -88,3 +88,40 @@ def test_served_fleet_uploads_survive_a_resume_through_the_replays_log(tmp_path)
     assert replay.num_episodes() == 5
   finally:
     replay.close()
+
+
+def test_an_upload_journalled_but_not_in_the_replay_is_written_on_restart(tmp_path):
+  """A crash between the journal's fsync (the robot's acknowledgement) and the replay's
+  write: the restarted server writes the journal's tail past what the replay holds."""
+  from mtopt.serving.ingest import EpisodeIngest
+  from replay.reverb_replay import ReverbReplay
+  run = make_run(str(tmp_path / "run"))
+  config = load_run_config(run)
+  spec = envs.make(config.env).spec()
+  rng = np.random.default_rng(0)
+  raws = [episode(rng) for _ in range(3)]
+  tasks = {"reach_red": 0, "lift_red": 1}
+  log_dir = os.path.join(run, "train")
+  replay = ReverbReplay.from_config(config, spec, run_dir=log_dir, slots=[0, 1])
+  store = EpisodeIngest(run, spec, tasks, config.max_tasks, replay, refill=False)
+  try:
+    def upload(i):
+      return (0, {"task": "reach_red", "episode_id": i, **raws[i]})
+    assert all(isinstance(r, dict) for r in store.store([upload(0), upload(1)]))
+    store.replay = None  # The crash: journalled (acknowledged), never written.
+    assert isinstance(store.store([upload(2)])[0], dict)
+  finally:
+    store.close()
+    replay.close()
+  replay = ReverbReplay.from_config(config, spec, run_dir=log_dir, slots=[0, 1])
+  try:
+    assert replay.num_episodes() == 2
+    again = EpisodeIngest(run, spec, tasks, config.max_tasks, replay, refill=False)
+    assert again.num_restored == 3 and again.num_rewritten == 1
+    assert replay.num_episodes() == replay.acknowledged() == 3
+    again.close()
+    again = EpisodeIngest(run, spec, tasks, config.max_tasks, replay, refill=False)
+    assert again.num_rewritten == 0 and replay.num_episodes() == 3  # Nothing twice.
+    again.close()
+  finally:
+    replay.close()

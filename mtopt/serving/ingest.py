@@ -107,6 +107,8 @@ class EpisodeIngest:
     run_dir: the journal is RUN/fleet/episodes.journal.
     replay: a `replay.base.Replay` (e.g. ReverbReplay, its labeller unused here), or None
       to keep the journal only.
+    refill: write the whole journal to `replay` (one the server owns); False: only the
+      journal's episodes past `replay.acknowledged()` (a replay that restores its log).
     labeller: labeller(episodes) -> float32 [N, max_tasks], or None (robots send labels).
   """
 
@@ -119,10 +121,16 @@ class EpisodeIngest:
     restored = [_from_record(r) for r in self.journal.records]
     self.journal.records = []
     self.stored_ids.update(ep.episode_id for ep in restored)
-    if replay is not None and refill:  # An in-memory replay: refill it from the journal.
-      for i in range(0, len(restored), 256):
+    # refill: a replay of the server's own (in memory) gets the whole journal again.
+    # Otherwise the replay restores its own log and holds the journal's episodes in the
+    # journal's order (the served fleet's training replay): a crash between the journal's
+    # fsync and the replay's write leaves the journal's tail past what the replay
+    # acknowledged, which goes in now.
+    start = 0 if refill or replay is None else min(int(replay.acknowledged()), len(restored))
+    if replay is not None:
+      for i in range(start, len(restored), 256):
         replay.write_many(restored[i:i + 256])
-    self.num_restored = len(restored)
+    self.num_restored, self.num_rewritten = len(restored), len(restored) - start
 
   def store(self, uploads: Sequence[tuple[int, Any]]) -> list:
     """uploads: (robot index, raw episode map). Returns per upload
