@@ -108,8 +108,9 @@ def _descendant(root: int, name: str):
 @pytest.mark.timeout(1800)  # 294 s alone; its waits allow for a loaded machine.
 def test_train_survives_killed_replay_learner_and_actor_nodes(tmp_path):
   """`mtopt train` with placement=actors; SIGKILL the replay node, then the learner node,
-  then a robot actor and the parameter server. Every acknowledged episode is in the replay afterwards, the learner
-  resumed at a checkpoint step, and the run finishes with all its evaluations."""
+  then a robot actor and the parameter server. Every acknowledged episode is in the replay
+  afterwards, the learner resumed at a checkpoint step, and the run finishes with all its
+  evaluations."""
   from mtopt import envs
   from mtopt.program import run_dir
   from replay.reverb_replay import ReverbReplay

@@ -31,7 +31,6 @@ class LearnerNode:
     from learners.learner import Learner
     self._config = ConfigDict(config)
     self._replay, self._online, self._disk = replay, online, disk
-    self._replays = [r for r in (replay, online) if r is not None]
     self._sampler, self._addresses = None, None
     self._follow_replays()
     lcfg = LearnerConfig.from_config(self._config)
@@ -50,7 +49,7 @@ class LearnerNode:
   def _follow_replays(self) -> None:
     """(Re)builds the sampler when a replay node is new or listens elsewhere (restarted on
     another machine); a node restarted in place is reconnected to by Reverb itself."""
-    addresses = [r.address() for r in self._replays]
+    addresses = [r.address() for r in (self._replay, self._online) if r is not None]
     if addresses == self._addresses:
       return
     if self._sampler is not None:

@@ -97,7 +97,7 @@ def import_offline(config: ConfigDict, replay, registry: TaskRegistry, data_dir:
   A replay node (`RemoteReplay`) runs the import itself, where it is.
   """
   if hasattr(replay, "import_offline"):  # A RemoteReplay: the node imports (see above).
-    return replay.import_offline(config, registry, data_dir, labeller, log, source)
+    return replay.import_offline(config, registry, data_dir, log, source)
   from replay.rlds_io import import_rlds
   from replay.rlds_shards import ShardReport
   stored = stored_labels(data_dir, registry) if config.train.labels == "learned" else {}

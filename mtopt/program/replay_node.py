@@ -112,11 +112,10 @@ class RemoteReplay(RemoteNode):
     """Returns once the node has the episodes durably (acknowledged)."""
     return self._call("write_many", list(episodes))
 
-  def import_offline(self, config: ConfigDict, registry, data_dir: str, labeller, log=print,
+  def import_offline(self, config: ConfigDict, registry, data_dir: str, log=print,
                      source=None) -> int:
-    """`offline_data.import_offline`, run by the node (with its own labeller, the same
-    detector as `labeller`): the dataset is read where the node runs, at the same path."""
-    del labeller
+    """`offline_data.import_offline`, run by the node with its own labeller (the run's
+    detector): the dataset is read where the node runs, at the same path."""
     n, lines = self._call("import_offline", config.to_dict(), registry, data_dir, source)
     for line in lines:
       log(line)

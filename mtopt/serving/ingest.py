@@ -126,10 +126,10 @@ class EpisodeIngest:
     # journal's order (the served fleet's training replay): a crash between the journal's
     # fsync and the replay's write leaves the journal's tail past what the replay
     # acknowledged, which goes in now.
-    start = 0 if refill or replay is None else min(int(replay.acknowledged()), len(restored))
-    if replay is not None:
-      for i in range(start, len(restored), 256):
-        replay.write_many(restored[i:i + 256])
+    start = (len(restored) if replay is None else 0 if refill
+             else min(int(replay.acknowledged()), len(restored)))
+    for i in range(start, len(restored), 256):
+      replay.write_many(restored[i:i + 256])
     self.num_restored, self.num_rewritten = len(restored), len(restored) - start
 
   def store(self, uploads: Sequence[tuple[int, Any]]) -> list:
