@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
       f"actors.num_actors={args.actors}", "actors.num_cpus=0.25", "eval.episodes_per_task=0",
       "replay.min_size=8", "learner.num_steps=1000000", "learner.checkpoint_every=0",
       f"program.placement={args.placement}", "replay.num_cpus=0.25", "learner.num_cpus=0.5",
-      *args.overrides])
+      "labeller.num_cpus=0.25", *args.overrides])
   with contextlib.ExitStack() as stack:
     prepared = launch.prepare(config, log=lambda *a, **k: None)
     ray = prepared.ray

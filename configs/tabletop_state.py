@@ -62,6 +62,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.replay.memory_gb = 0.0
   c.replay.resources = ""
 
+  # The labeller nodes (with program.placement=actors): how many hold the run's labeller
+  # (its detector, or ground truth), and each one's Ray resources, as the replay's. Every
+  # label in the program comes from them; a call's episodes are split between them.
+  c.labeller = ml_collections.ConfigDict()
+  c.labeller.nodes = 1
+  c.labeller.num_cpus = 0.5  # A forward pass per episode, on its final observation.
+  c.labeller.num_gpus = 0.0
+  c.labeller.memory_gb = 0.0
+  c.labeller.resources = ""
+
   c.detector = ml_collections.ConfigDict()  # success_detectors.detector.DetectorConfig
   c.detector.threshold = 0.5
   c.detector.torso = (256, 256)

@@ -34,6 +34,43 @@ def test_node_options_follow_the_config():
   placement.check(config)
 
 
+def test_labeller_nodes_label_as_the_detector_and_come_back_when_killed(tmp_path,
+                                                                          ray_session):
+  """Two real LabellerNodes holding a detector: a call's episodes are split between them
+  and labelled exactly as the detector labels them, a replay node labels through them, and
+  a SIGKILLed one is restarted by Ray with the call it owed asked again."""
+  import contextlib
+  from mtopt.program import relabel
+  from mtopt.program.replay_node import RemoteReplay, ReplayNode
+  from success_detectors.detector import SuccessDetector
+  from tests.test_success_detector import FAST, MAX_TASKS, SPEC
+  from tests.test_success_labeller import episodes
+  config = load_config(DEFAULT, ["program.placement=actors", "labeller.nodes=2",
+                                 "labeller.num_cpus=0.25", "replay.num_cpus=0.25",
+                                 f"max_tasks={MAX_TASKS}"])
+  det = SuccessDetector.create(SPEC, MAX_TASKS, FAST)
+  eps = episodes(np.random.default_rng(0), 9)
+  with contextlib.ExitStack() as stack:
+    labeller = placement.make_labeller(config, det, stack)
+    infos = labeller.infos()
+    assert len({i["pid"] for i in infos}) == 2 and infos[0]["resources"]["CPU"] == 0.25
+    np.testing.assert_allclose(labeller(eps), det(eps), atol=1e-6)
+    assert relabel.stamp(labeller) == relabel.stamp(det)  # Relabelling sees the detector.
+    os.kill(infos[1]["pid"], signal.SIGKILL)
+    np.testing.assert_allclose(labeller(eps), det(eps), atol=1e-6)  # Retried once it is back.
+    assert labeller.infos()[1]["pid"] != infos[1]["pid"]
+    handle = ray_session.remote(ReplayNode).options(
+        **placement.node_options(config, "replay")).remote(
+        config.to_dict(), SPEC, str(tmp_path), labeller, [0, 1])
+    replay = RemoteReplay(placement.started(handle, "replay", {}))
+    stack.callback(replay.close)
+    replay.write_many(eps)  # Unlabelled: labelled by the nodes.
+    assert replay.num_episodes() == len(eps)
+  assert placement.make_labeller(load_config(DEFAULT, []), det, contextlib.ExitStack()) is det
+  with pytest.raises(ConfigError, match="labeller.nodes"):
+    placement.check(load_config(DEFAULT, ["program.placement=actors", "labeller.nodes=0"]))
+
+
 def test_replay_node_gets_its_resources_and_restarts_without_losing_or_doubling(
     tmp_path, ray_session):
   """A real ReplayNode: placed with `replay.*` resources; SIGKILLed, it comes back on the
@@ -108,7 +145,7 @@ def _descendant(root: int, name: str):
 @pytest.mark.timeout(1800)  # 294 s alone; its waits allow for a loaded machine.
 def test_train_survives_killed_replay_learner_and_actor_nodes(tmp_path):
   """`mtopt train` with placement=actors; SIGKILL the replay node, then the learner node,
-  then a robot actor and the parameter server. Every acknowledged episode is in the replay
+  then a robot actor, the parameter server and the labeller node. Every acknowledged episode is in the replay
   afterwards, the learner resumed at a checkpoint step, and the run finishes with all its
   evaluations."""
   from mtopt import envs
@@ -118,7 +155,7 @@ def test_train_survives_killed_replay_learner_and_actor_nodes(tmp_path):
   settings = [f"run_dir={run}", *(a.removeprefix("--config.") for a in TINY),
               "train.mode=online", "learner.num_steps=400", "train.eval_every=200",
               "learner.checkpoint_every=40", "program.placement=actors",
-              "replay.num_cpus=0.25", "learner.num_cpus=0.25"]
+              "replay.num_cpus=0.25", "learner.num_cpus=0.25", "labeller.num_cpus=0.25"]
   command = [sys.executable, "-m", "mtopt.cli", "train", "--config", DEFAULT,
              *(f"--config.{s}" for s in settings)]
   out = open(tmp_path / "stdout", "w+")
@@ -146,6 +183,10 @@ def test_train_survives_killed_replay_learner_and_actor_nodes(tmp_path):
     ps.kill()  # Back empty; the learner's next publication refills it.
     _wait_for(lambda: (p := _descendant(proc.pid, "ray::ParameterServer")) is not None
               and p.pid != ps.pid, 300, "the parameter server's restart", proc, out)
+    labeller = _descendant(proc.pid, "ray::LabellerNode")
+    labeller.kill()  # The replay's writes wait on it: Ray retries their labels.
+    _wait_for(lambda: (p := _descendant(proc.pid, "ray::LabellerNode")) is not None
+              and p.pid != labeller.pid, 300, "the labeller node's restart", proc, out)
     assert proc.wait(timeout=900) == 0
   finally:
     if proc.poll() is None:
@@ -154,6 +195,7 @@ def test_train_survives_killed_replay_learner_and_actor_nodes(tmp_path):
   out.seek(0)
   log = out.read()
   assert "the replay node at" in log and "was restarted" in log, log[-3000:]
+  assert "labeller node 0 at" in log, log[-3000:]
   resumed = starts()[1]
   assert "learner node was restarted: it resumed from its checkpoint at step " \
          f"{resumed}" in log.replace("\n", " "), log[-3000:]

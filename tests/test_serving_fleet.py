@@ -47,7 +47,8 @@ def test_train_online_through_the_server(tmp_path, ray_session, placement):
   assert cli.main(["train", "--config", DEFAULT, f"--config.run_dir={run}", *TINY,
                    "--config.train.mode=online", "--config.actors.mode=served",
                    "--config.learner.num_steps=40", f"--config.program.placement={placement}",
-                   "--config.replay.num_cpus=0.25", "--config.learner.num_cpus=0.25"]) == 0
+                   "--config.replay.num_cpus=0.25", "--config.learner.num_cpus=0.25",
+                   "--config.labeller.num_cpus=0.25"]) == 0
   progress = load_progress(run)
   stored = list(journal.iter_records(run))
   assert progress["collected_episodes"] > 0 and len(stored) >= progress["collected_episodes"]

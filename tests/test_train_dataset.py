@@ -48,7 +48,8 @@ def test_train_mt_opt_rlds_config_on_its_mock_data(tmp_path, ray_session, capsys
   # The learner as its own node streams the dataset itself (program.placement=actors).
   placed = tmp_path / "placed"
   assert cli.main(train[:3] + [f"--config.run_dir={placed}"] + train[4:]
-                  + ["--config.program.placement=actors", "--config.learner.num_cpus=0.25"]) == 0
+                  + ["--config.program.placement=actors", "--config.learner.num_cpus=0.25",
+                     "--config.labeller.num_cpus=0.25"]) == 0
   assert json.load(open(placed / "results.json"))["step"] == 4
   assert json.load(open(placed / "learner_node.json")) == [0]
   # A shard cut in half: the run is refused, naming the file; asked to, it skips it.

@@ -5,11 +5,12 @@
                the replays and their batch sampler
   collection   fleets of robot actors: a dataset on disk, or episodes into a replay
   budget       on-policy episodes tied to learner steps (`train.episodes_per_step`)
-  placement    where the replay and the learner run (`program.placement`), their Ray
+  placement    where the replay, labellers and learner run (`program.placement`), their Ray
                resources, and the driver's watch over restarted nodes
   replay_node  the replay as a Ray actor (`placement=actors`), restarted from its log
   learner_node the learner as a Ray actor, restarted from its checkpoint
-  remote_node  the driver's handle on either
+  labeller_node the labeller as Ray actors (`labeller.nodes`), every label the program asks
+  remote_node  the driver's handle on a node
   build        one run's nodes, built from the config
   training_loop  the driver's loop: learner chunks, evaluations, save points, the report
   offline_data the offline dataset of a run and its import into the replay

@@ -33,6 +33,7 @@ def build(config: ConfigDict, prepared, progress: dict, stack: contextlib.ExitSt
   from learners.config import LearnerConfig
   t = config.train
   run_dir, env, registry, ray, labeller, data, spec, source = prepared
+  labeller = placement.make_labeller(config, labeller, stack, log)
   streamed = source is not None and source.stream
   lcfg = LearnerConfig.from_config(config)
   tasks = list(t.tasks) or registry.names
@@ -48,7 +49,8 @@ def build(config: ConfigDict, prepared, progress: dict, stack: contextlib.ExitSt
     dirs = [run_dir] + ([os.path.join(run_dir, "online")] if t.mode == "mixed" else [])
   for d in dirs:
     relabel.ensure_labelled(config, spec, d, labeller, slots, log)  # After `tasks add`.
-  make = lambda: placement.make_replays(config, spec, run_dir, labeller, slots, log)  # noqa: E731
+  make = lambda: placement.make_replays(config, spec, run_dir, labeller, slots, stack,
+                                         log)  # noqa: E731
   if streamed:
     replay, online = None, make()[0] if t.mode == "mixed" else None
   else:
@@ -99,4 +101,4 @@ def build(config: ConfigDict, prepared, progress: dict, stack: contextlib.ExitSt
                       f"newest learner checkpoint at {learner.steps}; checkpoints were removed")
   progress["evaluations"] = [e for e in progress["evaluations"] if e["step"] <= learner.steps]
   return Run(tasks, replays, collector, evaluation, learner, lcfg, budget,
-             placement.Supervisor(replays, learner, log))
+             placement.Supervisor(replays, learner, labeller, log))

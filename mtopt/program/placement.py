@@ -5,7 +5,8 @@ process, as fast as it gets on a laptop. `actors` (a cluster): each replay and t
 is a Ray actor with its config section's resources (`replay.num_cpus`, `replay.memory_gb`,
 `replay.resources`; `learner.num_gpus`, ...), so that Ray puts the replay on a big-memory
 node and the learner on a GPU node, and restarts them when they die (see `replay_node`,
-`learner_node`); the driver then only builds, supervises and reports.
+`learner_node`); `labeller.nodes` labeller nodes label for all of them (`labeller_node`).
+The driver then only builds, supervises and reports.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ def check(config: ConfigDict) -> None:
   where = placement_of(config)
   if where not in PLACEMENTS:
     raise ConfigError(f"program.placement must be one of {PLACEMENTS}, got {where!r}")
-  for section in ("replay", "learner"):
+  for section in ("replay", "learner", "labeller"):
     node_options(config, section)  # Its resources, checked before any work.
+  from mtopt.program.labeller_node import count
+  if where == "actors" and count(config) < 1:
+    raise ConfigError(f"labeller.nodes must be >= 1 with program.placement=actors, got "
+                      f"{count(config)}")
 
 
 def restart_options(config: ConfigDict) -> dict:
@@ -40,7 +45,7 @@ def restart_options(config: ConfigDict) -> dict:
 
 def node_options(config: ConfigDict, section: str) -> dict:
   """Ray actor options of the `section` node: its resources, restarts, retried calls."""
-  s = config[section]
+  s = config.get(section) or {}
   cpus, gpus = float(s.get("num_cpus", 1.0)), float(s.get("num_gpus", 0.0))
   memory_gb = float(s.get("memory_gb", 0.0))
   if cpus < 0 or gpus < 0 or memory_gb < 0:
@@ -74,19 +79,42 @@ def started(handle, what: str, options: dict, log=print, patience_s: float = 60.
   return handle
 
 
-def make_replays(config: ConfigDict, spec, run_dir: str, labeller, slots, log=print):
+def spawn(config: ConfigDict, section: str, cls, stack: contextlib.ExitStack, *args,
+          log=print):
+  """A started `section` node: a Ray actor of `cls` with the section's options, killed when
+  `stack` closes. Its arguments are put in Ray's object store and held until then: Ray
+  rebuilds a restarted node from them, and frees those too large to inline once the first
+  start has them (ray-project/ray#53727: the restart then fails)."""
+  import ray
+  options = node_options(config, section)
+  held = [ray.put(a) for a in args]
+  handle = ray.remote(cls).options(**options).remote(*held)
+  stack.callback(lambda: (ray.kill(handle), held.clear()))  # Also when it never started.
+  return started(handle, section, options, log)
+
+
+def make_labeller(config: ConfigDict, labeller, stack: contextlib.ExitStack, log=print):
+  """The program's labeller: `labeller` itself, or with `actors` a RemoteLabeller over
+  `labeller.nodes` LabellerNode actors holding it (None stays None: labels come with the
+  data)."""
+  if placement_of(config) == "driver" or labeller is None:
+    return labeller
+  from mtopt.program.labeller_node import LabellerNode, RemoteLabeller, count
+  return RemoteLabeller([spawn(config, "labeller", LabellerNode, stack, labeller, log=log)
+                         for _ in range(count(config))], labeller)
+
+
+def make_replays(config: ConfigDict, spec, run_dir: str, labeller, slots,
+                 stack: contextlib.ExitStack, log=print):
   """(replay, online replay or None), as `nodes.make_replays`; with `actors`, RemoteReplays
   of ReplayNode actors."""
   if placement_of(config) == "driver":
     return nodes.make_replays(config, spec, run_dir, labeller, slots)
-  import ray
   from mtopt.program.replay_node import RemoteReplay, ReplayNode
   fraction = nodes.online_fraction(config)
-  options = node_options(config, "replay")
-  cls = ray.remote(ReplayNode).options(**options)
   dirs = [run_dir] + ([os.path.join(run_dir, "online")] if fraction else [])
-  made = [RemoteReplay(started(cls.remote(config.to_dict(), spec, d, labeller, list(slots)),
-                               "replay", options, log)) for d in dirs]
+  made = [RemoteReplay(spawn(config, "replay", ReplayNode, stack, config.to_dict(), spec, d,
+                             labeller, list(slots), log=log)) for d in dirs]
   return made[0], (made[1] if fraction else None)
 
 
@@ -96,13 +124,10 @@ def make_learner(config: ConfigDict, spec, registry, lcfg, run_dir: str, ps,
   (batches streamed from a dataset) in place of `replay`; publishes to `ps`. With `actors`,
   a RemoteLearner of a LearnerNode actor."""
   if placement_of(config) == "actors":
-    import ray
     from mtopt.program.learner_node import LearnerNode, RemoteLearner
-    options = node_options(config, "learner")
-    handle = ray.remote(LearnerNode).options(**options).remote(
-        config.to_dict(), spec, registry.max_tasks, run_dir, ps, replay, online, disk)
-    stack.callback(ray.kill, handle)  # Also when it never started.
-    learner = RemoteLearner(started(handle, "learner", options, log))
+    learner = RemoteLearner(spawn(config, "learner", LearnerNode, stack, config.to_dict(),
+                                  spec, registry.max_tasks, run_dir, ps, replay, online, disk,
+                                  log=log))
     stack.callback(learner.close)
     return learner
   from learners.learner import Learner
@@ -120,14 +145,21 @@ class Supervisor:
   """The driver's watch over the nodes Ray restarts (`actors` placement): after each
   learner chunk it reports a node that came back, and from where; Ray did the restart."""
 
-  def __init__(self, replays, learner, log=print):
+  def __init__(self, replays, learner, labeller=None, log=print):
+    from mtopt.program.labeller_node import RemoteLabeller
     from mtopt.program.learner_node import RemoteLearner
     from mtopt.program.replay_node import RemoteReplay
     self._replays = [r for r in replays if isinstance(r, RemoteReplay)]
     self._learner = learner if isinstance(learner, RemoteLearner) else None
+    self._labeller = labeller if isinstance(labeller, RemoteLabeller) else None
     self._log = log
     infos = [r.info() for r in self._replays]
     self._starts = [i["starts"] for i in infos]
+    self._labeller_pids = []
+    if self._labeller is not None:
+      for i in self._labeller.infos():
+        self._labeller_pids.append(i["pid"])
+        log(f"labeller node: {i['address']} (pid {i['pid']}) with {i['resources']}")
     self._learner_starts = len(self._learner.resumed_from()) if self._learner else 0
     for i in infos:
       log(f"replay node: {i['address']} (pid {i['pid']}) with {i['resources']}")
@@ -143,6 +175,12 @@ class Supervisor:
         self._starts[i] = info["starts"]
         self._log(f"the replay node at {info['address']} was restarted (pid {info['pid']}): "
                   f"{r.acknowledged()} acknowledged episodes, from its checkpoint and log")
+    if self._labeller is not None:
+      for i, info in enumerate(self._labeller.infos()):
+        if info["pid"] != self._labeller_pids[i]:
+          self._labeller_pids[i] = info["pid"]
+          self._log(f"labeller node {i} at {info['address']} was restarted (pid "
+                    f"{info['pid']}); the labels it owed were asked again")
     if self._learner is not None:
       starts = self._learner.resumed_from()
       if len(starts) != self._learner_starts:

@@ -21,7 +21,7 @@ RESUMABLE = ("run_dir", "learner.num_steps", "learner.log_every", "learner.check
              "train.skip_bad_episodes", "eval.", "actors.num_actors", "actors.num_cpus",
              "actors.new_task_share", "review.",
              # Where the nodes run (`program.placement`): a run may move between machines.
-             "program.", "replay.num_cpus", "replay.memory_gb", "replay.resources",
+             "program.", "labeller.", "replay.num_cpus", "replay.memory_gb", "replay.resources",
              "learner.num_cpus", "learner.num_gpus", "learner.memory_gb", "learner.resources")
 
 
