@@ -106,10 +106,12 @@ def cem_best_actions(network: networks.QNetwork, params: Params, observation: di
                      task: jax.Array, key: jax.Array, minimum, maximum,
                      cem: CEMConfig) -> tuple[jax.Array, jax.Array]:
   """argmax_a Q(s, a, task) by CEM: (actions [B, A], logits [B]). Encodes s only once."""
-  features = networks.encode(network, params, observation, task)
   prior = None
   if network.config.behaviour_sizes:
-    prior = networks.behaviour_actions(network, params, observation, task, minimum, maximum)
+    features, prior = networks.encode_with_behaviour(network, params, observation, task,
+                                                     minimum, maximum)
+  else:
+    features = networks.encode(network, params, observation, task)
   return cem_maximize(functools.partial(_score_actions, network), key, task.shape[0],
                       minimum, maximum, score_args=(params, features),
                       num_samples=cem.num_samples, num_elites=cem.num_elites,
@@ -168,7 +170,12 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
       negatives = negatives.at[..., d].set(jnp.where(stop, maximum[d], minimum[d]))
 
   def loss_fn(params):
-    features = networks.encode(network, params, batch.observation, batch.task)
+    imitate = network.config.behaviour_sizes and batch.outcome is not None
+    if imitate:
+      features, predicted = networks.encode_with_behaviour(
+          network, params, batch.observation, batch.task, minimum, maximum)
+    else:
+      features = networks.encode(network, params, batch.observation, batch.task)
     logits = networks.head_logits(network, params, features, batch.action)
     loss = optax.sigmoid_binary_cross_entropy(logits, targets).mean()
     if config.shared_head_at_terminations and isinstance(features, tuple):
@@ -179,10 +186,8 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
       stopped = (batch.action[:, network.terminate_dim] > 0).astype(jnp.float32)
       loss = loss + (stopped * optax.sigmoid_binary_cross_entropy(shared, targets)).mean()
     negative_q = jnp.zeros(())
-    if network.config.behaviour_sizes and batch.outcome is not None:
+    if imitate:
       # Success-filtered behaviour cloning: the head CEM searches around (module docstring).
-      predicted = networks.behaviour_actions(network, params, batch.observation, batch.task,
-                                             minimum, maximum)
       err = jnp.square(predicted - batch.action).mean(axis=-1)
       loss = loss + (err * batch.outcome).sum() / jnp.maximum(batch.outcome.sum(), 1.0)
     if config.state_label_weight and network.terminate_dim is not None and \

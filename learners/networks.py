@@ -186,6 +186,17 @@ class QNetwork(nn.Module):
 
   def torso(self, observation: dict, task: jax.Array):
     """Per-state features: [B, merge_width] ("split") or the gathered inputs ("whole")."""
+    return self._torso(observation, task)[0]
+
+  def torso_and_behaviour(self, observation: dict, task: jax.Array):
+    """(`torso`, `behaviour`) with the image encoded once for both (split)."""
+    if self.config.architecture == "whole":
+      return self.torso(observation, task), self.behaviour(observation, task)
+    features, vector, image = self._torso(observation, task)
+    return features, self._behaviour_of(vector, image)
+
+  def _torso(self, observation: dict, task: jax.Array):
+    """(features, the state vectors and task embedding, [image features] if encoded)."""
     embedding = self._embed_task(task)
     vector = jnp.concatenate([*self._vector(observation), embedding], axis=-1)
     if self.config.architecture == "whole":
@@ -195,7 +206,7 @@ class QNetwork(nn.Module):
       # Only a terminate head needs the image encoded once per state here.
       image = [self.image_encoder(observation[IMAGE_KEY])] \
           if self.has_image and self._has_terminate_head else []
-      return self._with_terminate(features, vector, image)
+      return self._with_terminate(features, vector, image), vector, image
     parts = [vector]
     if self.has_image:
       parts.append(self.image_encoder(observation[IMAGE_KEY]))
@@ -203,7 +214,7 @@ class QNetwork(nn.Module):
     for layer in self.torso_layers:
       x = nn.relu(layer(x))
     features = self.merge_observation(x)  # Pre-activation: the head adds the action's half.
-    return self._with_terminate(features, vector, parts[1:])
+    return self._with_terminate(features, vector, parts[1:]), vector, parts[1:]
 
   def _with_terminate(self, features, vector, image_parts):
     """(features, Q(s, terminate) logit [B]) where the network has a terminate head.
@@ -252,10 +263,12 @@ class QNetwork(nn.Module):
   def behaviour(self, observation: dict, task: jax.Array) -> jax.Array:
     """The behaviour head's action in [-1, 1]^A (tanh; `learning` maps it to the bounds):
     its own MLP over the state vectors and the task embedding (and the image features)."""
-    parts = [*self._vector(observation), self._embed_task(task)]
-    if self.has_image:
-      parts.append(self.image_encoder(observation[IMAGE_KEY]))
-    x = jnp.concatenate(parts, axis=-1)
+    vector = jnp.concatenate([*self._vector(observation), self._embed_task(task)], axis=-1)
+    image = [self.image_encoder(observation[IMAGE_KEY])] if self.has_image else []
+    return self._behaviour_of(vector, image)
+
+  def _behaviour_of(self, vector: jax.Array, image: list) -> jax.Array:
+    x = jnp.concatenate([vector, *image], axis=-1)
     for layer in self.behaviour_layers:
       x = nn.relu(layer(x))
     return jnp.tanh(self.behaviour_output(x))
@@ -304,11 +317,13 @@ def encode(network: QNetwork, params, observation: dict, task):
   return network.apply(params, observation, task, method=QNetwork.torso)
 
 
-def behaviour_actions(network: QNetwork, params, observation: dict, task, minimum,
-                      maximum) -> jax.Array:
-  """The behaviour head's actions [B, A] within [minimum, maximum]."""
-  unit = network.apply(params, observation, task, method=QNetwork.behaviour)
-  return minimum + (unit + 1.0) * 0.5 * (maximum - minimum)
+def encode_with_behaviour(network: QNetwork, params, observation: dict, task, minimum,
+                          maximum):
+  """(`encode`, the behaviour head's actions [B, A] within [minimum, maximum]), in one pass
+  over the observation: the image is encoded once for both."""
+  features, unit = network.apply(params, observation, task,
+                                 method=QNetwork.torso_and_behaviour)
+  return features, minimum + (unit + 1.0) * 0.5 * (maximum - minimum)
 
 
 def head_logits(network: QNetwork, params, features, action) -> jax.Array:

@@ -47,8 +47,9 @@ def test_pulled_policy_random_until_published_then_cem(ray_session):
   # Greedy CEM, not random: around the behaviour head's action (its first sample) it
   # finds actions scored at least as high as that one.
   one = {k: v[None] for k, v in obs.items()}
-  prior = np.asarray(networks.behaviour_actions(net, state.params, one, np.array([3]),
-                                                spec.action.minimum, spec.action.maximum))
+  prior = np.asarray(networks.encode_with_behaviour(net, state.params, one, np.array([3]),
+                                                    spec.action.minimum,
+                                                    spec.action.maximum)[1])
   assert lcfg.network.behaviour_sizes
   assert q(chosen).min() >= q(prior)[0] - 1e-5
 

@@ -222,8 +222,9 @@ def test_behaviour_head_imitates_only_successful_rows(rng):
     state, _ = update(state, b._replace(action=action, outcome=outcome,
                                         steps_after=np.ones(32, np.float32)))
   obs = {"state": np.eye(mdp.N, dtype=np.float32)}
-  pi = np.asarray(networks.behaviour_actions(net, state.params, obs, np.zeros(mdp.N, np.int32),
-                                             spec.action.minimum, spec.action.maximum))
+  pi = np.asarray(networks.encode_with_behaviour(net, state.params, obs,
+                                                 np.zeros(mdp.N, np.int32), spec.action.minimum,
+                                                 spec.action.maximum)[1])
   assert np.all(pi > 0.5), pi
   # CEM for targets and acting starts from it: with a narrow prior the action stays near.
   a, _ = learning.cem_best_actions(net, state.params, obs, np.zeros(mdp.N, np.int32),

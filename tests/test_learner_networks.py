@@ -42,6 +42,26 @@ def test_per_sample_head_matches_full_network(rng, spec, architecture):
     np.testing.assert_allclose(per_sample[:, n], full, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("spec", [STATE_SPEC, IMAGE_SPEC], ids=["state", "image"])
+@pytest.mark.parametrize("architecture", ["split", "whole"])
+def test_features_and_behaviour_in_one_pass_match_each_alone(rng, spec, architecture):
+  """`encode_with_behaviour` (the image encoded once) gives `encode` and the behaviour head
+  as each computes them alone, terminate head included."""
+  spec = EnvSpec(spec.observation, BoundedArraySpec((4,), np.float32, "action", -1.0, 1.0),
+                 10, terminate_dim=3)
+  net = networks.make_q_network(spec, 8, NetworkConfig(
+      architecture=architecture, behaviour_sizes=(8,), terminate_sizes=(8,), **SMALL))
+  params = networks.init_params(net, spec, jax.random.PRNGKey(0))
+  obs, task = _inputs(spec, rng, 5)
+  low, high = np.full(4, -2.0, np.float32), np.full(4, 2.0, np.float32)
+  features, actions = networks.encode_with_behaviour(net, params, obs, task, low, high)
+  alone = net.apply(params, obs, task, method=networks.QNetwork.behaviour)
+  np.testing.assert_allclose(actions, low + (alone + 1.0) * 0.5 * (high - low), atol=1e-6)
+  for got, want in zip(jax.tree.leaves(features),
+                       jax.tree.leaves(networks.encode(net, params, obs, task))):
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_task_slot_conditions_q(rng):
   net = networks.make_q_network(STATE_SPEC, 8, NetworkConfig(**SMALL))
   params = networks.init_params(net, STATE_SPEC, jax.random.PRNGKey(0))
