@@ -99,6 +99,48 @@ def test_replay_node_gets_its_resources_and_restarts_without_losing_or_doubling(
     replay.close()
 
 
+@pytest.mark.timeout(300)  # 20 s; without following, it would wait forever.
+def test_the_learner_nodes_batches_follow_a_replay_node_that_moved(tmp_path, ray_session):
+  """A real ReplayNode is SIGKILLed and its port taken, so Ray restarts it elsewhere (as on
+  another machine). Reverb alone would wait on the old address forever; the learner node's
+  batches ask where the replay is now and go on from there."""
+  import socket
+  import time
+  from mtopt.program.learner_node import FollowedReplays
+  from mtopt.program.replay_node import RemoteReplay, ReplayNode
+  from tests.test_replay_helpers import MAX_TASKS, SPEC, random_episodes
+  config = load_config(DEFAULT, ["program.placement=actors", "replay.num_cpus=0.25",
+                                 f"max_tasks={MAX_TASKS}", "replay.min_size=1"])
+  options = placement.node_options(config, "replay")
+  handle = ray_session.remote(ReplayNode).options(**options).remote(
+      config.to_dict(), SPEC, str(tmp_path), None, [0, 1])
+  replay = RemoteReplay(placement.started(handle, "replay", options))
+  replay.write_many(random_episodes(np.random.default_rng(0), 8, [0, 1], p_success=0.5))
+  batches = FollowedReplays(lambda: [replay.address()],
+                            lambda _: replay.client(config).sampler(4), check_seconds=0.5)
+  taken = socket.socket()
+  try:
+    next(batches)
+    info = replay.info()
+    os.kill(info["pid"], signal.SIGKILL)
+    while os.path.exists(f"/proc/{info['pid']}"):
+      time.sleep(0.01)
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # Past TIME_WAIT.
+    taken.bind(("", int(info["address"].rsplit(":", 1)[1])))
+    taken.listen()
+    deadline = time.monotonic() + 120
+    while batches.rebuilds < 2 and time.monotonic() < deadline:
+      next(batches)  # What the old sampler had fetched comes first.
+    assert batches.rebuilds == 2 and replay.address() != info["address"]
+    assert next(batches).observation["state"].shape == (4, 4)
+    batches.follow()
+    assert batches.rebuilds == 2  # Not moved again: nothing rebuilt.
+  finally:
+    taken.close()
+    batches.close()
+    replay.close()
+
+
 def test_replay_node_imports_a_dataset_itself(ray_session, tmp_path):
   """The offline import runs in the node (the episodes do not cross the driver), and a
   repeated import resumes after what the node acknowledged."""

@@ -11,13 +11,101 @@ checkpoint, and the call that was running is retried. Calls name the step to rea
 from __future__ import annotations
 
 import json
+import logging
 import os
+import queue
+import threading
 
 from mtopt.config import ConfigDict
 from mtopt.program import nodes
 from mtopt.program.remote_node import RemoteNode, assigned_resources
 
 NODE_FILE = "learner_node.json"  # [the step each start resumed from, ...]
+CHECK_REPLAYS_SECONDS = 10.0  # A read this long asks whether the replay nodes have moved.
+
+log = logging.getLogger(__name__)
+
+
+class FollowedReplays:
+  """Batches from `build(addresses)`, the sampler for the replay nodes' addresses now
+  (`addresses()`), rebuilt when they change.
+
+  Reverb retries a server that is gone forever, with no error, so a replay node restarted
+  at another address (another machine, or its port taken) would stall the learner. So the
+  sampler is read on a reader thread (one batch ahead), and a wait of over `check_seconds`
+  asks where the nodes are; where they moved, the sampler is rebuilt. The old reader stays
+  blocked on the dead address (a tf.data read cannot be cancelled from another thread): a
+  daemon thread, holding nothing the run needs.
+  """
+
+  def __init__(self, addresses, build, check_seconds: float = CHECK_REPLAYS_SECONDS):
+    self._addresses_fn, self._build, self._check = addresses, build, float(check_seconds)
+    self._sampler, self._addresses, self._reader = None, None, None
+    self.rebuilds = 0
+    self.follow()
+
+  def follow(self) -> bool:
+    """Rebuilds the sampler if the nodes listen elsewhere now; whether it did."""
+    addresses = self._addresses_fn()
+    if addresses == self._addresses:
+      return False
+    if self._sampler is not None:
+      log.warning("replay nodes moved from %s to %s: sampling from there", self._addresses,
+                  addresses)
+      self.close()
+    self._sampler, self._addresses = self._build(addresses), addresses
+    self._reader = _Reader(self._sampler)
+    self.rebuilds += 1
+    return True
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    while True:
+      self._reader.start()  # Reads from the first call on (a new one after a rebuild).
+      try:
+        ok, value = self._reader.answers.get(timeout=self._check)
+      except queue.Empty:
+        self.follow()  # Waits on Ray while a node restarts; the same read goes on if not moved.
+        continue
+      if not ok:
+        raise value
+      return value
+
+  def close(self) -> None:
+    if self._reader is not None:
+      self._reader.stop.set()
+    if self._sampler is not None:
+      self._sampler.close()
+
+
+class _Reader:
+  """A daemon thread that, once started (at the first read: the sampler's wait for data
+  starts there), reads `sampler` one batch ahead into `answers`: (True, batch) or (False,
+  the error its read raised, raised in the learner's thread)."""
+
+  def __init__(self, sampler):
+    self.answers, self.stop = queue.Queue(maxsize=1), threading.Event()
+    self._thread = threading.Thread(target=self._run, args=(sampler,), name="replay-read",
+                                    daemon=True)
+
+  def start(self) -> None:
+    if self._thread.ident is None:
+      self._thread.start()
+
+  def _run(self, sampler) -> None:
+    while not self.stop.is_set():
+      try:
+        answer = (True, next(sampler))
+      except BaseException as e:
+        answer = (False, e)
+      while not self.stop.is_set():
+        try:
+          self.answers.put(answer, timeout=0.5)
+          break
+        except queue.Full:
+          continue
 
 
 class LearnerNode:
@@ -31,11 +119,10 @@ class LearnerNode:
     from learners.learner import Learner
     self._config = ConfigDict(config)
     self._replay, self._online, self._disk = replay, online, disk
-    self._sampler, self._addresses = None, None
-    self._follow_replays()
+    self._sampler = FollowedReplays(self._replay_addresses, self._make_sampler)
     lcfg = LearnerConfig.from_config(self._config)
     from mtopt.program.nodes import state_labeller_for_run
-    self.learner = Learner(spec, max_tasks, lcfg, self._batches(), run_dir=run_dir,
+    self.learner = Learner(spec, max_tasks, lcfg, self._sampler, run_dir=run_dir,
                            seed=int(self._config.seed),
                            publish=lambda params, step: ps.publish.remote(params, step),
                            state_labeller=state_labeller_for_run(self._config, None, run_dir))
@@ -46,27 +133,21 @@ class LearnerNode:
       json.dump(self.starts, f)
     os.replace(path + ".tmp", path)
 
-  def _follow_replays(self) -> None:
-    """(Re)builds the sampler when a replay node is new or listens elsewhere (restarted on
-    another machine); a node restarted in place is reconnected to by Reverb itself."""
-    addresses = [r.address() for r in (self._replay, self._online) if r is not None]
-    if addresses == self._addresses:
-      return
-    if self._sampler is not None:
-      self._sampler.close()
+  def _replay_addresses(self) -> list[str]:
+    return [r.address() for r in (self._replay, self._online) if r is not None]
+
+  def _make_sampler(self, addresses):
+    """A sampler over the replay nodes (the node restarted in place is reconnected to by
+    Reverb itself; `FollowedReplays` rebuilds this one where a node moved)."""
+    del addresses  # Each `client` asks its node again.
     replay, online = (r.client(self._config) if r is not None else None
                       for r in (self._replay, self._online))
-    self._sampler = nodes.make_sampler(self._config, int(self._config.learner.batch_size),
-                                       replay, online, offline=self._disk)
-    self._addresses = addresses
-
-  def _batches(self):
-    while True:  # The sampler now, also after `_follow_replays` replaced it.
-      yield next(self._sampler)
+    return nodes.make_sampler(self._config, int(self._config.learner.batch_size),
+                              replay, online, offline=self._disk)
 
   def run_to(self, step: int) -> dict:
     """Trains until `step` (nothing if already there); the last update's metrics."""
-    self._follow_replays()
+    self._sampler.follow()
     n = int(step) - self.learner.steps
     return self.learner.run(n) if n > 0 else {}
 
@@ -92,8 +173,7 @@ class LearnerNode:
     return self.learner.get_params()
 
   def close(self) -> None:
-    if self._sampler is not None:
-      self._sampler.close()
+    self._sampler.close()
     self.learner.close()
 
 
