@@ -10,6 +10,7 @@ checkpoint, and the call that was running is retried. Calls name the step to rea
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -32,15 +33,20 @@ class FollowedReplays:
 
   Reverb retries a server that is gone forever, with no error, so a replay node restarted
   at another address (another machine, or its port taken) would stall the learner. So the
-  sampler is read on a reader thread (one batch ahead), and a wait of over `check_seconds`
-  asks where the nodes are; where they moved, the sampler is rebuilt. The old reader stays
-  blocked on the dead address (a tf.data read cannot be cancelled from another thread): a
-  daemon thread, holding nothing the run needs.
+  sampler is read on a reader thread, `chunk` batches per ask, and a wait of over
+  `check_seconds` asks where the nodes are; where they moved, the sampler is rebuilt and
+  the read asked of the new one. The old reader stays blocked on the dead address (a
+  tf.data read cannot be cancelled from another thread): a daemon thread holding nothing
+  the run needs. Reads happen only while the learner waits for them, and in chunks: on a
+  loaded machine each hand-over between threads waits for the scheduler.
   """
 
-  def __init__(self, addresses, build, check_seconds: float = CHECK_REPLAYS_SECONDS):
+  def __init__(self, addresses, build, check_seconds: float = CHECK_REPLAYS_SECONDS,
+               chunk: int = 8):
     self._addresses_fn, self._build, self._check = addresses, build, float(check_seconds)
-    self._sampler, self._addresses, self._reader = None, None, None
+    self._chunk = int(chunk)
+    self._sampler, self._addresses, self._reader, self._asked = None, None, None, False
+    self._ready, self._error = collections.deque(), None
     self.rebuilds = 0
     self.follow()
 
@@ -54,7 +60,8 @@ class FollowedReplays:
                   addresses)
       self.close()
     self._sampler, self._addresses = self._build(addresses), addresses
-    self._reader = _Reader(self._sampler)
+    self._reader, self._asked = _Reader(self._sampler), False
+    self._ready.clear()  # Fetched from where the nodes were.
     self.rebuilds += 1
     return True
 
@@ -62,50 +69,46 @@ class FollowedReplays:
     return self
 
   def __next__(self):
-    while True:
-      self._reader.start()  # Reads from the first call on (a new one after a rebuild).
+    while not self._ready:
+      if self._error is not None:
+        error, self._error = self._error, None
+        raise error
+      if not self._asked:
+        self._reader.asks.put(self._chunk)
+        self._asked = True
       try:
-        ok, value = self._reader.answers.get(timeout=self._check)
+        batches, self._error = self._reader.answers.get(timeout=self._check)
       except queue.Empty:
         self.follow()  # Waits on Ray while a node restarts; the same read goes on if not moved.
         continue
-      if not ok:
-        raise value
-      return value
+      self._asked = False
+      self._ready.extend(batches)
+    return self._ready.popleft()
 
   def close(self) -> None:
     if self._reader is not None:
-      self._reader.stop.set()
+      self._reader.asks.put(0)  # Ends it once its read (if any) returns.
     if self._sampler is not None:
       self._sampler.close()
 
 
 class _Reader:
-  """A daemon thread that, once started (at the first read: the sampler's wait for data
-  starts there), reads `sampler` one batch ahead into `answers`: (True, batch) or (False,
-  the error its read raised, raised in the learner's thread)."""
+  """A daemon thread that answers an ask for n batches with (the sampler's next batches,
+  None), or with (those read, the error the next read raised)."""
 
   def __init__(self, sampler):
-    self.answers, self.stop = queue.Queue(maxsize=1), threading.Event()
-    self._thread = threading.Thread(target=self._run, args=(sampler,), name="replay-read",
-                                    daemon=True)
-
-  def start(self) -> None:
-    if self._thread.ident is None:
-      self._thread.start()
+    self.asks, self.answers = queue.SimpleQueue(), queue.SimpleQueue()
+    threading.Thread(target=self._run, args=(sampler,), name="replay-read", daemon=True).start()
 
   def _run(self, sampler) -> None:
-    while not self.stop.is_set():
+    while n := self.asks.get():
+      batches = []
       try:
-        answer = (True, next(sampler))
+        for _ in range(n):
+          batches.append(next(sampler))
+        self.answers.put((batches, None))
       except BaseException as e:
-        answer = (False, e)
-      while not self.stop.is_set():
-        try:
-          self.answers.put(answer, timeout=0.5)
-          break
-        except queue.Full:
-          continue
+        self.answers.put((batches, e))
 
 
 class LearnerNode:
