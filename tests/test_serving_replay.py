@@ -51,7 +51,8 @@ def test_uploads_are_labelled_by_the_runs_detector_and_written_to_the_replay_onc
 def test_served_fleet_uploads_survive_a_resume_through_the_replays_log(tmp_path):
   """As `actors.mode=served` runs it: the server writes uploads to the training replay (a
   logged one, not refilled from the journal). After a stop without any replay checkpoint,
-  the reopened replay holds every acknowledged upload once, and retries stay duplicates."""
+  the reopened replay holds every acknowledged upload once, and retries stay duplicates.
+  Uploads are labelled by the labeller the program gives the server (its labeller nodes)."""
   from replay.reverb_replay import ReverbReplay
   from mtopt.serving.server import PolicyServer, ServerConfig
   from mtopt.serving import auth
@@ -62,9 +63,13 @@ def test_served_fleet_uploads_survive_a_resume_through_the_replays_log(tmp_path)
   rng = np.random.default_rng(0)
   eps = [episode(rng) for _ in range(5)]
 
+  def program_labeller(episodes):
+    return np.full((len(episodes), config.max_tasks), 0.25, np.float32)
+
   def serve(replay):
     return PolicyServer(run, ServerConfig(port=0, replay=False, warm_up=False),
-                        log=lambda *a: None, replay=replay, refill_replay=False).start()
+                        log=lambda *a: None, replay=replay, refill_replay=False,
+                        labeller=program_labeller).start()
 
   def upload(server, indices):
     from mtopt.robot_client import RobotClient
@@ -86,6 +91,7 @@ def test_served_fleet_uploads_survive_a_resume_through_the_replays_log(tmp_path)
     server.stop()
     assert [r["duplicate"] for r in replies] == [True, False]
     assert replay.num_episodes() == 5
+    assert all(np.all(ep.labels == 0.25) for ep in replay.episodes())
   finally:
     replay.close()
 

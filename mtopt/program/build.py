@@ -93,7 +93,8 @@ def build(config: ConfigDict, prepared, progress: dict, stack: contextlib.ExitSt
                                    replay, online, disk, log)
   if t.mode in ("online", "mixed") and served:
     from mtopt.serving.fleet_mode import ServedFleet
-    fleet = ServedFleet(ray, config, registry, tasks, learner, online or replay, log)
+    fleet = ServedFleet(ray, config, registry, tasks, learner, online or replay, labeller,
+                        log)
     stack.callback(fleet.shutdown)
     collector = fleet.collector
   if learner.steps < progress["step"]:

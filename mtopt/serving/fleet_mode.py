@@ -3,7 +3,8 @@
 Instead of pulling params from the parameter server and handing episodes to the driver,
 the online robot actors act through `mtopt serve` (a PolicyServer in the driver, on a
 loopback port) with `mtopt.robot_client`, and upload every finished episode to it; the
-server labels them and writes them to the training replay, as it would for real robots.
+server labels them (with the program's labeller: with `program.placement=actors`, its
+labeller nodes) and writes them to the training replay, as it would for real robots.
 The server follows the learner's checkpoints, so robots act with the params of the last
 evaluation (`train.eval_every`), not the last publication.
 """
@@ -27,9 +28,10 @@ class ServedFleet:
     ray, config, registry, tasks: as in `mtopt.launch.train`.
     learner: saved once first if the run has no checkpoint, so the server has a policy.
     replay: where uploads are written (the run's online replay, or its only one).
+    labeller: the program's labeller, which labels the uploads.
   """
 
-  def __init__(self, ray, config, registry, tasks, learner, replay, log=print):
+  def __init__(self, ray, config, registry, tasks, learner, replay, labeller, log=print):
     from actors.fleet import Fleet
     from actors.served_policy import ServedPolicy, UploadSink
     run_dir = os.path.abspath(config.run_dir)
@@ -37,7 +39,7 @@ class ServedFleet:
       learner.save()
     token = auth.add_robot(run_dir, ROBOT)
     self.server = PolicyServer(run_dir, ServerConfig(port=0, replay=False), log=log,
-                               replay=replay, refill_replay=False).start()
+                               replay=replay, refill_replay=False, labeller=labeller).start()
     t, a = config.train, config.actors
     policy = ServedPolicy(self.server.url, ROBOT, token, seed=config.seed)
     kwargs = nodes.actor_kwargs(config, registry, policy, tasks,

@@ -35,15 +35,18 @@ class RequestError(ValueError):
   """A request is malformed; the message is sent back to the robot."""
 
 
-def make_ingest(source, config: ServerConfig, replay=None, refill: bool = True, log=print):
+def make_ingest(source, config: ServerConfig, replay=None, refill: bool = True, log=print,
+                labeller=None):
   """(replay, EpisodeIngest) for a run's uploads: into `replay`, or (config.replay) a new
-  in-process Reverb replay, or the journal only."""
+  in-process Reverb replay, or the journal only; labelled by `labeller`, else the run's
+  (`ingest.run_labeller`)."""
   if config.replay and replay is None:
     from replay.reverb_replay import ReverbReplay
     replay = ReverbReplay.from_config(source.config, source.spec, slots=source.registry.slots)
   store = ingest.EpisodeIngest(source.run_dir, source.spec, source.tasks,
                                source.registry.max_tasks, replay,
-                               ingest.run_labeller(source.run_dir, source.config), refill=refill)
+                               labeller or ingest.run_labeller(source.run_dir, source.config),
+                               refill=refill)
   if store.num_restored:
     log(f"serve: {store.num_restored} uploaded episodes restored from the journal")
   return replay, store
@@ -54,10 +57,11 @@ class PolicyServer:
   `serve_forever()` in the calling one (the CLI)."""
 
   def __init__(self, run_dir: str, config: ServerConfig = ServerConfig(), log=print,
-               replay=None, refill_replay: bool = True):
+               replay=None, refill_replay: bool = True, labeller=None):
     """`replay`: write uploads to this replay (e.g. a training run's) instead of one of its
     own; `refill_replay=False` when that replay restores its own checkpoint (the journal
-    would otherwise add what it already holds)."""
+    would otherwise add what it already holds). `labeller`: labels uploads in place of the
+    run's detector (a training program's labeller: its labeller nodes)."""
     self.config, self._log = config, log
     self.source = policy_source.RunPolicy(run_dir)
     self.run_dir = self.source.run_dir
@@ -69,7 +73,8 @@ class PolicyServer:
     self._connections: set = set()
     self.replay, self.ingest, self._own_replay = replay, None, replay is None
     if config.uploads:
-      self.replay, self.ingest = make_ingest(self.source, config, replay, refill_replay, log)
+      self.replay, self.ingest = make_ingest(self.source, config, replay, refill_replay, log,
+                                             labeller)
     # Where uploads go (in the upload worker thread): this server's ingest, or (a Ray Serve
     # replica, `ray_serve.py`) a forwarder to the one ingest of the run; None: refused.
     self.store_uploads = self.ingest.store if self.ingest is not None else None
