@@ -61,7 +61,8 @@ class FollowedReplays:
       self.close()
     self._sampler, self._addresses = self._build(addresses), addresses
     self._reader, self._asked = _Reader(self._sampler), False
-    self._ready.clear()  # Fetched from where the nodes were.
+    self._ready.clear()  # Fetched from where the nodes were, as is an error from there.
+    self._error = None
     self.rebuilds += 1
     return True
 
