@@ -99,6 +99,21 @@ def test_replay_node_gets_its_resources_and_restarts_without_losing_or_doubling(
     replay.close()
 
 
+def test_followed_batches_keep_the_samplers_order_and_errors():
+  """Read in chunks on a thread, the batches come in the sampler's order, and its error is
+  raised in the caller's thread after the batches read before it."""
+  from mtopt.program.learner_node import FollowedReplays
+
+  def sampler():
+    yield from range(11)
+    raise TimeoutError("no data")
+  batches = FollowedReplays(lambda: ["a:1"], lambda _: sampler(), chunk=4)
+  assert [next(batches) for _ in range(11)] == list(range(11))
+  with pytest.raises(TimeoutError, match="no data"):
+    next(batches)
+  batches.close()
+
+
 @pytest.mark.timeout(300)  # 20 s; without following, it would wait forever.
 def test_the_learner_nodes_batches_follow_a_replay_node_that_moved(tmp_path, ray_session):
   """A real ReplayNode is SIGKILLed and its port taken, so Ray restarts it elsewhere (as on
