@@ -140,11 +140,11 @@ class LearnerNode:
   def _replay_addresses(self) -> list[str]:
     return [r.address() for r in (self._replay, self._online) if r is not None]
 
-  def _make_sampler(self, addresses):
-    """A sampler over the replay nodes (the node restarted in place is reconnected to by
-    Reverb itself; `FollowedReplays` rebuilds this one where a node moved)."""
-    del addresses  # Each `client` asks its node again.
-    replay, online = (r.client(self._config) if r is not None else None
+  def _make_sampler(self, addresses: list[str]):
+    """A sampler over the replay nodes at `addresses` (a node restarted in place is
+    reconnected to by Reverb itself; `FollowedReplays` rebuilds this one where one moved)."""
+    where = iter(addresses)  # In `_replay_addresses`' order: replay, then online.
+    replay, online = (r.client(self._config, next(where)) if r is not None else None
                       for r in (self._replay, self._online))
     return nodes.make_sampler(self._config, int(self._config.learner.batch_size),
                               replay, online, offline=self._disk)

@@ -139,8 +139,9 @@ class RemoteReplay(RemoteNode):
   def address(self) -> str:
     return self._call("address")
 
-  def client(self, config: ConfigDict):
-    """A replay client at the node's address now (for samplers; no writes)."""
+  def client(self, config: ConfigDict, address: str | None = None):
+    """A replay client at `address`, default the node's address now (for samplers; no
+    writes)."""
     from replay.reverb_replay import ReverbReplay
-    return ReverbReplay.from_config(config, self.spec, address=self.address(),
+    return ReverbReplay.from_config(config, self.spec, address=address or self.address(),
                                     slots=self.slots)

@@ -45,8 +45,8 @@ def make_ingest(source, config: ServerConfig, replay=None, refill: bool = True, 
     replay = ReverbReplay.from_config(source.config, source.spec, slots=source.registry.slots)
   store = ingest.EpisodeIngest(source.run_dir, source.spec, source.tasks,
                                source.registry.max_tasks, replay,
-                               labeller or ingest.run_labeller(source.run_dir, source.config),
-                               refill=refill)
+                               ingest.run_labeller(source.run_dir, source.config)
+                               if labeller is None else labeller, refill=refill)
   if store.num_restored:
     log(f"serve: {store.num_restored} uploaded episodes restored from the journal")
   return replay, store
