@@ -1,4 +1,4 @@
-"""LeRobotDataset v3 (Parquet) to and from mtopt's RLDS datasets: `mtopt convert`.
+"""LeRobotDataset v3 (Parquet and MP4) to and from mtopt's RLDS datasets: `mtopt convert`.
 
 A LeRobot v3 dataset directory holds
   meta/info.json               codebase_version "v3.x", fps, features {key: dtype, shape}
@@ -6,14 +6,17 @@ A LeRobot v3 dataset directory holds
   meta/episodes/*/*.parquet    one row per episode (episode_index, length, ...)
   data/chunk-*/file-*.parquet  one row per frame: every feature, episode_index,
                                frame_index, index, task_index
-Only Parquet is read (pyarrow): feature dtypes float*/int*/bool, and "image" (PNG or JPEG
-bytes in the Parquet row, decoded with Pillow). "video" features (MP4 files) are refused by
-name: the lock has no video decoder.
+  videos/KEY/chunk-*/file-*.mp4  the frames of a "video" feature, episode after episode
+Features of dtype float*/int*/bool are read from the Parquet rows (pyarrow); "image" from
+PNG or JPEG bytes in the rows (Pillow); "video" from the MP4 files (`replay/video_frames.py`,
+PyAV): an episode's frames start at its `videos/KEY/from_timestamp` (meta/episodes) in the
+file its `videos/KEY/chunk_index` / `file_index` name, at the frames' `timestamp`s.
 
 A frame holds an observation and the action taken at it, so an episode of F frames becomes
 F observations and F - 1 actions (no frame records what the last action led to); `export`
 writes the mtopt episode's T + 1 observations as T + 1 frames, the last with a zero action,
-so a round trip gives back the same episode. Training then reads the converted RLDS
+so a round trip gives back the same episode (its images within a few grey levels where
+they went through lossy video). Training then reads the converted RLDS
 dataset like any other (`train.dataset_dir`, or a config's `dataset` section), so there is
 one reader for training.
 """
@@ -37,6 +40,7 @@ from mtopt.specs import ArraySpec, BoundedArraySpec, EnvSpec
 
 FRAME_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
 
 
@@ -121,11 +125,11 @@ def _feature(info: dict, key: str, role: str) -> dict:
   if f is None:
     raise LeRobotError(f"{role}: the dataset has no feature {key!r} (it has "
                        f"{sorted(info['features'])})")
-  if f.get("dtype") == "video":
-    raise LeRobotError(f"{role}: feature {key!r} is stored as MP4 video, which mtopt cannot "
-                       "decode (no video decoder in its lock); re-record it with dtype "
-                       "'image', or leave it out of the mapping")
   return f
+
+
+def _is_pixels(feature: dict) -> bool:
+  return feature.get("dtype") in ("image", "video")
 
 
 def _observation_keys(info: dict, mapping: LeRobotMapping) -> dict[str, str]:
@@ -135,11 +139,11 @@ def _observation_keys(info: dict, mapping: LeRobotMapping) -> dict[str, str]:
   if "observation.state" in info["features"]:
     out["state"] = "observation.state"
   images = [k for k, f in info["features"].items()
-            if f.get("dtype") == "image" and k.startswith("observation.")]
+            if _is_pixels(f) and k.startswith("observation.")]
   if len(images) == 1:
     out["image"] = images[0]
   if not out:
-    raise LeRobotError("no observation.state and not exactly one image feature: name the "
+    raise LeRobotError("no observation.state and not exactly one image or video feature: name the "
                        "observation features (--observation NAME=KEY)")
   return out
 
@@ -198,6 +202,38 @@ class _Source:
   success_field: str | None
   terminal_field: str | None
   action: str
+  videos: dict[str, dict[int, tuple[str, float]]]  # key -> episode -> (file, from_timestamp)
+
+
+def _video_index(root: str, info: dict, keys: Sequence[str]) -> dict:
+  """For each video feature in `keys`: episode_index -> (its MP4 file, its start time in
+  that file), from meta/episodes."""
+  import pyarrow.parquet as pq
+  if not keys:
+    return {}
+  files = sorted(glob.glob(os.path.join(root, "meta", "episodes", "**", "*.parquet"),
+                           recursive=True))
+  if not files:
+    raise LeRobotError(f"{root}: no meta/episodes/**/*.parquet (it says where each "
+                       "episode's video frames are)")
+  template = info.get("video_path") or VIDEO_PATH
+  out = {key: {} for key in keys}
+  for path in files:
+    try:
+      table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for damaged files.
+      raise LeRobotError(f"{path}: cannot be read: {type(e).__name__}: {e}") from None
+    for key in keys:
+      cols = [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp")]
+      missing = [c for c in ["episode_index", *cols] if c not in table.column_names]
+      if missing:
+        raise LeRobotError(f"{path}: no column {missing[0]!r} (video feature {key!r})")
+      episode, chunk, file, start = (table.column(c).to_numpy() for c in ["episode_index",
+                                                                          *cols])
+      for e, c, f, t in zip(episode, chunk, file, start):
+        out[key][int(e)] = (os.path.join(root, template.format(
+            video_key=key, chunk_index=int(c), file_index=int(f))), float(t))
+  return out
 
 
 def _source(root: str, mapping: LeRobotMapping) -> _Source:
@@ -223,8 +259,10 @@ def _source(root: str, mapping: LeRobotMapping) -> _Source:
   for field in (mapping.success_field, terminal):
     if field is not None:
       _feature(info, field, "success/terminal field")
+  videos = [k for k in obs.values() if info["features"][k].get("dtype") == "video"]
   return _Source(root, info, data_files(root), obs, {i: table[s] for i, s in strings.items()},
-                 names, mapping.success_field, terminal, mapping.action)
+                 names, mapping.success_field, terminal, mapping.action,
+                 _video_index(root, info, videos))
 
 
 def _episode_groups(src: _Source, columns: Sequence[str]) -> Iterator[tuple[str, int, dict]]:
@@ -276,7 +314,7 @@ def spec_of(src: _Source, lo, hi, longest: int) -> EnvSpec:
   for name, key in src.observation.items():
     f = src.info["features"][key]
     shape = tuple(int(s) for s in f.get("shape", ())) or (1,)
-    dtype = np.uint8 if f.get("dtype") == "image" else np.float32
+    dtype = np.uint8 if _is_pixels(f) else np.float32
     obs[name] = ArraySpec(shape, dtype)
   action = BoundedArraySpec(lo.shape, np.float32, "action", lo.astype(np.float32),
                             hi.astype(np.float32))
@@ -294,9 +332,23 @@ def read_lerobot(root: str, mapping: LeRobotMapping, max_tasks: int,
   slots = {name: i for i, name in enumerate(src.task_names)}
 
   def episodes() -> Iterator[Episode]:
-    columns = [src.action, "task_index", *src.observation.values()]
+    from replay.video_frames import FrameReader, VideoError
+    columns = [src.action, "task_index", *[k for k in src.observation.values()
+                                           if k not in src.videos]]
     columns += [f for f in (src.success_field, src.terminal_field) if f and f not in columns]
-    for path, index, cols in _episode_groups(src, list(dict.fromkeys(columns))):
+    columns += ["timestamp"] if src.videos else []
+    readers = {key: FrameReader(src.info.get("fps") or 30) for key in src.videos}
+    try:
+      for ep in _read_episodes(list(dict.fromkeys(columns)), readers):
+        yield ep
+    except VideoError as e:
+      raise LeRobotError(str(e)) from None
+    finally:
+      for r in readers.values():
+        r.close()
+
+  def _read_episodes(columns, readers) -> Iterator[Episode]:
+    for path, index, cols in _episode_groups(src, columns):
       where = f"{path}: episode {index}"
       frames = len(cols["episode_index"])
       if frames < 2:
@@ -307,8 +359,16 @@ def read_lerobot(root: str, mapping: LeRobotMapping, max_tasks: int,
         raise LeRobotError(f"{where}: frame_index is not consecutive")
       obs = {}
       for name, key in src.observation.items():
-        if spec.observation[name].dtype == np.uint8:
+        if key in src.videos:
+          if index not in src.videos[key]:
+            raise LeRobotError(f"{where}: {key}: meta/episodes has no video row for it")
+          file, start = src.videos[key][index]
+          obs[name] = readers[key].read(
+              file, start + np.ravel(np.asarray(cols["timestamp"], np.float64)),
+              f"{where}: {key}")
+        elif spec.observation[name].dtype == np.uint8:
           obs[name] = _decode_images(cols[key], f"{where}: {key}")
+        if spec.observation[name].dtype == np.uint8:
           if obs[name].shape[1:] != spec.observation[name].shape:
             raise LeRobotError(f"{where}: {key}: images of shape {obs[name].shape[1:]}, "
                                f"info.json says {spec.observation[name].shape}")
@@ -406,10 +466,20 @@ def _flat(lines):
 
 
 # Export.
-def _feature_json(array: np.ndarray, fps: int) -> dict:
-  if array.dtype == np.uint8 and array.ndim == 4:
-    return {"dtype": "image", "shape": list(array.shape[1:]),
-            "names": ["height", "width", "channel"], "fps": fps}
+def _is_image(array: np.ndarray) -> bool:
+  return array.dtype == np.uint8 and array.ndim == 4 and array.shape[-1] == 3
+
+
+def _feature_json(array: np.ndarray, fps: int, video: str | None) -> dict:
+  if _is_image(array):
+    h, w, c = array.shape[1:]
+    out = {"dtype": "video" if video else "image", "shape": [h, w, c],
+           "names": ["height", "width", "channels"], "fps": fps}
+    if video:
+      out["info"] = {"video.height": h, "video.width": w, "video.codec": video,
+                     "video.pix_fmt": "yuv420p", "video.is_depth_map": False,
+                     "video.fps": fps, "video.channels": c, "has_audio": False}
+    return out
   return {"dtype": "float32", "shape": list(array.shape[1:]) or [1], "fps": fps}
 
 
@@ -421,23 +491,32 @@ def _png(image: np.ndarray) -> dict:
 
 
 def export_lerobot(episodes: Iterator[Episode], task_names: Sequence[str], out_dir: str,
-                   fps: int = 10, episodes_per_file: int = 1000, log=print) -> int:
+                   fps: int = 10, episodes_per_file: int = 1000, video: str | None = None,
+                   log=print) -> int:
   """mtopt episodes -> a new LeRobot v3 dataset (observations as observation.NAME, images
-  as embedded PNG, `next.success` from the labels or ground truth of the episode's own task,
-  `next.done` at a terminal end). Returns the episodes written."""
+  as embedded PNG, or with `video` ("av1", LeRobot's own, or "h264") as lossy MP4 files,
+  `next.success` from the labels or ground truth of the episode's own task, `next.done` at
+  a terminal end). Returns the episodes written."""
   import pandas as pd
   import pyarrow as pa
   import pyarrow.parquet as pq
+  from replay.video_frames import CODECS, FrameWriter
   IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # LeRobot's.
+  if video is not None and video not in CODECS:
+    raise LeRobotError(f"video codec {video!r}: expected one of {sorted(CODECS)}")
   if os.path.exists(os.path.join(out_dir, "meta", "info.json")):
     raise LeRobotError(f"{out_dir} already holds a LeRobot dataset; choose a new directory")
   os.makedirs(os.path.join(out_dir, "meta"), exist_ok=True)
   rows, meta_rows, features, stats = [], [], None, {}
   frame, file_index, n = 0, 0, 0
   used_tasks = {name: i for i, name in enumerate(task_names)}  # task_index = slot.
+  writers: dict[str, FrameWriter] = {}  # Video key -> the open file of this data file.
 
   def flush():
     nonlocal rows, file_index
+    for w in writers.values():
+      w.close()
+    writers.clear()
     if not rows:
       return
     path = os.path.join(out_dir, DATA_PATH.format(chunk_index=0, file_index=file_index))
@@ -453,11 +532,24 @@ def export_lerobot(episodes: Iterator[Episode], task_names: Sequence[str], out_d
     f = ep.num_steps + 1
     name = task_names[ep.task_id] if ep.task_id < len(task_names) else f"task_{ep.task_id}"
     t_index = used_tasks.setdefault(name, len(used_tasks))
-    row = {}
+    row, video_rows = {}, {}
     for k, v in ep.observations.items():
       key = f"observation.{k}"
-      row[key] = [_png(x) for x in v] if v.dtype == np.uint8 and v.ndim == 4 else list(
-          np.asarray(v, np.float32).reshape(f, -1))
+      if video and _is_image(v):
+        if key not in writers:
+          writers[key] = FrameWriter(os.path.join(out_dir, VIDEO_PATH.format(
+              video_key=key, chunk_index=0, file_index=file_index)), fps, *v.shape[1:3],
+              codec=video)
+        start = writers[key].frames / fps
+        writers[key].write(v)
+        video_rows.update({f"videos/{key}/chunk_index": 0,
+                           f"videos/{key}/file_index": file_index,
+                           f"videos/{key}/from_timestamp": start,
+                           f"videos/{key}/to_timestamp": start + f / fps})
+      elif _is_image(v):
+        row[key] = [_png(x) for x in v]
+      else:
+        row[key] = list(np.asarray(v, np.float32).reshape(f, -1))
     action = np.concatenate([ep.actions, np.zeros((1, *ep.actions.shape[1:]), np.float32)])
     row["action"] = list(action.astype(np.float32))
     outcome = ep.labels if ep.labels is not None else ep.success
@@ -470,15 +562,16 @@ def export_lerobot(episodes: Iterator[Episode], task_names: Sequence[str], out_d
                 "frame_index": list(range(f)), "episode_index": [n] * f,
                 "index": list(range(frame, frame + f)), "task_index": [t_index] * f})
     if features is None:
-      features = {f"observation.{k}": _feature_json(v, fps) for k, v in ep.observations.items()}
-      features["action"] = _feature_json(action, fps)
+      features = {f"observation.{k}": _feature_json(v, fps, video)
+                  for k, v in ep.observations.items()}
+      features["action"] = _feature_json(action, fps, None)
       for k, dtype in (("next.done", "bool"), ("next.success", "bool"),
                        ("timestamp", "float32"), ("frame_index", "int64"),
                        ("episode_index", "int64"), ("index", "int64"),
                        ("task_index", "int64")):
         features[k] = {"dtype": dtype, "shape": [1], "names": None, "fps": fps}
     for key in [k for k in row if k.startswith(("observation.", "action"))]:
-      if features[key]["dtype"] == "image":
+      if features[key]["dtype"] in ("image", "video"):
         continue
       x = np.asarray(row[key], np.float64)
       s = stats.setdefault(key, {"n": 0, "sum": 0.0, "sq": 0.0, "min": x.min(0),
@@ -489,7 +582,8 @@ def export_lerobot(episodes: Iterator[Episode], task_names: Sequence[str], out_d
       s["min"], s["max"] = np.minimum(s["min"], x.min(0)), np.maximum(s["max"], x.max(0))
     meta_rows.append({"episode_index": n, "tasks": [name], "length": f,
                       "data/chunk_index": 0, "data/file_index": file_index,
-                      "dataset_from_index": frame, "dataset_to_index": frame + f})
+                      "dataset_from_index": frame, "dataset_to_index": frame + f,
+                      **video_rows})
     rows.append(row)
     frame += f
     n += 1
@@ -512,7 +606,7 @@ def export_lerobot(episodes: Iterator[Episode], task_names: Sequence[str], out_d
   info = {"codebase_version": "v3.0", "robot_type": None, "total_episodes": n,
           "total_frames": frame, "total_tasks": len(used_tasks), "chunks_size": 1000,
           "fps": fps, "splits": {"train": f"0:{n}"}, "data_path": DATA_PATH,
-          "video_path": None, "features": features}
+          "video_path": VIDEO_PATH if video else None, "features": features}
   with open(os.path.join(out_dir, "meta", "info.json"), "w") as fh:
     json.dump(info, fh, indent=2)
   log(f"exported {n} episodes ({frame} frames, {len(used_tasks)} tasks) to {out_dir}")

@@ -1,5 +1,5 @@
 """`mtopt convert from-lerobot SRC OUT` / `mtopt convert to-lerobot SRC OUT`: LeRobotDataset
-v3 (Parquet) to and from mtopt's RLDS datasets (`replay/lerobot_io.py`).
+v3 (Parquet and MP4) to and from mtopt's RLDS datasets (`replay/lerobot_io.py`).
 
 A converted dataset trains like any mtopt dataset (`--config.train.dataset_dir=OUT`, or a
 config's `dataset.dir`); its spec and task names travel in its metadata.
@@ -48,6 +48,9 @@ def add_parser(sub):
   exp.add_argument("src", help="mtopt dataset directory (mtopt collect / replay export)")
   exp.add_argument("out", help="new LeRobot dataset directory")
   exp.add_argument("--fps", type=int, default=10, help="frames per second (default 10)")
+  exp.add_argument("--video", choices=["av1", "h264"], default=None,
+                   help="write image observations as lossy MP4 video with this codec (av1: "
+                        "LeRobot's own); default: lossless PNG in the Parquet rows")
   exp.set_defaults(func=_to_lerobot)
 
 
@@ -72,7 +75,8 @@ def _to_lerobot(args):
     spec, _, names = rlds_format.read_metadata(args.src)
     if spec is None:
       raise lerobot_io.LeRobotError(f"{args.src}: not an mtopt dataset (no metadata.json)")
-    lerobot_io.export_lerobot(rlds_format.read_episodes(args.src), names, args.out, args.fps)
+    lerobot_io.export_lerobot(rlds_format.read_episodes(args.src), names, args.out, args.fps,
+                              video=args.video)
   except rlds_format.DatasetError as e:
     print(f"mtopt: error: {e}", file=sys.stderr)
     return 2
