@@ -31,13 +31,16 @@ def _episodes(n=6, seed=0):
   return out
 
 
-@pytest.fixture
-def mtopt_dataset(tmp_path):
-  d = str(tmp_path / "mtopt")
-  with rlds_format.DatasetWriter(d, SPEC, MAX_TASKS, TASKS) as w:
-    for ep in _episodes():
+def _write(d, spec, episodes):
+  with rlds_format.DatasetWriter(d, spec, MAX_TASKS, TASKS) as w:
+    for ep in episodes:
       w.write(ep)
   return d
+
+
+@pytest.fixture
+def mtopt_dataset(tmp_path):
+  return _write(str(tmp_path / "mtopt"), SPEC, _episodes())
 
 
 def test_round_trip_through_lerobot(tmp_path, mtopt_dataset):
@@ -151,11 +154,7 @@ def _video_episodes(n=6, seed=0):
 
 @pytest.fixture
 def video_dataset(tmp_path):
-  d = str(tmp_path / "mtopt_video")
-  with rlds_format.DatasetWriter(d, VIDEO_SPEC, MAX_TASKS, TASKS) as w:
-    for ep in _video_episodes():
-      w.write(ep)
-  return d
+  return _write(str(tmp_path / "mtopt_video"), VIDEO_SPEC, _video_episodes())
 
 
 @pytest.mark.parametrize("codec", ["av1", "h264"])
