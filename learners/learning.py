@@ -176,13 +176,13 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
           network, params, batch.observation, batch.task, minimum, maximum)
     else:
       features = networks.encode(network, params, batch.observation, batch.task)
-    logits = networks.head_logits(network, params, features, batch.action)
+    # The shared head runs once for the Q-term and the term at terminations below.
+    logits, shared = networks.head_and_shared_logits(network, params, features, batch.action)
     loss = optax.sigmoid_binary_cross_entropy(logits, targets).mean()
     if config.shared_head_at_terminations and isinstance(features, tuple):
       # The shared head also learns the data's terminations, as without a terminate head:
       # its torso then still sees what success looks like (the terminate head cannot teach
       # it, its gradient stops at the torso's inputs). Its value there is not used.
-      shared = networks.head_logits(network, params, features[0], batch.action)
       stopped = (batch.action[:, network.terminate_dim] > 0).astype(jnp.float32)
       loss = loss + (stopped * optax.sigmoid_binary_cross_entropy(shared, targets)).mean()
     negative_q = jnp.zeros(())
@@ -193,9 +193,13 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
     if config.state_label_weight and network.terminate_dim is not None and \
         batch.state_label is not None:
       # Terminating is being judged at the current state: its Q is the state's label.
-      stop = jnp.zeros_like(batch.action).at[:, network.terminate_dim].set(
-          maximum[network.terminate_dim])
-      stop_logits = networks.head_logits(network, params, features, stop)
+      if isinstance(features, tuple) and maximum[network.terminate_dim] > 0:
+        stop_logits = features[1]  # What the head gives for the terminate action, without
+        # running (and differentiating) the shared head for a value it does not use.
+      else:
+        stop = jnp.zeros_like(batch.action).at[:, network.terminate_dim].set(
+            maximum[network.terminate_dim])
+        stop_logits = networks.head_logits(network, params, features, stop)
       loss = loss + config.state_label_weight * optax.sigmoid_binary_cross_entropy(
           stop_logits, batch.state_label).mean()
     if config.negative_actions:

@@ -136,6 +136,14 @@ def canonical_action(action: jax.Array, terminate_dim: int | None) -> jax.Array:
   return jnp.where(stop, onehot, action)
 
 
+def select_terminate(stop_logit: jax.Array, action: jax.Array, logits: jax.Array,
+                     terminate_dim: int) -> jax.Array:
+  """The terminate head's logit [B] where `action` terminates, else the shared head's
+  `logits` ([B] or [B, N]) for it."""
+  stop = action[..., terminate_dim] > 0
+  return jnp.where(stop, stop_logit[:, None] if action.ndim == 3 else stop_logit, logits)
+
+
 class QNetwork(nn.Module):
   """Q(s, a, task) as a logit; see the module docstring for the split."""
 
@@ -237,9 +245,8 @@ class QNetwork(nn.Module):
     per_sample = action.ndim == 3
     if isinstance(features, tuple):  # A terminate head's logit scores terminating.
       features, stop_logit = features
-      stop = action[..., self.terminate_dim] > 0
-      logits = self.head(features, action)
-      return jnp.where(stop, stop_logit[:, None] if per_sample else stop_logit, logits)
+      return select_terminate(stop_logit, action, self.head(features, action),
+                              self.terminate_dim)
     action = canonical_action(action, self.terminate_dim)
     if self.config.architecture == "split":
       if per_sample:
@@ -329,3 +336,14 @@ def encode_with_behaviour(network: QNetwork, params, observation: dict, task, mi
 def head_logits(network: QNetwork, params, features, action) -> jax.Array:
   """Logits for actions [B, A] or [B, N, A] from encoded features."""
   return network.apply(params, features, action, method=QNetwork.head)
+
+
+def head_and_shared_logits(network: QNetwork, params, features,
+                           action) -> tuple[jax.Array, jax.Array]:
+  """(`head_logits`, the shared head's logits for the same actions), the shared head run
+  once for both: they differ only where a terminate head scores terminating actions."""
+  if not isinstance(features, tuple):
+    logits = head_logits(network, params, features, action)
+    return logits, logits
+  shared = head_logits(network, params, features[0], action)
+  return select_terminate(features[1], action, shared, network.terminate_dim), shared

@@ -292,3 +292,56 @@ def test_shared_head_learns_the_data_terminations_only_when_asked(rng, shared):
   assert moved("terminate_output") > 0
   assert (moved("head_layers_0") > 0) == shared
   assert (moved("torso_layers_0") > 0) == shared
+
+
+def test_full_loss_and_gradients_match_the_terms_computed_one_by_one(rng):
+  """The update shares the shared head's logits between its terms and takes Q(s, terminate)
+  straight from the terminate head: its loss and gradients (read off an SGD step of rate 1)
+  are those of every term computed on its own, as the heads define them."""
+  import jax.numpy as jnp
+  import optax
+  from mtopt.cem import split_key
+  from mtopt.specs import BoundedArraySpec, EnvSpec
+  spec = EnvSpec(mdp.env_spec().observation, BoundedArraySpec((3,), np.float32, "action",
+                                                              -1.0, 1.0), 20, terminate_dim=2)
+  config = LearnerConfig(network=NetworkConfig(torso_sizes=(32,), merge_width=16,
+                                               head_sizes=(16,), task_embedding_dim=4,
+                                               behaviour_sizes=(32,), terminate_sizes=(32,)),
+                         batch_size=64, state_label_weight=0.7, mc_lower_bound=True,
+                         shared_head_at_terminations=True, cem=CEMConfig(score_terminate=True))
+  net = networks.make_q_network(spec, MAX_TASKS, config.network)
+  state = learning.init_training_state(net, spec, config, jax.random.PRNGKey(0))
+  state = state._replace(params=_perturbed(state.params, jax.random.PRNGKey(1)))
+  b = mdp.random_batch(rng, 64)
+  action = rng.uniform(-1, 1, (64, 3)).astype(np.float32)  # A third of the rows terminate.
+  batch = b._replace(action=action, outcome=(rng.random(64) < 0.5).astype(np.float32),
+                     steps_after=rng.integers(0, 10, 64).astype(np.float32),
+                     state_label=(rng.random(64) < 0.3).astype(np.float32))
+  lo, hi = spec.action.minimum, spec.action.maximum
+  new, metrics = jax.jit(lambda s, b: learning.update_step(
+      s, b, network=net, config=config, optimizer=optax.sgd(1.0), minimum=lo, maximum=hi,
+      max_tasks=MAX_TASKS))(state, batch)
+  targets = learning.bellman_targets(net, config, state.target_params, state.lagged_params,
+                                     batch, split_key(state.key)[1], lo, hi)["targets"]
+
+  def reference(params):
+    features, predicted = networks.encode_with_behaviour(net, params, batch.observation,
+                                                         batch.task, lo, hi)
+    ce = optax.sigmoid_binary_cross_entropy
+    logits = networks.head_logits(net, params, features, batch.action)
+    shared = networks.head_logits(net, params, features[0], batch.action)
+    stopped = (batch.action[:, 2] > 0).astype(jnp.float32)
+    stop = jnp.zeros_like(batch.action).at[:, 2].set(hi[2])
+    stop_logits = networks.head_logits(net, params, features, stop)
+    err = jnp.square(predicted - batch.action).mean(axis=-1)
+    return (ce(logits, targets).mean() + (stopped * ce(shared, targets)).mean()
+            + (err * batch.outcome).sum() / batch.outcome.sum()
+            + 0.7 * ce(stop_logits, batch.state_label).mean())
+
+  loss, grads = jax.jit(jax.value_and_grad(reference))(state.params)
+  assert float(metrics["loss"]) == pytest.approx(float(loss), abs=1e-5)
+  got = jax.tree.map(lambda old, new: old - new, state.params, new.params)
+  for name, want in grads["params"].items():
+    for g, w in zip(jax.tree.leaves(got["params"][name]), jax.tree.leaves(want)):
+      np.testing.assert_allclose(g, w, atol=1e-5, err_msg=name)
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))  # All terms train.
