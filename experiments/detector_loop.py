@@ -1,7 +1,7 @@
 """MT-Opt's detector loop on a trained run: does reviewing the policy's own episodes cut
 the detector's false successes on them?
 
-    python -m experiments.detector_loop --runs RUN [RUN ...] [--quick] [--review-share S]
+    python -m experiments.detector_loop --runs RUN [RUN ...] [--quick]
 
 The protocol, fixed before any result was looked at:
 
@@ -15,9 +15,7 @@ The protocol, fixed before any result was looked at:
   run's exploration (`train.explore_*`), 100 per task. Queued by the run's rule
   (`review.margin`, `review.fraction` of the config: near the cut, and a fraction of the
   other judged successes), answered by the simulator (`mtopt tasks review --simulator`),
-  applied with `mtopt tasks review --apply` (retrain with rehearsal; the answers carry
-  `detector.review_share` of each class's loss, the detector's default unless
-  `--review-share` is given: 0 is the rule before it, every example counting the same).
+  applied with `mtopt tasks review --apply` (retrain with rehearsal).
 - The count: test episodes the detector calls a success of their task where the
   simulator says failure (false successes), and the reverse (missed), before and after
   (the same episodes, judged by the old and the retrained detector).
@@ -75,19 +73,7 @@ def _errors(detector, threshold, tasks, slots, res) -> dict:
   return out
 
 
-def _config(work: str, review_share: float | None) -> str:
-  """The config the review commands read: CONFIG, with the share if one is given."""
-  if review_share is None:
-    return CONFIG
-  path = os.path.join(work, "review_config.py")
-  with open(path, "w") as f:
-    f.write("from configs import tabletop_state\n\n\ndef get_config():\n"
-            "  c = tabletop_state.get_config()\n"
-            f"  c.detector.review_share = {float(review_share)!r}\n  return c\n")
-  return path
-
-
-def run_one(run: str, work: str, quick: bool, review_share: float | None = None) -> dict:
+def run_one(run: str, work: str, quick: bool) -> dict:
   from mtopt.episode import Episode
   from success_detectors.detector import SuccessDetector
   from success_detectors.review import ReviewQueue
@@ -116,7 +102,7 @@ def run_one(run: str, work: str, quick: bool, review_share: float | None = None)
     flagged += queue.offer(eps, before_det(eps), threshold, margin, fraction, rng,
                            [True] * len(eps))
   queued = len(queue.pending())
-  args = ["--run-dir", copy, "--config", _config(work, review_share)]
+  args = ["--run-dir", copy, "--config", CONFIG]
   assert cli.main(["tasks", "review", "--simulator", *args]) == 0
   answers = queue.answers()
   assert cli.main(["tasks", "review", "--apply", *args]) == 0
@@ -138,12 +124,9 @@ def main(argv=None):
   p.add_argument("--runs", nargs="+", required=True)
   p.add_argument("--quick", action="store_true")
   p.add_argument("--name", default="detector_loop", help="results/NAME.{json,md}")
-  p.add_argument("--review-share", type=float, default=None,
-                 help="detector.review_share for the retrain (default: the detector's)")
   args = p.parse_args(argv)
   work = tempfile.mkdtemp(prefix="mtopt_detector_loop_")
-  rows = [run_one(r, os.path.join(work, str(i)), args.quick, args.review_share)
-          for i, r in enumerate(args.runs)]
+  rows = [run_one(r, os.path.join(work, str(i)), args.quick) for i, r in enumerate(args.runs)]
   fs_b = sum(r["false_successes_before"] for r in rows)
   fs_a = sum(r["false_successes_after"] for r in rows)
   summary = {"false_successes_before": fs_b, "false_successes_after": fs_a,
@@ -152,7 +135,7 @@ def main(argv=None):
              "missed_after": sum(r["missed_after"] for r in rows),
              "test_episodes": sum(r["test_episodes"] for r in rows)}
   meta = {**protocol.commit(), "test_seed": TEST_SEED, "review_seed": REVIEW_SEED,
-          "runs": args.runs, "review_share": args.review_share}
+          "runs": args.runs}
   base = os.path.join(ROOT, "results", args.name + ("_quick" if args.quick else ""))
   with open(base + ".json", "w") as f:
     json.dump({"summary": summary, "runs": rows, "meta": meta}, f, indent=1)
