@@ -95,12 +95,6 @@ class DetectorConfig:
     calibrate: after training a slot, shift its logit so that `threshold` is the cut that
       balances precision and recall best: on its out-of-fold logits (head_folds > 1), else
       on its held-out examples (whose quality figures are then slightly optimistic).
-    review_share: the share of each slot's success loss, and of its failure loss, that its
-      reviewed examples (the policy's own episodes, answered in the detector loop) carry
-      where a class has both kinds; the folder examples carry the rest. The policy's
-      episodes are where its labels are used, and they end where example folders rarely
-      do (tabletop: 2-3.5 cm from a reach's 2 cm tolerance), so a handful of answers must
-      outweigh thousands of folder examples. 0: every example counts the same.
     seed: initialisation, split and batch-order seed.
   """
 
@@ -124,7 +118,6 @@ class DetectorConfig:
   head_relax: float = 0.3
   head_learning_rate: float = 3e-2
   calibrate: bool = True
-  review_share: float = 0.5
   seed: int = 0
 
   @classmethod
@@ -147,8 +140,6 @@ class DetectorConfig:
     object.__setattr__(self, "head_sparsity", weights)
     if not self.head_relax >= 0:
       raise DetectorError(f"head_relax must be >= 0, got {self.head_relax!r}")
-    if not 0 <= self.review_share < 1:
-      raise DetectorError(f"review_share must be in [0, 1), got {self.review_share!r}")
     for name in ("learning_rate", "head_learning_rate"):
       if not getattr(self, name) > 0:
         raise DetectorError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -279,7 +270,7 @@ class SuccessDetector:
     c = self.config
     train = self.examples.take(~self.heldout)
     labels, weights = training.targets(train, self.max_tasks, train_slots,
-                                       c.other_task_negatives, c.review_share)
+                                       c.other_task_negatives)
     model, variables = self.model, self.variables
     if c.head_folds > 1:
       heads, h = self.variables["params"]["heads"], c.head_hidden
@@ -306,8 +297,7 @@ class SuccessDetector:
     c = self.config
     slots = sorted(slots)
     train = self.examples.take(~self.heldout)
-    labels, weights = training.targets(train, self.max_tasks, slots, c.other_task_negatives,
-                                       c.review_share)
+    labels, weights = training.targets(train, self.max_tasks, slots, c.other_task_negatives)
     labels, weights = labels[:, slots], weights[:, slots]
     use = weights.sum(1) > 0
     train, labels, weights = train.take(use), labels[use], weights[use]
@@ -474,8 +464,9 @@ class SuccessDetector:
       f.write(flax.serialization.msgpack_serialize(
           jax.tree_util.tree_map(np.asarray, self.variables)))
     if self.examples is not None:
-      np.savez(os.path.join(tmp, EXAMPLES_FILE), _heldout=self.heldout,
-               **self.examples.arrays())
+      np.savez(os.path.join(tmp, EXAMPLES_FILE), _slot=self.examples.slot,
+               _success=self.examples.success, _heldout=self.heldout,
+               **self.examples.observations)
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(directory):
       os.replace(directory, old)
@@ -516,6 +507,7 @@ class SuccessDetector:
     ex_path = os.path.join(directory, EXAMPLES_FILE)
     if os.path.exists(ex_path):
       with np.load(ex_path) as f:
-        det.examples = ExampleSet.from_arrays(f)
+        obs = {k: f[k] for k in f.files if not k.startswith("_")}
+        det.examples = ExampleSet(obs, f["_slot"], f["_success"])
         det.heldout = f["_heldout"].astype(bool)
     return det

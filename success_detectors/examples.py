@@ -45,32 +45,25 @@ class ExampleSet:
     observations: name -> [N, ...] (float32 states, uint8 images).
     slot: int32 [N], the task slot each example was given for.
     success: bool [N], whether that task succeeded.
-    reviewed: bool [N], whether the answer came from reviewing the policy's own episode
-      (the detector loop) rather than from an example folder; None: none did.
   """
 
   observations: dict[str, np.ndarray]
   slot: np.ndarray
   success: np.ndarray
-  reviewed: np.ndarray | None = None
 
   def __post_init__(self):
     self.slot = np.asarray(self.slot, np.int32).reshape(-1)
     self.success = np.asarray(self.success, bool).reshape(-1)
     n = len(self.slot)
-    self.reviewed = (np.zeros(n, bool) if self.reviewed is None
-                     else np.asarray(self.reviewed, bool).reshape(-1))
-    if len(self.success) != n or len(self.reviewed) != n or any(
-        len(v) != n for v in self.observations.values()):
-      raise ExamplesError("example set: observations, slot, success and reviewed differ in "
-                          "length")
+    if len(self.success) != n or any(len(v) != n for v in self.observations.values()):
+      raise ExamplesError("example set: observations, slot and success differ in length")
 
   def __len__(self) -> int:
     return len(self.slot)
 
   def take(self, idx) -> "ExampleSet":
     return ExampleSet({k: v[idx] for k, v in self.observations.items()},
-                      self.slot[idx], self.success[idx], self.reviewed[idx])
+                      self.slot[idx], self.success[idx])
 
   def for_slots(self, slots: Iterable[int]) -> "ExampleSet":
     return self.take(np.isin(self.slot, list(slots)))
@@ -90,31 +83,19 @@ class ExampleSet:
     if any(set(s.observations) != keys for s in sets):
       raise ExamplesError("example sets have different observation names")
     return cls({k: np.concatenate([s.observations[k] for s in sets]) for k in sorted(keys)},
-               np.concatenate([s.slot for s in sets]), np.concatenate([s.success for s in sets]),
-               np.concatenate([s.reviewed for s in sets]))
-
-  def arrays(self) -> dict[str, np.ndarray]:
-    """The arrays `save` writes: observations plus `_slot`, `_success`, `_reviewed`."""
-    return {"_slot": self.slot, "_success": self.success, "_reviewed": self.reviewed,
-            **self.observations}
-
-  @classmethod
-  def from_arrays(cls, f) -> "ExampleSet":
-    """From `arrays()` as loaded (files saved before `_reviewed` existed: none reviewed)."""
-    obs = {k: f[k] for k in f.files if not k.startswith("_")}
-    return cls(obs, f["_slot"], f["_success"], f["_reviewed"] if "_reviewed" in f.files
-               else None)
+               np.concatenate([s.slot for s in sets]), np.concatenate([s.success for s in sets]))
 
   def save(self, path: str) -> None:
-    """Writes one `.npz` atomically."""
+    """Writes one `.npz` atomically (observation arrays plus `_slot`, `_success`)."""
     tmp = path + ".tmp.npz"
-    np.savez(tmp, **self.arrays())
+    np.savez(tmp, _slot=self.slot, _success=self.success, **self.observations)
     os.replace(tmp, path)
 
   @classmethod
   def load(cls, path: str) -> "ExampleSet":
     with np.load(path) as f:
-      return cls.from_arrays(f)
+      obs = {k: f[k] for k in f.files if not k.startswith("_")}
+      return cls(obs, f["_slot"], f["_success"])
 
 
 def holdout_mask(examples: ExampleSet, fraction: float, seed: int = 0) -> np.ndarray:

@@ -120,7 +120,7 @@ class ReviewQueue:
     items = [self.item(e) for e in ids]
     obs = {k: np.stack([it["observation"][k] for it in items]) for k in items[0]["observation"]}
     return ExampleSet(obs, np.array([it["slot"] for it in items]),
-                      np.array([answers[e] for e in ids]), np.ones(len(ids), bool)), ids
+                      np.array([answers[e] for e in ids])), ids
 
   def mark_applied(self, ids: Sequence[int]) -> None:
     os.makedirs(self._applied, exist_ok=True)

@@ -4,9 +4,7 @@ Targets: an example given for slot s is a positive or negative for s. With
 `other_task_negatives`, a positive for another slot is also a negative for s (MT-Opt's
 "a success of task B is a failure of task A"); examples say nothing about the remaining
 (slot, example) pairs, which get weight 0. Each trained slot's positives and negatives
-carry half of its loss each, whatever their counts (class balancing); within a class,
-reviewed examples (the detector loop's answers) carry `review_share` of it where there are
-folder examples too.
+carry half of its loss each, whatever their counts (class balancing).
 
 `fit` trains the whole network. `fit_fold_heads` fits slot heads alone on a frozen torso's
 features: a new task's head (the other slots stay as they were), or every head after `fit`,
@@ -31,23 +29,8 @@ from success_detectors.networks import state_features
 OPTIMIZER = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
 
 
-def _class_weights(members: np.ndarray, reviewed: np.ndarray, total: float,
-                   review_share: float) -> np.ndarray:
-  """Weights [N] summing to `total` over `members`: equal, or reviewed members carrying
-  `review_share` of it where the class has both kinds."""
-  out = np.zeros(len(members), np.float32)
-  rev, folder = members & reviewed, members & ~reviewed
-  if review_share > 0 and rev.any() and folder.any():
-    out[rev] = review_share * total / rev.sum()
-    out[folder] = (1 - review_share) * total / folder.sum()
-  else:
-    out[members] = total / members.sum()
-  return out
-
-
 def targets(examples: ExampleSet, max_tasks: int, train_slots: Iterable[int],
-            other_task_negatives: bool = True, review_share: float = 0.0
-            ) -> tuple[np.ndarray, np.ndarray]:
+            other_task_negatives: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """Labels and class-balanced loss weights, both float32 [N, max_tasks].
 
   Args:
@@ -55,8 +38,6 @@ def targets(examples: ExampleSet, max_tasks: int, train_slots: Iterable[int],
     max_tasks: number of slots.
     train_slots: slots that get a loss; every one needs positives and negatives.
     other_task_negatives: use other slots' positives as negatives.
-    review_share: within each class of a slot, the share of its weight that reviewed
-      examples carry where it also has folder examples (0: all examples equal).
   """
   n = len(examples)
   rows = np.arange(n)
@@ -77,9 +58,8 @@ def targets(examples: ExampleSet, max_tasks: int, train_slots: Iterable[int],
       raise ExamplesError(f"slot {s}: training needs both successes and failures "
                           f"(has {int(pos.sum())} and {int(neg.sum())})")
     # Each class carries half the slot's loss; scaled by n so a weight is ~1 on average.
-    for members in (pos, neg):
-      weights[members, s] = _class_weights(members, examples.reviewed, 0.5 * n,
-                                           review_share)[members]
+    weights[pos, s] = 0.5 * n / pos.sum()
+    weights[neg, s] = 0.5 * n / neg.sum()
   return labels, weights
 
 

@@ -156,33 +156,6 @@ def test_targets_balance_classes_and_use_other_tasks_successes_as_failures():
     training.targets(ex, MAX_TASKS, [2])
 
 
-def test_reviewed_examples_carry_their_share_of_each_class():
-  """Slot 0: 1 reviewed and 3 folder failures, 2 folder successes: at share 0.5 the one
-  reviewed failure weighs as much as the three folder ones together; a class with only
-  one kind (the successes) is weighted as without review; share 0 counts all equally."""
-  ex = ExampleSet({"state": np.zeros((6, D), np.float32)}, [0] * 6,
-                  [True, True, False, False, False, False],
-                  reviewed=[False, False, True, False, False, False])
-  _, w = training.targets(ex, MAX_TASKS, [0], review_share=0.5)
-  np.testing.assert_allclose(w[:, 0], [1.5, 1.5, 1.5, 0.5, 0.5, 0.5])
-  _, plain = training.targets(ex, MAX_TASKS, [0], review_share=0.0)
-  np.testing.assert_allclose(plain[:, 0], [1.5, 1.5, 0.75, 0.75, 0.75, 0.75])
-  back = ExampleSet.concat([ex.take(np.arange(3)), ex.take(np.arange(3, 6))])
-  assert back.reviewed.tolist() == ex.reviewed.tolist()
-
-
-def test_reviewed_flags_survive_save_and_load(tmp_path):
-  ex = toy_examples(np.random.default_rng(0), 1, 20, 20)
-  ex = ExampleSet(ex.observations, ex.slot, ex.success, np.arange(len(ex)) % 4 == 0)
-  path = str(tmp_path / "ex.npz")
-  ex.save(path)
-  assert ExampleSet.load(path).reviewed.tolist() == ex.reviewed.tolist()
-  np.savez(path, _slot=ex.slot, _success=ex.success, **ex.observations)  # An older file.
-  assert not ExampleSet.load(path).reviewed.any()
-  with pytest.raises(DetectorError, match="review_share"):
-    DetectorConfig(review_share=1.0)
-
-
 def test_metrics_count_precision_recall_and_calibration():
   m = binary_metrics(np.array([0.9, 0.8, 0.2, 0.6]), np.array([True, False, False, True]))
   assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == 1.0 and m["accuracy"] == 0.75
