@@ -125,6 +125,8 @@ def main(argv=None):
   p.add_argument("--quick", action="store_true")
   p.add_argument("--name", default="detector_loop", help="results/NAME.{json,md}")
   args = p.parse_args(argv)
+  meta = {**protocol.commit(), "test_seed": TEST_SEED, "review_seed": REVIEW_SEED,
+          "runs": args.runs}  # Stamped before the run: the code that runs, not what follows.
   work = tempfile.mkdtemp(prefix="mtopt_detector_loop_")
   rows = [run_one(r, os.path.join(work, str(i)), args.quick) for i, r in enumerate(args.runs)]
   fs_b = sum(r["false_successes_before"] for r in rows)
@@ -134,8 +136,6 @@ def main(argv=None):
              "missed_before": sum(r["missed_before"] for r in rows),
              "missed_after": sum(r["missed_after"] for r in rows),
              "test_episodes": sum(r["test_episodes"] for r in rows)}
-  meta = {**protocol.commit(), "test_seed": TEST_SEED, "review_seed": REVIEW_SEED,
-          "runs": args.runs}
   base = os.path.join(ROOT, "results", args.name + ("_quick" if args.quick else ""))
   with open(base + ".json", "w") as f:
     json.dump({"summary": summary, "runs": rows, "meta": meta}, f, indent=1)
