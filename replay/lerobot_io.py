@@ -218,18 +218,25 @@ def _video_index(root: str, info: dict, keys: Sequence[str]) -> dict:
                        "episode's video frames are)")
   template = info.get("video_path") or VIDEO_PATH
   out = {key: {} for key in keys}
+  wanted = {key: [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp")]
+            for key in keys}
   for path in files:
     try:
-      table = pq.read_table(path)
+      names = pq.read_schema(path).names
     except Exception as e:  # pyarrow raises several types for damaged files.
       raise LeRobotError(f"{path}: cannot be read: {type(e).__name__}: {e}") from None
     for key in keys:
-      cols = [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp")]
-      missing = [c for c in ["episode_index", *cols] if c not in table.column_names]
+      missing = [c for c in ["episode_index", *wanted[key]] if c not in names]
       if missing:
         raise LeRobotError(f"{path}: no column {missing[0]!r} (video feature {key!r})")
+    try:  # Only the columns used: LeRobot's rows also carry every feature's statistics.
+      table = pq.read_table(path, columns=["episode_index",
+                                           *[c for key in keys for c in wanted[key]]])
+    except Exception as e:
+      raise LeRobotError(f"{path}: cannot be read: {type(e).__name__}: {e}") from None
+    for key in keys:
       episode, chunk, file, start = (table.column(c).to_numpy() for c in ["episode_index",
-                                                                          *cols])
+                                                                          *wanted[key]])
       for e, c, f, t in zip(episode, chunk, file, start):
         out[key][int(e)] = (os.path.join(root, template.format(
             video_key=key, chunk_index=int(c), file_index=int(f))), float(t))
@@ -571,7 +578,7 @@ def export_lerobot(episodes: Iterator[Episode], task_names: Sequence[str], out_d
                        ("task_index", "int64")):
         features[k] = {"dtype": dtype, "shape": [1], "names": None, "fps": fps}
     for key in [k for k in row if k.startswith(("observation.", "action"))]:
-      if features[key]["dtype"] in ("image", "video"):
+      if _is_pixels(features[key]):
         continue
       x = np.asarray(row[key], np.float64)
       s = stats.setdefault(key, {"n": 0, "sum": 0.0, "sq": 0.0, "min": x.min(0),
