@@ -180,9 +180,10 @@ def main(argv=None):
     print(f"{args.write_examples}: {counts[0]} successes, {counts[1]} failures")
     return
   work = args.work_dir + ("_quick" if args.quick else "")
+  stamp = protocol.commit()  # Before the runs: the code that runs, not what follows.
   per_seed = {s: run_seed(s, work, args.quick, args.finetune_steps) for s in args.seeds}
   results, md = report(per_seed)
-  meta = {**protocol.commit(), "config": per_seed[args.seeds[0]]["config"], "seeds": args.seeds,
+  meta = {**stamp, "config": per_seed[args.seeds[0]]["config"], "seeds": args.seeds,
           "episodes_per_task": 5 if args.quick else PER_TASK, "eval_seed": EVAL_SEED,
           "finetune_steps": args.finetune_steps, "task": TASK, "parts": PARTS,
           "data": "each run collects its own (scripted noisy experts, seed = the run's seed); "
