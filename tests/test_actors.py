@@ -1,7 +1,6 @@
 """Actors: schedulers, noise knobs, episode runner, RobotActor, and a fleet that survives a
 killed actor."""
 
-import os
 import time
 
 import numpy as np
@@ -194,11 +193,11 @@ def test_killed_actor_drops_its_episode_and_collection_continues(ray_session):
 
 
 def _niceness(pid: int) -> list[int]:
+  import os
   return [os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux /proc")
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="Linux /proc")
 def test_niced_actors_run_every_thread_at_that_niceness_also_after_a_restart(ray_session):
   ray = ray_session
   kwargs = dict(env_config=ENV, registry=registry().to_json(), seed=1)
