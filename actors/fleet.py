@@ -29,13 +29,13 @@ class Fleet:
 
   def __init__(self, ray, num_actors: int, actor_kwargs: dict[str, Any],
                episodes_per_call: int = 4, calls_in_flight: int = 2,
-               max_failures_per_actor: int = 10, num_cpus: float = 1.0, nice: int = 0):
+               max_failures_per_actor: int = 10, num_cpus: float = 1.0):
     if num_actors < 1:
       raise ValueError(f"Fleet: num_actors must be >= 1, got {num_actors}")
     if episodes_per_call < 1 or calls_in_flight < 1:
       raise ValueError("Fleet: episodes_per_call and calls_in_flight must be >= 1")
     self._ray = ray
-    cls = remote_robot_actor(ray, num_cpus=num_cpus, nice=nice)
+    cls = remote_robot_actor(ray, num_cpus=num_cpus)
     self.actors = [cls.remote(robot_id=i, **actor_kwargs) for i in range(num_actors)]
     self.episodes_per_call = episodes_per_call
     self.calls_in_flight = calls_in_flight

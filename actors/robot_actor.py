@@ -138,33 +138,10 @@ def _run(actor: RobotActor, task: str, episode_id: int) -> Episode:
   return ep
 
 
-def remote_robot_actor(ray, max_restarts: int = -1, num_cpus: float = 1.0, nice: int = 0):
+def remote_robot_actor(ray, max_restarts: int = -1, num_cpus: float = 1.0):
   """RobotActor as a Ray actor class that Ray restarts after a crash (a killed process).
 
   A call that was running when the process died raises RayActorError and is not retried
-  (max_task_retries=0): its episodes are dropped, never half-emitted. `nice` > 0: the
-  actor's process runs at that Unix niceness (`lower_cpu_priority`), so that simulated
-  robots on the learner's machine use only the CPU the learner leaves (`actors.nice`).
+  (max_task_retries=0): its episodes are dropped, never half-emitted.
   """
-  cls = RobotActor
-  if nice > 0:
-    class NicedRobotActor(RobotActor):
-      def __init__(self, *args, **kwargs):
-        lower_cpu_priority(nice)  # First: threads made later inherit it.
-        super().__init__(*args, **kwargs)
-    cls = NicedRobotActor
-  return ray.remote(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0)(cls)
-
-
-def lower_cpu_priority(niceness: int) -> None:
-  """Raises this process's niceness to at least `niceness` (0-19). On Linux niceness is
-  per thread, so every thread that exists now gets it; later threads inherit it from the
-  thread that makes them. Never raises priority (that needs privileges)."""
-  tasks = "/proc/self/task"
-  tids = [int(t) for t in os.listdir(tasks)] if os.path.isdir(tasks) else [0]
-  for tid in tids:
-    try:
-      if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
-        os.setpriority(os.PRIO_PROCESS, tid, niceness)
-    except (ProcessLookupError, PermissionError):  # A thread that ended meanwhile.
-      pass
+  return ray.remote(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=0)(RobotActor)

@@ -26,10 +26,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.actors = ml_collections.ConfigDict()
   c.actors.num_actors = 2
   c.actors.num_cpus = 1.0  # Ray CPUs per robot actor (where a cluster places them).
-  # Unix niceness (0-19) of the robot actors' processes. > 0: simulated robots on the
-  # learner's machine take only the CPU the learner leaves (more updates/s, fewer episodes
-  # per second); robots on other nodes, and real ones, are unaffected.
-  c.actors.nice = 0
   # Online robots: `ray` pull params and hand episodes to the driver; `served` act and
   # upload through `mtopt serve` on a loopback port, as a real fleet would.
   c.actors.mode = "ray"

@@ -190,29 +190,3 @@ def test_killed_actor_drops_its_episode_and_collection_continues(ray_session):
   assert pid_after != pid_before, "Ray restarted the actor in a new process"
   for e in got:
     assert e.num_steps == 20, "no partial episode"
-
-
-def _niceness(pid: int) -> list[int]:
-  import os
-  return [os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")]
-
-
-@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="Linux /proc")
-def test_niced_actors_run_every_thread_at_that_niceness_also_after_a_restart(ray_session):
-  ray = ray_session
-  kwargs = dict(env_config=ENV, registry=registry().to_json(), seed=1)
-  with Fleet(ray, 1, kwargs, episodes_per_call=1, calls_in_flight=1, num_cpus=0.25,
-             nice=7) as fleet:
-    fleet.wait_ready()
-    assert len(list(fleet.collect(1))) == 1  # Threads made while acting inherit it.
-    pid = fleet.call_all("pid")[0]
-    assert min(_niceness(pid)) >= 7
-    ray.kill(fleet.actors[0], no_restart=False)
-    new, deadline = pid, time.time() + 60
-    while new == pid and time.time() < deadline:  # The kill is asynchronous.
-      time.sleep(0.5)
-      try:
-        new = fleet.call_all("pid")[0]
-      except Exception:  # Restarting.
-        pass
-    assert new != pid and min(_niceness(new)) >= 7

@@ -20,7 +20,6 @@ DEFAULT = os.path.join(ROOT, "configs", "tabletop_state.py")
     ("replay.min_size=0", "replay.min_size"),
     ("replay.success_fraction=1.5", "replay.success_fraction"),
     ("actors.num_actors=0", "actors.num_actors"),
-    ("actors.nice=20", "actors.nice"),
     ("train.online_fraction=1.0", "train.online_fraction"),
     ("cem.num_elites=100", "num_elites"),
     ("detector.learning_rate=0", "learning_rate"),

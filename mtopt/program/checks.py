@@ -96,7 +96,6 @@ def check_config(config: ConfigDict) -> None:
   # collection of offline data, the evaluators).
   p.need("actors.num_actors", _at_least(1), ">= 1")
   p.need("actors.num_cpus", _at_least(0), ">= 0")
-  p.need("actors.nice", lambda v: isinstance(v, int) and 0 <= v <= 19, "an integer in [0, 19]")
   p.one_of("actors.mode", ACTOR_MODES)
   p.one_of("actors.scheduler", SCHEDULERS)
   p.one_of("actors.policy", POLICIES)

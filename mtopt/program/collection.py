@@ -40,8 +40,7 @@ def collect_dataset(config: ConfigDict, ray, registry: TaskRegistry, out_dir: st
   with rlds_format.DatasetWriter(tmp, spec, registry.max_tasks, registry.names,
                                  overwrite=True) as writer, \
        Fleet(ray, num_actors, kwargs, episodes_per_call=episodes_per_call,
-             num_cpus=min(float(config.actors.num_cpus), cpus / num_actors),
-             nice=int(config.actors.get("nice", 0))) as fleet:
+             num_cpus=min(float(config.actors.num_cpus), cpus / num_actors)) as fleet:
     for ep in fleet.collect(num_episodes):
       writer.write(ep)
       if on_episode is not None:
@@ -159,5 +158,5 @@ def start_collector(ray, config: ConfigDict, registry: TaskRegistry, policy, tas
   from actors.fleet import Fleet
   a = config.actors
   fleet = Fleet(ray, int(a.num_actors), nodes.actor_kwargs(config, registry, policy, tasks),
-                episodes_per_call=1, num_cpus=float(a.num_cpus), nice=int(a.get("nice", 0)))
+                episodes_per_call=1, num_cpus=float(a.num_cpus))
   return Collector(fleet, replay, reviewer=reviewer, budget=budget)

@@ -47,7 +47,7 @@ class ServedFleet:
                                 epsilon=t.explore_epsilon)
     kwargs["sink"] = UploadSink(self.server.url, ROBOT, token)
     fleet = Fleet(ray, int(a.num_actors), kwargs, episodes_per_call=1,
-                  num_cpus=float(a.num_cpus), nice=int(a.get("nice", 0)))
+                  num_cpus=float(a.num_cpus))
     self.collector = collection.Collector(fleet, replay, write=False)
 
   def shutdown(self) -> None:
