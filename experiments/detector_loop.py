@@ -157,13 +157,13 @@ def main(argv=None):
   base = os.path.join(ROOT, "results", args.name + ("_quick" if args.quick else ""))
   with open(base + ".json", "w") as f:
     json.dump({"summary": summary, "runs": rows, "meta": meta}, f, indent=1)
-  lines = ["| run | fraction | queued (near cut) | answered s/f | false successes before -> after | "
-           "missed before -> after | test episodes |", "|---|---|---|---|---|---|---|"]
+  lines = ["| run | fraction | queued (near cut) | answered s/f | false successes before -> "
+           "after | missed before -> after | test episodes |", "|---|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['run']} | {r['fraction']} | {r['queued']} ({r['flagged']}) | {r['answered_success']}/"
-                 f"{r['answered_failure']} | {r['false_successes_before']} -> "
-                 f"{r['false_successes_after']} | {r['missed_before']} -> {r['missed_after']} "
-                 f"| {r['test_episodes']} |")
+    lines.append(f"| {r['run']} | {r['fraction']} | {r['queued']} ({r['flagged']}) | "
+                 f"{r['answered_success']}/{r['answered_failure']} | "
+                 f"{r['false_successes_before']} -> {r['false_successes_after']} | "
+                 f"{r['missed_before']} -> {r['missed_after']} | {r['test_episodes']} |")
   md = "\n".join(lines)
   with open(base + ".md", "w") as f:
     f.write(f"# Detector loop\n\ncommit {meta['commit']}{' (dirty)' if meta['dirty'] else ''}"

@@ -103,10 +103,7 @@ def read_tasks(root: str) -> dict[int, str]:
   path = os.path.join(root, "meta", "tasks.parquet")
   if not os.path.isfile(path):
     raise LeRobotError(f"{root}: no meta/tasks.parquet")
-  try:
-    frame = pq.read_table(path).to_pandas()
-  except Exception as e:  # pyarrow raises several types for damaged files.
-    raise LeRobotError(f"{path}: cannot be read: {type(e).__name__}: {e}") from None
+  frame = _parquet(pq.read_table, path).to_pandas()
   if "task_index" not in frame.columns:
     raise LeRobotError(f"{path}: no task_index column")
   names = frame["task"] if "task" in frame.columns else frame.index
@@ -148,14 +145,20 @@ def _observation_keys(info: dict, mapping: LeRobotMapping) -> dict[str, str]:
   return out
 
 
+def _parquet(read, path: str, **kwargs):
+  """`read(path, **kwargs)` (a pyarrow reader); a damaged file's error names it (pyarrow
+  raises several types)."""
+  try:
+    return read(path, **kwargs)
+  except Exception as e:
+    raise LeRobotError(f"{path}: cannot be read: {type(e).__name__}: {e}") from None
+
+
 def _frames(files: Sequence[str], columns: Sequence[str]) -> Iterator[tuple[str, dict]]:
   """(file, {column: numpy or list}) per data file, only `columns`."""
   import pyarrow.parquet as pq
   for path in files:
-    try:
-      table = pq.read_table(path, columns=list(columns))
-    except Exception as e:  # Truncated or damaged files: name the file.
-      raise LeRobotError(f"{path}: cannot be read: {type(e).__name__}: {e}") from None
+    table = _parquet(pq.read_table, path, columns=list(columns))
     yield path, {c: table.column(c).to_pylist() if _is_binary(table.column(c).type)
                  else table.column(c).to_numpy(zero_copy_only=False) for c in columns}
 
@@ -221,19 +224,14 @@ def _video_index(root: str, info: dict, keys: Sequence[str]) -> dict:
   wanted = {key: [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp")]
             for key in keys}
   for path in files:
-    try:
-      names = pq.read_schema(path).names
-    except Exception as e:  # pyarrow raises several types for damaged files.
-      raise LeRobotError(f"{path}: cannot be read: {type(e).__name__}: {e}") from None
+    names = _parquet(pq.read_schema, path).names
     for key in keys:
       missing = [c for c in ["episode_index", *wanted[key]] if c not in names]
       if missing:
         raise LeRobotError(f"{path}: no column {missing[0]!r} (video feature {key!r})")
-    try:  # Only the columns used: LeRobot's rows also carry every feature's statistics.
-      table = pq.read_table(path, columns=["episode_index",
-                                           *[c for key in keys for c in wanted[key]]])
-    except Exception as e:
-      raise LeRobotError(f"{path}: cannot be read: {type(e).__name__}: {e}") from None
+    # Only the columns used: LeRobot's rows also carry every feature's statistics.
+    table = _parquet(pq.read_table, path,
+                     columns=["episode_index", *[c for key in keys for c in wanted[key]]])
     for key in keys:
       episode, chunk, file, start = (table.column(c).to_numpy() for c in ["episode_index",
                                                                           *wanted[key]])
