@@ -174,9 +174,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.cem.num_iterations = 2
   c.cem.discrete_dims = (3, 4)  # Binary action dims: gripper open/close, terminate.
   c.cem.prior_std = 0.2  # Around the behaviour head's action, where there is one.
-  # The head's gripper and terminate: as it chose (choice), or drawn with its output read as
-  # a probability (probability), so Q also weighs the other choice where the head is unsure.
-  c.cem.prior_discrete = "choice"
   c.cem.score_terminate = True  # Q decides terminate: one terminate sample per round.
 
   c.train = ml_collections.ConfigDict()  # mtopt train (see mtopt/launch.py).

@@ -67,13 +67,7 @@ ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
              # heads instead of (256, 256) (benchmarks.learner --quick: 0.82 of the plain
              # update vs 0.58).
              "mtopt_small_heads": ["learner.network.behaviour_sizes=(128,)",
-                                   "learner.network.terminate_sizes=(128,)"],
-             # The behaviour head's gripper and terminate outputs read as probabilities and
-             # sampled, instead of kept as it chose (failed lifts time out without a grasp,
-             # and with "choice" Q never weighs the other gripper action). Rule fixed before
-             # measuring: adopted as the default if, on the tuning data (--dev, seeds 0, 1,
-             # 2), it raises the mean by >= 0.03 without lowering reach by more than 0.02.
-             "mtopt_prior_probability": ["cem.prior_discrete=probability"]}
+                                   "learner.network.terminate_sizes=(128,)"]}
 DATASETS = {"default": [], "hard": ["actors.epsilon=0.7"]}
 EPISODES = 1200
 REPORT = {"collect_seed": 0, "eval_seed": 20261202}

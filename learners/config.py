@@ -71,8 +71,6 @@ class CEMConfig:
     prior_std: where the network has a behaviour head (`NetworkConfig.behaviour_sizes`),
       the first round samples around its action with this std (a fraction of each
       dimension's half range) and keeps its discrete choices (see `mtopt.cem`)...
-    prior_discrete: ...or, with "probability", draws each discrete dim with the behaviour
-      head's output read as the probability of its maximum (`mtopt.cem.cem_maximize`).
     score_terminate: Q, not the prior, decides terminate (where the env has it): each CEM
       round scores the terminate action beside continuing samples (see `mtopt.cem`). Needs
       a Q of terminating that is right away from the data's own terminations, i.e. state
@@ -84,15 +82,11 @@ class CEMConfig:
   num_iterations: int = 2
   discrete_dims: tuple[int, ...] = ()
   prior_std: float = 0.2
-  prior_discrete: str = "choice"
   score_terminate: bool = False
 
   def __post_init__(self):
     if not self.prior_std > 0:
       raise ConfigError(f"cem.prior_std must be > 0, got {self.prior_std}")
-    if self.prior_discrete not in ("choice", "probability"):
-      raise ConfigError(f"cem.prior_discrete must be 'choice' or 'probability', got "
-                        f"{self.prior_discrete!r}")
     try:
       check_cem_sizes(self.num_samples, self.num_elites, self.num_iterations)
     except ValueError as e:

@@ -116,7 +116,7 @@ def cem_best_actions(network: networks.QNetwork, params: Params, observation: di
                       minimum, maximum, score_args=(params, features),
                       num_samples=cem.num_samples, num_elites=cem.num_elites,
                       num_iterations=cem.num_iterations, discrete_dims=cem.discrete_dims,
-                      prior=prior, prior_std=cem.prior_std, prior_discrete=cem.prior_discrete,
+                      prior=prior, prior_std=cem.prior_std,
                       terminate_dim=network.terminate_dim if cem.score_terminate else None)
 
 

@@ -40,7 +40,7 @@ def check_cem_sizes(num_samples: int, num_elites: int, num_iterations: int) -> N
 
 @functools.partial(jax.jit, static_argnames=(
     "score_fn", "batch_size", "num_samples", "num_elites", "num_iterations", "discrete_dims",
-    "terminate_dim", "prior_discrete"))
+    "terminate_dim"))
 def cem_maximize(score_fn: Callable[..., jax.Array],
                  key: jax.Array,
                  batch_size: int,
@@ -53,8 +53,7 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
                  discrete_dims: Sequence[int] = (),
                  prior: jax.Array | None = None,
                  prior_std: float = 0.2,
-                 terminate_dim: int | None = None,
-                 prior_discrete: str = "choice") -> tuple[jax.Array, jax.Array]:
+                 terminate_dim: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Maximises `score_fn` over actions in [minimum, maximum], independently per batch row.
 
   Args:
@@ -75,12 +74,6 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
       around instead of the whole box: continuous dims at N(prior, (prior_std * half
       range)^2), discrete dims as the prior chose; the prior itself is the first sample.
     prior_std: see `prior`.
-    prior_discrete: how the first round takes the prior's discrete dims. "choice": every
-      sample as the prior chose (its value above the dim's midpoint: the maximum).
-      "probability": each sample draws the maximum with probability (prior - minimum) /
-      range, the prior read as a probability (a behaviour model fit by squared error to
-      binary actions predicts their mean), so that the score also weighs the other choice
-      where the model is unsure; the first sample is the prior with those dims rounded.
     terminate_dim: a discrete dim whose maximum ends the episode whatever the other dims
       (the score must treat it so). Then every round's samples continue (that dim at its
       minimum) but the last, which terminates: Q chooses between stopping now and the best
@@ -107,15 +100,9 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
   mean = jnp.broadcast_to((minimum + maximum) / 2, (batch_size, action_dim))
   std = jnp.broadcast_to(span / 2, (batch_size, action_dim))
   prob_max = jnp.full((batch_size, action_dim), 0.5)  # P(discrete dim at its maximum).
-  if prior_discrete not in ("choice", "probability"):
-    raise ValueError(f"cem prior_discrete must be 'choice' or 'probability', got "
-                     f"{prior_discrete!r}")
   if prior is not None:
     prior = jnp.clip(jnp.asarray(prior, jnp.float32), minimum, maximum)
     prob_max = (prior > mean).astype(jnp.float32)
-    if prior_discrete == "probability":
-      prob_max = (prior - minimum) / jnp.where(span > 0, span, 1.0)
-      prior = jnp.where(discrete, jnp.where(prior > mean, maximum, minimum), prior)
     mean, std = prior, jnp.broadcast_to(prior_std * span / 2, (batch_size, action_dim))
   best_actions = jnp.broadcast_to(mean, (batch_size, action_dim))
   best_scores = jnp.full((batch_size,), -jnp.inf)

@@ -199,35 +199,6 @@ def test_cem_with_a_prior_searches_around_it_and_keeps_its_discrete_choices():
   assert np.all(np.asarray(free)[:, 1] == -prior[:, 1])
 
 
-def test_cem_reads_an_unsure_prior_discrete_dim_as_a_probability():
-  """With prior_discrete="probability" a discrete dim is drawn with the prior's value as the
-  probability of its maximum: an unsure prior (0.2 of the way up) lets the score pick the
-  other choice, a certain one (at a bound) never does; the first sample is the prior
-  rounded, so a binary action is all the score ever sees."""
-  import jax
-  import jax.numpy as jnp
-  from mtopt.cem import cem_maximize
-  lo, hi = -np.ones(2, np.float32), np.ones(2, np.float32)
-  prior = np.array([[0.0, -0.6], [0.0, -1.0]], np.float32)  # P(max) 0.2 and 0.
-  seen = []
-
-  def score(a):
-    jax.debug.callback(lambda x: seen.append(np.asarray(x)), a)
-    return a[..., 1]  # Prefers the discrete dim at its maximum.
-
-  best, _ = cem_maximize(score, jax.random.PRNGKey(0), 2, lo, hi, num_samples=64,
-                         discrete_dims=(1,), prior=prior, prior_discrete="probability")
-  np.testing.assert_array_equal(np.asarray(best)[:, 1], [1.0, -1.0])
-  first = seen[0]
-  assert set(np.unique(first[..., 1])) <= {-1.0, 1.0}
-  np.testing.assert_array_equal(first[:, 0, 1], [-1.0, -1.0])
-  choice, _ = cem_maximize(score, jax.random.PRNGKey(0), 2, lo, hi, discrete_dims=(1,),
-                           prior=prior)
-  assert np.all(np.asarray(choice)[:, 1] < 0)  # "choice" never leaves the prior's side.
-  with pytest.raises(ValueError, match="prior_discrete"):
-    cem_maximize(score, jax.random.PRNGKey(0), 2, lo, hi, prior=prior, prior_discrete="x")
-
-
 def test_one_key_per_row_makes_rows_independent_of_their_batch(rng):
   """Serving batches robots together: with raw keys [B, 2] a row's result depends on its
   own key, not on the batch size or the other rows."""
