@@ -115,6 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner = ml_collections.ConfigDict()
   c.learner.batch_size = 256
   c.learner.learning_rate = 1e-3
+  c.learner.final_learning_rate_fraction = 1.0  # Cosine decay to this share at num_steps.
   c.learner.gamma = 0.9
   c.learner.num_steps = 6000
   c.learner.grad_clip_norm = 10.0

@@ -101,6 +101,9 @@ class LearnerConfig:
   Attributes:
     batch_size: transitions per update (split across devices when there are several).
     learning_rate: Adam step size.
+    final_learning_rate_fraction: the step size at `num_steps`, as a fraction of
+      `learning_rate`, reached along a cosine and held after; 1.0: constant. A run
+      continued with more `num_steps` follows the schedule stretched to the new length.
     gamma: discount; the batch's per-row discount (0 where an episode terminated) is
       multiplied by it.
     num_steps: updates that `mtopt train` runs.
@@ -132,6 +135,7 @@ class LearnerConfig:
 
   batch_size: int = 256
   learning_rate: float = 1e-3
+  final_learning_rate_fraction: float = 1.0
   gamma: float = 0.9
   num_steps: int = 2000
   grad_clip_norm: float = 10.0
@@ -161,6 +165,9 @@ class LearnerConfig:
       raise ConfigError(f"learner.lagged_period must be >= 1, got {self.lagged_period}")
     if self.learning_rate <= 0 or self.grad_clip_norm <= 0:
       raise ConfigError("learner.learning_rate and learner.grad_clip_norm must be > 0")
+    if not 0.0 <= self.final_learning_rate_fraction <= 1.0:
+      raise ConfigError(f"learner.final_learning_rate_fraction must be in [0, 1], got "
+                        f"{self.final_learning_rate_fraction}")
     if not 0.0 <= self.negative_terminate_prob <= 1.0:
       raise ConfigError(f"learner.negative_terminate_prob must be in [0, 1], got "
                         f"{self.negative_terminate_prob}")

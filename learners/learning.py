@@ -76,8 +76,13 @@ class TrainingState(NamedTuple):
 
 
 def make_optimizer(config: LearnerConfig) -> optax.GradientTransformation:
+  learning_rate = config.learning_rate
+  if config.final_learning_rate_fraction < 1.0:  # Else a constant: the optimiser state of
+    # checkpoints made before the schedule existed.
+    learning_rate = optax.cosine_decay_schedule(config.learning_rate, config.num_steps,
+                                                alpha=config.final_learning_rate_fraction)
   return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
-                     optax.adam(config.learning_rate))
+                     optax.adam(learning_rate))
 
 
 def init_training_state(network: networks.QNetwork, env_spec: EnvSpec, config: LearnerConfig,

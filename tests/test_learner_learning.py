@@ -345,3 +345,31 @@ def test_full_loss_and_gradients_match_the_terms_computed_one_by_one(rng):
     for g, w in zip(jax.tree.leaves(got["params"][name]), jax.tree.leaves(want)):
       np.testing.assert_allclose(g, w, atol=1e-5, err_msg=name)
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))  # All terms train.
+
+
+def test_learning_rate_follows_a_cosine_to_its_final_fraction():
+  """final_learning_rate_fraction 0.1: Adam's step (a constant gradient, so each step is
+  the step size) falls from learning_rate to a tenth of it at num_steps, and stays there;
+  1.0 keeps a constant step and the optimiser state checkpoints had before."""
+  import jax.numpy as jnp
+  import optax
+  from learners.config import LearnerConfig
+  from learners.learning import make_optimizer
+  from mtopt.config import ConfigError
+  config = LearnerConfig(learning_rate=1e-2, num_steps=10, final_learning_rate_fraction=0.1)
+  opt = make_optimizer(config)
+  params = jnp.zeros(3)
+  state = opt.init(params)
+  steps = []
+  for _ in range(14):
+    updates, state = opt.update(jnp.ones(3), state, params)
+    steps.append(-float(updates[0]))
+  np.testing.assert_allclose(steps[0], 1e-2, rtol=1e-3)
+  np.testing.assert_allclose(steps[10:], 1e-3, rtol=1e-3)
+  assert all(a >= b - 1e-7 for a, b in zip(steps, steps[1:]))
+  constant = make_optimizer(LearnerConfig(learning_rate=1e-2))
+  assert (jax.tree.structure(constant.init(params))
+          == jax.tree.structure(optax.chain(optax.clip_by_global_norm(10.0),
+                                            optax.adam(1e-2)).init(params)))
+  with pytest.raises(ConfigError, match="final_learning_rate_fraction"):
+    LearnerConfig(final_learning_rate_fraction=1.5)
