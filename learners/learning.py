@@ -76,13 +76,18 @@ class TrainingState(NamedTuple):
 
 
 def make_optimizer(config: LearnerConfig) -> optax.GradientTransformation:
-  learning_rate = config.learning_rate
-  if config.final_learning_rate_fraction < 1.0:  # Else a constant: the optimiser state of
-    # checkpoints made before the schedule existed.
-    learning_rate = optax.cosine_decay_schedule(config.learning_rate, config.num_steps,
-                                                alpha=config.final_learning_rate_fraction)
   return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
-                     optax.adam(learning_rate))
+                     optax.adam(config.learning_rate))
+
+
+def learning_rate_scale(config: LearnerConfig, step: jax.Array) -> jax.Array:
+  """The step size at `step` as a share of `learning_rate`: a cosine from 1 to
+  `final_learning_rate_fraction` at `num_steps`, held after. `update_step` scales Adam's
+  update by it (the same as scheduling Adam's step size, whose update is linear in it), so
+  the optimiser state, and checkpoints, are those of a constant step."""
+  end = config.final_learning_rate_fraction
+  progress = jnp.minimum(step / max(config.num_steps, 1), 1.0)
+  return end + (1.0 - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
 
 
 def init_training_state(network: networks.QNetwork, env_spec: EnvSpec, config: LearnerConfig,
@@ -215,6 +220,9 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
 
   (loss, (logits, negative_q)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  if config.final_learning_rate_fraction < 1.0:
+    scale = learning_rate_scale(config, state.step)
+    updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
   params = optax.apply_updates(state.params, updates)
   step = state.step + 1
   target_params = optax.incremental_update(params, state.target_params, config.polyak_tau)

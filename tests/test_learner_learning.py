@@ -348,28 +348,27 @@ def test_full_loss_and_gradients_match_the_terms_computed_one_by_one(rng):
 
 
 def test_learning_rate_follows_a_cosine_to_its_final_fraction():
-  """final_learning_rate_fraction 0.1: Adam's step (a constant gradient, so each step is
-  the step size) falls from learning_rate to a tenth of it at num_steps, and stays there;
-  1.0 keeps a constant step and the optimiser state checkpoints had before."""
-  import jax.numpy as jnp
-  import optax
-  from learners.config import LearnerConfig
-  from learners.learning import make_optimizer
+  """final_learning_rate_fraction 0.1: the step size falls along a cosine from
+  learning_rate to a tenth of it at num_steps and stays there; update_step scales Adam's
+  update by it (same optimiser state as a constant step)."""
+  from learners.learning import learning_rate_scale
   from mtopt.config import ConfigError
-  config = LearnerConfig(learning_rate=1e-2, num_steps=10, final_learning_rate_fraction=0.1)
-  opt = make_optimizer(config)
-  params = jnp.zeros(3)
-  state = opt.init(params)
-  steps = []
-  for _ in range(14):
-    updates, state = opt.update(jnp.ones(3), state, params)
-    steps.append(-float(updates[0]))
-  np.testing.assert_allclose(steps[0], 1e-2, rtol=1e-3)
-  np.testing.assert_allclose(steps[10:], 1e-3, rtol=1e-3)
-  assert all(a >= b - 1e-7 for a, b in zip(steps, steps[1:]))
-  constant = make_optimizer(LearnerConfig(learning_rate=1e-2))
-  assert (jax.tree.structure(constant.init(params))
-          == jax.tree.structure(optax.chain(optax.clip_by_global_norm(10.0),
-                                            optax.adam(1e-2)).init(params)))
+  config = LearnerConfig(num_steps=10, final_learning_rate_fraction=0.1)
+  scale = [float(learning_rate_scale(config, np.float32(s))) for s in range(14)]
+  np.testing.assert_allclose(scale[0], 1.0)
+  np.testing.assert_allclose(scale[5], 0.55, rtol=1e-5)
+  np.testing.assert_allclose(scale[10:], 0.1, rtol=1e-5)
+  assert all(a >= b for a, b in zip(scale, scale[1:]))
+  # The update at step 10 moves the parameters a tenth as far as a constant step would.
+  rng = np.random.default_rng(0)
+  batch = mdp.random_batch(rng, 32)
+  moved = {}
+  for fraction in (1.0, 0.1):
+    c, spec, net, state = _setup(num_steps=10, final_learning_rate_fraction=fraction)
+    state = state._replace(step=jax.numpy.asarray(10, jax.numpy.int32))
+    new, _ = learning.make_update_fn(net, spec, c, MAX_TASKS)(state, batch)
+    moved[fraction] = np.concatenate([np.ravel(a - b) for a, b in zip(
+        jax.tree.leaves(new.params), jax.tree.leaves(state.params))])
+  np.testing.assert_allclose(moved[0.1], 0.1 * moved[1.0], atol=1e-7)  # float32 rounding.
   with pytest.raises(ConfigError, match="final_learning_rate_fraction"):
     LearnerConfig(final_learning_rate_fraction=1.5)
