@@ -101,8 +101,12 @@ def rollouts(envs: Sequence, act_batch, tasks: Sequence[str], slots: Sequence[in
   live = list(range(len(envs)))
   out = [{"steps": 0, "terminated": False} for _ in envs]
   while live:
-    batch = {k: np.stack([obs[i][k] for i in live]) for k in obs[live[0]]}
-    actions, _ = act_batch(batch, np.asarray([slots[i] for i in live], np.int32))
+    # Finished episodes' rows are refilled with a live one, so that every call has the
+    # same batch size: a jitted policy then compiles once, not once per size as episodes
+    # end (that was most of an evaluation's time).
+    rows = live + [live[0]] * (len(envs) - len(live))
+    batch = {k: np.stack([obs[i][k] for i in rows]) for k in obs[live[0]]}
+    actions, _ = act_batch(batch, np.asarray([slots[i] for i in rows], np.int32))
     still = []
     for i, action in zip(live, np.clip(np.asarray(actions, np.float32), lo, hi)):
       obs[i], done, info = envs[i].step(action)
