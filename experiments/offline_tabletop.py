@@ -25,6 +25,8 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
   `filtered_bc`: behaviour cloning of the rows of successful episodes (shared across
   tasks by label, as mtopt shares them); `bc`: behaviour cloning of every episode for the
   task it was collected for, in the data's own proportions.
+- Acting variants (`--acting`): mtopt's trained parameters also act with other CEM
+  settings (ACTING), on the same start states: rows `METHOD+NAME`, paired with METHOD's.
 - Evaluation: greedy, 50 episodes per task from fixed start states (evaluation seed
   20261202) shared by every method; success is the simulator's ground truth at the end.
   Seeds 0, 1, 2 (the learner's initialisation and CEM noise; Reverb's sampling is not
@@ -71,7 +73,17 @@ ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
              # A constant step size. The tabletop default decays it along a cosine to a
              # tenth (adopted by a rule fixed before measuring, 0.733 -> 0.806 on the tuning
              # data: results/offline_tabletop_dev_cosine_lr.md).
-             "mtopt_constant_lr": ["learner.final_learning_rate_fraction=1.0"]}
+             "mtopt_constant_lr": ["learner.final_learning_rate_fraction=1.0"],
+             # CEM's search radius around the behaviour head's action, for the targets and
+             # for acting: 0.1 of each dimension's half range instead of 0.2.
+             "mtopt_prior10": ["cem.prior_std=0.1"]}
+# How the trained mtopt parameters act, beside the config's CEM (`--acting`): the same
+# parameters, start states and episodes, so these rows pair with their method's. CEM's
+# search radius around the behaviour head's action (`cem.prior_std`, 0.2 by default) and a
+# stronger search (256 samples, 16 elites, 3 iterations instead of 64 / 6 / 2).
+ACTING = {"act_prior20": {"prior_std": 0.2}, "act_prior10": {"prior_std": 0.1},
+          "act_prior05": {"prior_std": 0.05},
+          "act_strong": {"num_samples": 256, "num_elites": 16, "num_iterations": 3}}
 DATASETS = {"default": [], "hard": ["actors.epsilon=0.7"]}
 EPISODES = 1200
 REPORT = {"collect_seed": 0, "eval_seed": 20261202}
@@ -117,8 +129,9 @@ def natural_sampler(replay, batch_size: int):
 
 
 def train_and_act(method: str, config, spec, registry, replays, seed: int,
-                  state_labeller=None):
-  """Trains `method` for the config's steps; returns (act_batch, seconds)."""
+                  state_labeller=None, acting=()):
+  """Trains `method` for the config's steps; returns ({"": act_batch, and for mtopt one
+  per `acting` variant (ACTING)}, seconds)."""
   from learners.baselines import BaselineConfig, BaselineLearner
   from learners.config import LearnerConfig
   from learners.learner import Learner
@@ -141,15 +154,17 @@ def train_and_act(method: str, config, spec, registry, replays, seed: int,
       learner = Learner(spec, registry.max_tasks, lcfg, sampler, seed=seed,
                         state_labeller=state_labeller)
       learner.run(lcfg.num_steps)
-      policy = CEMPolicy(spec, registry.max_tasks, lcfg.network, learner.get_params(),
-                         lcfg.cem, seed=seed)
-      act = policy.act_batch
+      params = learner.get_params()
+      act = {name: CEMPolicy(spec, registry.max_tasks, lcfg.network, params,
+                             dataclasses.replace(lcfg.cem, **ACTING.get(name, {})),
+                             seed=seed).act_batch
+             for name in ["", *acting]}
     else:
       bcfg = BaselineConfig(method=method, batch_size=bs)
       learner = BaselineLearner(spec, registry.max_tasks, bcfg, sampler, seed=seed,
                                 discrete_dims=tuple(config.cem.discrete_dims))
       learner.run(lcfg.num_steps)
-      act = learner.act_batch
+      act = {"": learner.act_batch}
   finally:
     sampler.close()
   return act, time.time() - t0
@@ -186,6 +201,9 @@ def main(argv=None) -> dict:
   p.add_argument("--blocks", nargs="+", default=["default", "hard", "default_learned"],
                  help="dataset blocks: default, hard, default_learned; BLOCK:m1,m2 runs only "
                       "those of --methods there")
+  p.add_argument("--acting", nargs="+", default=[], choices=list(ACTING),
+                 help="also evaluate mtopt's trained parameters with these CEM settings "
+                      "(rows METHOD+NAME, paired with METHOD's)")
   p.add_argument("--work-dir", default=os.path.join(ROOT, "runs", "offline_tabletop"))
   p.add_argument("--out", default=os.path.join(ROOT, "results"))
   p.add_argument("overrides", nargs="*", help="config overrides for every method, key=value")
@@ -219,35 +237,46 @@ def main(argv=None) -> dict:
     os.makedirs(config.run_dir, exist_ok=True)
     labeller = nodes.make_labeller(config, env, registry, config.run_dir)
     replays = None
-    block_results, data_success = {}, None
+    block_results, data_success, per_seed_acting = {}, None, {}
     for method in methods:
       mconfig = load_config(CONFIG, [*settings, *ABLATIONS.get(method, [])])
       per_seed = {}
       for seed in args.seeds:
         path = os.path.join(work_dir, block, method, f"seed{seed}.json")
         want = protocol.stamp(mconfig.to_dict(), {name: sha})
+        acting = args.acting if method.startswith("mtopt") else []
         want["config"].update(method=method, seed=seed, eval_seed=which["eval_seed"],
                               episodes_per_task=per_task)
+        if acting:  # Stamped only when used, so that earlier results stay reusable.
+          want["config"]["acting"] = {a: ACTING[a] for a in acting}
         saved = protocol.load_if_same(path, want)
         if saved is None:
           if replays is None:
             replays = import_replays(config, spec, registry, labeller, data_dir)
-          act, seconds = train_and_act(
+          acts, seconds = train_and_act(
               method.split("_")[0] if method in ABLATIONS else method, mconfig, spec,
               registry, replays, seed,
-              nodes.make_state_labeller(mconfig, env, registry, config.run_dir))
-          evals = _evaluate(mconfig, act, registry, per_task, which["eval_seed"], seed)
-          saved = {"success": {t: v["success"].tolist() for t, v in evals.items()},
-                   "train_seconds": seconds, "meta": want}
+              nodes.make_state_labeller(mconfig, env, registry, config.run_dir), acting)
+          success = {}
+          for name, act in acts.items():
+            evals = _evaluate(mconfig, act, registry, per_task, which["eval_seed"], seed)
+            success[name] = {t: v["success"].tolist() for t, v in evals.items()}
+            rate = np.mean([np.mean(v) for v in success[name].values()])
+            print(f"{block} {method}{'+' + name if name else ''} seed {seed}: mean "
+                  f"{rate:.3f} ({seconds:.0f} s training)", flush=True)
+          saved = {"success": success.pop(""), "acting": success, "train_seconds": seconds,
+                   "meta": want}
           os.makedirs(os.path.dirname(path), exist_ok=True)
           with open(path, "w") as f:
             json.dump(saved, f)
-          rate = np.mean([np.mean(v) for v in saved["success"].values()])
-          print(f"{block} {method} seed {seed}: mean {rate:.3f} ({seconds:.0f} s training)",
-                flush=True)
         per_seed[seed] = saved["success"]
+        for name in acting:
+          per_seed_acting.setdefault(f"{method}+{name}", {})[seed] = saved["acting"][name]
         stamps[block] = want
       block_results[method] = protocol.summarize(per_seed)
+      for row, runs in per_seed_acting.items():
+        if row.startswith(method + "+"):
+          block_results[row] = protocol.summarize(runs)
     if replays is not None:
       counts = replays["none"].counts()
       data_success = (sum(c["success"] for c in counts.values())
