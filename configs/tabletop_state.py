@@ -186,7 +186,6 @@ def get_config() -> ml_collections.ConfigDict:
   # the runs: results/offline_tabletop_dev_prior.md.
   c.cem.prior_std = 0.1
   c.cem.score_terminate = True  # Q decides terminate: one terminate sample per round.
-  c.cem.flip_dims = ()  # Discrete dims (3: gripper) each round also scores flipped.
 
   c.train = ml_collections.ConfigDict()  # mtopt train (see mtopt/launch.py).
   # offline | online | mixed. Offline-only Q-learning on tabletop exploits the Q-function

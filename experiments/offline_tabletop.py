@@ -77,19 +77,14 @@ ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
              # CEM's search radius around the behaviour head's action, for the targets and
              # for acting: 0.2 of each dimension's half range, the tabletop default before
              # 0.1 was adopted from the tuning data (results/offline_tabletop_dev_prior.md).
-             "mtopt_prior20": ["cem.prior_std=0.2"],
-             # Q weighs the gripper too: each CEM round also scores the round's mean action
-             # with the gripper flipped, for the targets and for acting (cem.flip_dims).
-             "mtopt_flip_gripper": ["cem.flip_dims=(3,)"]}
+             "mtopt_prior20": ["cem.prior_std=0.2"]}
 # How the trained mtopt parameters act, beside the config's CEM (`--acting`): the same
 # parameters, start states and episodes, so these rows pair with their method's. CEM's
 # search radius around the behaviour head's action (`cem.prior_std`, 0.2 by default) and a
 # stronger search (256 samples, 16 elites, 3 iterations instead of 64 / 6 / 2).
 ACTING = {"act_prior20": {"prior_std": 0.2}, "act_prior10": {"prior_std": 0.1},
           "act_prior05": {"prior_std": 0.05},
-          "act_strong": {"num_samples": 256, "num_elites": 16, "num_iterations": 3},
-          # Q also scores the gripper flipped at each round's mean action (cem.flip_dims).
-          "act_flip_gripper": {"flip_dims": (3,)}}
+          "act_strong": {"num_samples": 256, "num_elites": 16, "num_iterations": 3}}
 DATASETS = {"default": [], "hard": ["actors.epsilon=0.7"]}
 EPISODES = 1200
 REPORT = {"collect_seed": 0, "eval_seed": 20261202}

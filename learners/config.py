@@ -75,8 +75,6 @@ class CEMConfig:
       round scores the terminate action beside continuing samples (see `mtopt.cem`). Needs
       a Q of terminating that is right away from the data's own terminations, i.e. state
       labels (`learner.state_label_weight`).
-    flip_dims: discrete dims that every CEM round also scores the other way round, at the
-      round's mean action (see `mtopt.cem`): Q, not only the prior, weighs the gripper.
   """
 
   num_samples: int = 64
@@ -85,20 +83,15 @@ class CEMConfig:
   discrete_dims: tuple[int, ...] = ()
   prior_std: float = 0.2
   score_terminate: bool = False
-  flip_dims: tuple[int, ...] = ()
 
   def __post_init__(self):
     if not self.prior_std > 0:
       raise ConfigError(f"cem.prior_std must be > 0, got {self.prior_std}")
     try:
       check_cem_sizes(self.num_samples, self.num_elites, self.num_iterations)
-      if any(d not in self.discrete_dims for d in self.flip_dims):
-        raise ValueError(f"cem.flip_dims {tuple(self.flip_dims)} must be among "
-                         f"cem.discrete_dims {tuple(self.discrete_dims)}")
     except ValueError as e:
       raise ConfigError(str(e)) from None
     object.__setattr__(self, "discrete_dims", tuple(int(d) for d in self.discrete_dims))
-    object.__setattr__(self, "flip_dims", tuple(int(d) for d in self.flip_dims))
 
 
 @dataclasses.dataclass(frozen=True)

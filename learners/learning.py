@@ -127,8 +127,7 @@ def cem_best_actions(network: networks.QNetwork, params: Params, observation: di
                       num_samples=cem.num_samples, num_elites=cem.num_elites,
                       num_iterations=cem.num_iterations, discrete_dims=cem.discrete_dims,
                       prior=prior, prior_std=cem.prior_std,
-                      terminate_dim=network.terminate_dim if cem.score_terminate else None,
-                      flip_dims=cem.flip_dims)
+                      terminate_dim=network.terminate_dim if cem.score_terminate else None)
 
 
 def _score_actions(network, actions, params, features):

@@ -40,7 +40,7 @@ def check_cem_sizes(num_samples: int, num_elites: int, num_iterations: int) -> N
 
 @functools.partial(jax.jit, static_argnames=(
     "score_fn", "batch_size", "num_samples", "num_elites", "num_iterations", "discrete_dims",
-    "terminate_dim", "flip_dims"))
+    "terminate_dim"))
 def cem_maximize(score_fn: Callable[..., jax.Array],
                  key: jax.Array,
                  batch_size: int,
@@ -53,8 +53,7 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
                  discrete_dims: Sequence[int] = (),
                  prior: jax.Array | None = None,
                  prior_std: float = 0.2,
-                 terminate_dim: int | None = None,
-                 flip_dims: Sequence[int] = ()) -> tuple[jax.Array, jax.Array]:
+                 terminate_dim: int | None = None) -> tuple[jax.Array, jax.Array]:
   """Maximises `score_fn` over actions in [minimum, maximum], independently per batch row.
 
   Args:
@@ -79,19 +78,11 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
       (the score must treat it so). Then every round's samples continue (that dim at its
       minimum) but the last, which terminates: Q chooses between stopping now and the best
       motion found, and no samples are spent on copies of the one terminate action.
-    flip_dims: discrete dims (e.g. the gripper) that every round also tries the other way:
-      sample 1 + j is the round's mean action (the prior's, in the first round) with its
-      discrete dims at their likelier value and flip_dims[j] at the other. With a prior
-      the discrete dims otherwise keep its choice in every sample, and Q never weighs
-      closing the gripper where the prior did not.
 
   Returns:
     (best_actions [B, A], best_scores [B]): the best sample seen per row and its score.
   """
   check_cem_sizes(num_samples, num_elites, num_iterations)
-  if any(d not in discrete_dims for d in flip_dims) or len(flip_dims) + 2 > num_samples:
-    raise ValueError(f"cem flip dims {tuple(flip_dims)} must be discrete dims "
-                     f"{tuple(discrete_dims)}, with num_samples >= {len(flip_dims) + 2}")
   minimum = jnp.asarray(minimum, jnp.float32)
   maximum = jnp.asarray(maximum, jnp.float32)
   if minimum.ndim != 1 or minimum.shape != maximum.shape:
@@ -132,10 +123,6 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
       samples = jnp.where(discrete, jnp.where(u < prob_max[:, None], maximum, minimum), cont)
     if it == 0 and prior is not None:
       samples = samples.at[:, 0].set(prior)
-    for j, d in enumerate(flip_dims):
-      likely = jnp.where(discrete, jnp.where(prob_max > 0.5, maximum, minimum), mean)
-      flipped = jnp.where(likely[:, d] == maximum[d], minimum[d], maximum[d])
-      samples = samples.at[:, 1 + j].set(likely.at[:, d].set(flipped))
     if terminate_dim is not None:
       samples = samples.at[..., terminate_dim].set(minimum[terminate_dim])
       stop = mean.at[:, terminate_dim].set(maximum[terminate_dim])

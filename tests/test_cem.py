@@ -199,23 +199,6 @@ def test_cem_with_a_prior_searches_around_it_and_keeps_its_discrete_choices():
   assert np.all(np.asarray(free)[:, 1] == -prior[:, 1])
 
 
-def test_flip_dims_let_the_score_overrule_the_prior_on_that_dim_only():
-  """With a prior, a flip dim is also scored the other way round (at the round's mean);
-  the other discrete dims keep the prior's choice."""
-  lo, hi = -np.ones(3, np.float32), np.ones(3, np.float32)
-  prior = np.array([[0.2, -1.0, 1.0], [-0.5, 1.0, -1.0]], np.float32)
-  score = lambda a: -10 * (a[..., 1] * jnp.sign(prior[:, None, 1])  # noqa: E731
-                           + a[..., 2] * jnp.sign(prior[:, None, 2]))  # Both prefer a flip.
-  kwargs = dict(num_samples=64, num_elites=6, num_iterations=2, discrete_dims=(1, 2),
-                prior=prior, prior_std=0.1)
-  best, _ = cem_maximize(score, jax.random.PRNGKey(0), 2, lo, hi, flip_dims=(1,), **kwargs)
-  best = np.asarray(best)
-  np.testing.assert_array_equal(best[:, 1], -prior[:, 1])
-  np.testing.assert_array_equal(best[:, 2], prior[:, 2])
-  with pytest.raises(ValueError, match="flip dims"):
-    cem_maximize(score, jax.random.PRNGKey(0), 2, lo, hi, flip_dims=(0,), **kwargs)
-
-
 def test_one_key_per_row_makes_rows_independent_of_their_batch(rng):
   """Serving batches robots together: with raw keys [B, 2] a row's result depends on its
   own key, not on the batch size or the other rows."""

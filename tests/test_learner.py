@@ -135,9 +135,6 @@ def test_config_from_experiment_file():
     LearnerConfig.from_config(load)
   with pytest.raises(ConfigError, match="num_elites"):
     CEMConfig(num_samples=4, num_elites=8)
-  with pytest.raises(ConfigError, match="flip_dims"):
-    CEMConfig(discrete_dims=(3, 4), flip_dims=(2,))
-  assert CEMConfig(discrete_dims=[3, 4], flip_dims=[3]).flip_dims == (3,)
   assert config.updates_per_call == 4
   with pytest.raises(ConfigError, match="updates_per_call"):
     LearnerConfig(updates_per_call=0)
