@@ -92,8 +92,11 @@ def evaluate_goals(make_env: Callable, act: Callable, goals: GoalSpec,
       steps = dict.fromkeys(part, 0)
       live = list(part)
       while live:
-        batch = {k: np.stack([obs[i][k] for i in live]) for k in obs[live[0]]}
-        goal = np.stack([np.asarray(targets[i]["goal"], np.float32) for i in live])
+        # Padded to the full batch with a live row: one shape, one compile of the policy
+        # (as actors.evaluator.rollouts does).
+        rows = live + [live[0]] * (len(envs) - len(live))
+        batch = {k: np.stack([obs[i][k] for i in rows]) for k in obs[live[0]]}
+        goal = np.stack([np.asarray(targets[i]["goal"], np.float32) for i in rows])
         actions = np.asarray(act(batch, goal), np.float32)
         still = []
         for i, a in zip(live, actions):
