@@ -80,7 +80,7 @@ ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
              "mtopt_prior20": ["cem.prior_std=0.2"]}
 # How the trained mtopt parameters act, beside the config's CEM (`--acting`): the same
 # parameters, start states and episodes, so these rows pair with their method's. CEM's
-# search radius around the behaviour head's action (`cem.prior_std`, 0.2 by default) and a
+# search radius around the behaviour head's action (`cem.prior_std`; tabletop: 0.1) and a
 # stronger search (256 samples, 16 elites, 3 iterations instead of 64 / 6 / 2).
 ACTING = {"act_prior20": {"prior_std": 0.2}, "act_prior10": {"prior_std": 0.1},
           "act_prior05": {"prior_std": 0.05},
