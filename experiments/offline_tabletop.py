@@ -238,14 +238,14 @@ def main(argv=None) -> dict:
     os.makedirs(config.run_dir, exist_ok=True)
     labeller = nodes.make_labeller(config, env, registry, config.run_dir)
     replays = None
-    block_results, data_success, per_seed_acting = {}, None, {}
+    block_results, data_success = {}, None
     for method in methods:
       mconfig = load_config(CONFIG, [*settings, *ABLATIONS.get(method, [])])
-      per_seed = {}
+      acting = args.acting if method.startswith("mtopt") else []
+      per_seed, per_seed_acting = {}, {name: {} for name in acting}
       for seed in args.seeds:
         path = os.path.join(work_dir, block, method, f"seed{seed}.json")
         want = protocol.stamp(mconfig.to_dict(), {name: sha})
-        acting = args.acting if method.startswith("mtopt") else []
         want["config"].update(method=method, seed=seed, eval_seed=which["eval_seed"],
                               episodes_per_task=per_task)
         if acting:  # Stamped only when used, so that earlier results stay reusable.
@@ -272,12 +272,11 @@ def main(argv=None) -> dict:
             json.dump(saved, f)
         per_seed[seed] = saved["success"]
         for name in acting:
-          per_seed_acting.setdefault(f"{method}+{name}", {})[seed] = saved["acting"][name]
+          per_seed_acting[name][seed] = saved["acting"][name]
         stamps[block] = want
       block_results[method] = protocol.summarize(per_seed)
-      for row, runs in per_seed_acting.items():
-        if row.startswith(method + "+"):
-          block_results[row] = protocol.summarize(runs)
+      for name, runs in per_seed_acting.items():
+        block_results[f"{method}+{name}"] = protocol.summarize(runs)
     if replays is not None:
       counts = replays["none"].counts()
       data_success = (sum(c["success"] for c in counts.values())
