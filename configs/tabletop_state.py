@@ -203,6 +203,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.skip_bad_episodes = False
   c.train.labels = "learned"  # learned (success detector) | ground_truth (simulator)
   c.train.detector_episodes_per_task = 100  # Simulated examples when no detector exists.
+  # learned labels and learner.state_label_weight: a state counts as a success for the
+  # terminate term only where the detector is at least this sure; 0: its probabilities as
+  # soft labels. The detector learns from final observations, and states just short of the
+  # cut (a cube held 4 cm up, the lift cut at 5) get 0.7-0.8.
+  c.train.state_label_confidence = 0.0
   # On-policy episodes collected per learner step (online and mixed): the learner waits when
   # collection lags, the collector when it runs ahead (checked at every publication), so
   # the on-policy budget follows learner progress, not wall time and machine load; the

@@ -70,6 +70,20 @@ class CachedStateLabels:
     self._index[key] = row
 
 
+def confident(labeller: Callable[[dict], np.ndarray], at: float) -> Callable[[dict], np.ndarray]:
+  """`labeller`'s probabilities as 0/1 labels, 1 only where at least `at` (0: unchanged).
+
+  A detector trained on final observations is unsure of states short of its cut, and a
+  soft label there trains Q of terminating toward a success that terminating would not
+  get."""
+  at = float(at)
+  if not at:
+    return labeller
+  if not 0 < at < 1:
+    raise ValueError(f"confidence must be in (0, 1), got {at}")
+  return lambda observation: (np.asarray(labeller(observation)) >= at).astype(np.float32)
+
+
 def _row_keys(observation: dict) -> list[bytes]:
   """One 128-bit digest per row of every observation array (in name order): a small key
   whatever the observation's size (a 64 px image row is 12 kB)."""

@@ -1,9 +1,10 @@
-"""The memoised state labeller: the labeller's values, each distinct state labelled once."""
+"""The memoised state labeller: the labeller's values, each distinct state labelled once;
+confident labels: 0/1 at a confidence."""
 
 import numpy as np
 import pytest
 
-from success_detectors.state_labels import CachedStateLabels
+from success_detectors.state_labels import CachedStateLabels, confident
 
 
 def _labeller(calls):
@@ -52,3 +53,12 @@ def test_oldest_states_are_dropped_beyond_capacity():
   assert calls == [10, 1]
   with pytest.raises(ValueError, match="max_states"):
     CachedStateLabels(_labeller(calls), max_states=0)
+
+
+def test_confident_labels_are_one_only_at_or_above_the_confidence():
+  probs = np.array([[0.0, 0.5, 0.94], [0.95, 0.99, 1.0]], np.float32)
+  label = confident(lambda obs: probs, 0.95)
+  np.testing.assert_array_equal(label({}), [[0, 0, 0], [1, 1, 1]])
+  assert confident(len, 0) is len  # 0: the probabilities themselves.
+  with pytest.raises(ValueError, match="confidence"):
+    confident(len, 1.0)

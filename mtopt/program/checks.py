@@ -92,6 +92,7 @@ def check_config(config: ConfigDict) -> None:
   p.need("replay.success_fraction", _in(0, 1), "in [0, 1]")
   p.need("replay.transitions_per_sample", _at_least(1), ">= 1")
   p.need("detector.threshold", _in(0, 1, hi_open=True), "in [0, 1)")
+  p.need("train.state_label_confidence", _in(0, 1, hi_open=True), "in [0, 1)")
   # Actors and evaluation (the collecting robots of online / mixed runs, scripted
   # collection of offline data, the evaluators).
   p.need("actors.num_actors", _at_least(1), ">= 1")

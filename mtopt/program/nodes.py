@@ -72,15 +72,16 @@ def make_state_labeller(config: ConfigDict, env, registry: TaskRegistry, run_dir
 
   `ground_truth`: the env judges the states (`judge_states`: tabletop state observations);
   `learned`: the run's success detector (run_dir/detector, trained by `make_labeller`)
-  applied to each state as to a final observation. Each distinct state is labelled once
-  (`success_detectors.state_labels`).
+  applied to each state as to a final observation, as 0/1 at `train.state_label_confidence`
+  where that is set. Each distinct state is labelled once (`success_detectors.state_labels`).
   """
   if not float(config.learner.get("state_label_weight", 0.0)):
     return None
-  from success_detectors.state_labels import CachedStateLabels
+  from success_detectors.state_labels import CachedStateLabels, confident
   if config.train.labels == "learned":
     from success_detectors.detector import SuccessDetector
-    return CachedStateLabels(SuccessDetector.load(os.path.join(run_dir, "detector")).predict)
+    predict = SuccessDetector.load(os.path.join(run_dir, "detector")).predict
+    return CachedStateLabels(confident(predict, config.train.get("state_label_confidence", 0)))
   if not hasattr(env, "judge_states") or config.env.observation != "state":
     raise ConfigError("learner.state_label_weight with train.labels=ground_truth needs an env "
                       "that judges state observations (tabletop, env.observation=state)")
