@@ -78,9 +78,10 @@ ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
              # for acting: 0.2 of each dimension's half range, the tabletop default before
              # 0.1 was adopted from the tuning data (results/offline_tabletop_dev_prior.md).
              "mtopt_prior20": ["cem.prior_std=0.2"],
-             # Learned labels: the terminate term's state labels 0/1 where the detector is
-             # at least 0.95 sure (train.state_label_confidence) instead of its probabilities.
-             "mtopt_sure_states": ["train.state_label_confidence=0.95"]}
+             # Learned labels: the terminate term's state labels as the detector's
+             # probabilities, the default before 0/1 at 0.95 sure was adopted
+             # (train.state_label_confidence; results/offline_tabletop_dev_state_confidence.md).
+             "mtopt_soft_states": ["train.state_label_confidence=0.0"]}
 # How the trained mtopt parameters act, beside the config's CEM (`--acting`): the same
 # parameters, start states and episodes, so these rows pair with their method's. CEM's
 # search radius around the behaviour head's action (`cem.prior_std`; tabletop: 0.1) and a
