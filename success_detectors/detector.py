@@ -262,30 +262,34 @@ class SuccessDetector:
     """Trains the network on the stored training examples of `train_slots`; returns the
     loss history and the heads it trained with.
 
-    With fold heads (head_folds > 1) it trains the torso with one plain head per slot,
-    started from each slot's first fold head, and keeps the detector's heads as they were
-    (`_fit_all` refits them on the new torso): training K times wider heads with the torso
-    would cost K times more in the heads, for heads that are replaced anyway.
+    Only `train_slots`' heads take part (a network with one head per trained slot, scattered
+    back afterwards): the other slots have no examples, hence no gradient, and computing
+    their heads cost more than the torso (tabletop: 6 of 16 slots). With fold heads
+    (head_folds > 1) it trains the torso with one plain head per slot, started from each
+    slot's first fold head, and keeps the detector's heads as they were (`_fit_all` refits
+    them on the new torso): training K times wider heads with the torso would cost K times
+    more in the heads, for heads that are replaced anyway.
     """
     c = self.config
+    slots = sorted(int(s) for s in train_slots)
     train = self.examples.take(~self.heldout)
-    labels, weights = training.targets(train, self.max_tasks, train_slots,
-                                       c.other_task_negatives)
-    model, variables = self.model, self.variables
-    if c.head_folds > 1:
-      heads, h = self.variables["params"]["heads"], c.head_hidden
-      model = make_classifier(self.spec, self.max_tasks,
-                              **{**{k: getattr(c, k) for k in NETWORK_FIELDS}, "head_folds": 1})
-      first = {"w1": heads["w1"][..., :h], "b1": heads["b1"][:, :h],
-               "w2": heads["w2"][:, :h] * c.head_folds, "b2": heads["b2"]}
-      variables = {**variables, "params": {**variables["params"], "heads": first}}
+    labels, weights = training.targets(train, self.max_tasks, slots, c.other_task_negatives)
+    heads, h = self.variables["params"]["heads"], c.head_hidden
+    full = {"w1": heads["w1"][..., :h], "b1": heads["b1"][:, :h],
+            "w2": heads["w2"][:, :h] * c.head_folds, "b2": heads["b2"]}
+    model = make_classifier(self.spec, len(slots),
+                            **{**{k: getattr(c, k) for k in NETWORK_FIELDS}, "head_folds": 1})
+    variables = {**self.variables, "params": {**self.variables["params"],
+                                              "heads": {k: v[slots] for k, v in full.items()}}}
     variables, history = training.fit(
-        model, variables, train, labels, weights, steps, c.batch_size, c.learning_rate,
-        c.seed + self.version, c.input_sparsity)
+        model, variables, train, labels[:, slots], weights[:, slots], steps, c.batch_size,
+        c.learning_rate, c.seed + self.version, c.input_sparsity)
     variables = jax.tree_util.tree_map(np.asarray, variables)
-    trained_heads = variables["params"]["heads"]
-    if c.head_folds > 1:
-      variables["params"]["heads"] = self.variables["params"]["heads"]
+    trained_heads = {k: np.array(v) for k, v in full.items()}
+    for k, v in variables["params"]["heads"].items():
+      trained_heads[k][slots] = v
+    variables["params"]["heads"] = (self.variables["params"]["heads"] if c.head_folds > 1
+                                    else trained_heads)
     self.variables = variables
     self.version += 1
     return history, trained_heads
