@@ -81,7 +81,9 @@ ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
              # Learned labels: the terminate term's state labels as the detector's
              # probabilities, the default before 0/1 at 0.95 sure was adopted
              # (train.state_label_confidence; results/offline_tabletop_dev_state_confidence.md).
-             "mtopt_soft_states": ["train.state_label_confidence=0.0"]}
+             "mtopt_soft_states": ["train.state_label_confidence=0.0"],
+             # LayerNorm before each torso ReLU (learner.network.layer_norm).
+             "mtopt_layer_norm": ["learner.network.layer_norm=True"]}
 # How the trained mtopt parameters act, beside the config's CEM (`--acting`): the same
 # parameters, start states and episodes, so these rows pair with their method's. CEM's
 # search radius around the behaviour head's action (`cem.prior_std`; tabletop: 0.1) and a

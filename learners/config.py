@@ -32,6 +32,9 @@ class NetworkConfig:
     terminate_sizes: hidden widths of a terminate head: Q(s, terminate) from its own MLP
       over the state and the task embedding (a success classifier of the state; see
       `learners.networks`) instead of the shared head. Empty: the shared head scores it.
+    layer_norm: a LayerNorm before each torso layer's ReLU ("split": the per-state torso
+      only, not the per-sample head). It bounds the features that extrapolating actions
+      are scored from (Ball et al. 2023 use it in offline-to-online critics).
   """
 
   architecture: str = "split"
@@ -43,11 +46,14 @@ class NetworkConfig:
   image_embedding_dim: int = 128
   behaviour_sizes: tuple[int, ...] = ()
   terminate_sizes: tuple[int, ...] = ()
+  layer_norm: bool = False
 
   def __post_init__(self):
     if self.architecture not in ARCHITECTURES:
       raise ConfigError(f"learner.network.architecture must be one of {ARCHITECTURES}, "
                         f"got {self.architecture!r}")
+    if self.layer_norm and self.architecture != "split":
+      raise ConfigError("learner.network.layer_norm needs architecture 'split'")
     for name in ("torso_sizes", "head_sizes", "conv_channels", "behaviour_sizes",
                  "terminate_sizes"):
       sizes = tuple(int(s) for s in getattr(self, name))

@@ -161,6 +161,8 @@ class QNetwork(nn.Module):
       self.image_encoder = ImageEncoder(c.conv_channels, c.image_embedding_dim)
     if c.architecture == "split":
       self.torso_layers = [Dense(s) for s in c.torso_sizes]
+      if c.layer_norm:
+        self.torso_norms = [nn.LayerNorm() for _ in c.torso_sizes]
       self.merge_observation = Dense(c.merge_width)
       self.merge_action = ActionMerge(c.merge_width)
       self.head_layers = [Dense(s) for s in c.head_sizes]
@@ -219,8 +221,9 @@ class QNetwork(nn.Module):
     if self.has_image:
       parts.append(self.image_encoder(observation[IMAGE_KEY]))
     x = jnp.concatenate(parts, axis=-1)
-    for layer in self.torso_layers:
-      x = nn.relu(layer(x))
+    for i, layer in enumerate(self.torso_layers):
+      x = layer(x)
+      x = nn.relu(self.torso_norms[i](x) if self.config.layer_norm else x)
     features = self.merge_observation(x)  # Pre-activation: the head adds the action's half.
     return self._with_terminate(features, vector, parts[1:]), vector, parts[1:]
 
