@@ -173,6 +173,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Q(s, terminate) from its own MLP (its gradient stopped at the shared inputs): through
   # the shared head, the state-label term cost lift.
   c.learner.network.terminate_sizes = (256, 256)
+  # Actions of the behaviour head CEM starts from (learners/config.py NetworkConfig).
+  c.learner.network.behaviour_modes = 1
   # LayerNorm in the per-state torso (learners/config.py NetworkConfig.layer_norm).
   c.learner.network.layer_norm = False
 

@@ -83,7 +83,9 @@ ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
              # (train.state_label_confidence; results/offline_tabletop_dev_state_confidence.md).
              "mtopt_soft_states": ["train.state_label_confidence=0.0"],
              # LayerNorm before each torso ReLU (learner.network.layer_norm).
-             "mtopt_layer_norm": ["learner.network.layer_norm=True"]}
+             "mtopt_layer_norm": ["learner.network.layer_norm=True"],
+             # Four behaviour-head actions for CEM to start from (multiple choice).
+             "mtopt_modes4": ["learner.network.behaviour_modes=4"]}
 # How the trained mtopt parameters act, beside the config's CEM (`--acting`): the same
 # parameters, start states and episodes, so these rows pair with their method's. CEM's
 # search radius around the behaviour head's action (`cem.prior_std`; tabletop: 0.1) and a

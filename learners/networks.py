@@ -172,7 +172,7 @@ class QNetwork(nn.Module):
     self.output = Output()
     if c.behaviour_sizes:
       self.behaviour_layers = [Dense(s) for s in c.behaviour_sizes]
-      self.behaviour_output = Dense(self.action_dim)
+      self.behaviour_output = Dense(self.action_dim * c.behaviour_modes)
     if self._has_terminate_head:
       self.terminate_layers = [Dense(s) for s in c.terminate_sizes]
       self.terminate_output = Output()
@@ -271,7 +271,8 @@ class QNetwork(nn.Module):
     return self.output(x)
 
   def behaviour(self, observation: dict, task: jax.Array) -> jax.Array:
-    """The behaviour head's action in [-1, 1]^A (tanh; `learning` maps it to the bounds):
+    """The behaviour head's action in [-1, 1]^A (tanh; `learning` maps it to the bounds),
+    [B, A], or its K actions [B, K, A] with `behaviour_modes` K > 1:
     its own MLP over the state vectors and the task embedding (and the image features)."""
     vector = jnp.concatenate([*self._vector(observation), self._embed_task(task)], axis=-1)
     image = [self.image_encoder(observation[IMAGE_KEY])] if self.has_image else []
@@ -281,7 +282,9 @@ class QNetwork(nn.Module):
     x = jnp.concatenate([vector, *image], axis=-1)
     for layer in self.behaviour_layers:
       x = nn.relu(layer(x))
-    return jnp.tanh(self.behaviour_output(x))
+    out = jnp.tanh(self.behaviour_output(x))
+    modes = self.config.behaviour_modes
+    return out if modes == 1 else out.reshape((*out.shape[:-1], modes, self.action_dim))
 
   def __call__(self, observation: dict, task: jax.Array, action: jax.Array) -> jax.Array:
     if self.config.behaviour_sizes and self.is_initializing():
@@ -329,8 +332,9 @@ def encode(network: QNetwork, params, observation: dict, task):
 
 def encode_with_behaviour(network: QNetwork, params, observation: dict, task, minimum,
                           maximum):
-  """(`encode`, the behaviour head's actions [B, A] within [minimum, maximum]), in one pass
-  over the observation: the image is encoded once for both."""
+  """(`encode`, the behaviour head's actions [B, A] (or [B, K, A], `behaviour_modes`)
+  within [minimum, maximum]), in one pass over the observation: the image is encoded once
+  for both."""
   features, unit = network.apply(params, observation, task,
                                  method=QNetwork.torso_and_behaviour)
   return features, minimum + (unit + 1.0) * 0.5 * (maximum - minimum)

@@ -208,3 +208,17 @@ def test_layer_norm_normalises_the_torso_and_needs_the_split_architecture(rng):
                              rtol=1e-3, atol=1e-4)
   with pytest.raises(Exception, match="layer_norm needs architecture 'split'"):
     NetworkConfig(layer_norm=True, architecture="whole")
+
+
+def test_behaviour_modes_give_k_actions_and_need_a_behaviour_head(rng):
+  net = networks.make_q_network(STATE_SPEC, 8, NetworkConfig(
+      behaviour_sizes=(8,), behaviour_modes=3, **SMALL))
+  params = networks.init_params(net, STATE_SPEC, jax.random.PRNGKey(0))
+  obs, task = _inputs(STATE_SPEC, rng, 5)
+  low, high = np.full(3, -2.0, np.float32), np.full(3, 2.0, np.float32)
+  _, actions = networks.encode_with_behaviour(net, params, obs, task, low, high)
+  assert actions.shape == (5, 3, 3) and np.all(np.abs(np.asarray(actions)) <= 2.0)
+  with pytest.raises(Exception, match="behaviour_modes > 1 needs a behaviour head"):
+    NetworkConfig(behaviour_modes=2)
+  with pytest.raises(Exception, match="behaviour_modes must be >= 1"):
+    NetworkConfig(behaviour_sizes=(8,), behaviour_modes=0)
