@@ -175,7 +175,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.network.terminate_sizes = (256, 256)
   # Actions of the behaviour head CEM starts from (learners/config.py NetworkConfig).
   c.learner.network.behaviour_modes = 1
-  # LayerNorm in the per-state torso (learners/config.py NetworkConfig.layer_norm).
+  # LayerNorm in the per-state torso (learners/config.py NetworkConfig.layer_norm). Off:
+  # tuning data, 3 seeds, 0.827 -> 0.840, below the +0.03 fixed for adopting it
+  # (results/offline_tabletop_dev_layer_norm.md).
   c.learner.network.layer_norm = False
 
   c.cem = ml_collections.ConfigDict()
