@@ -233,7 +233,10 @@ def main(argv=None) -> dict:
     methods = [m for m in args.methods if not only or m in only.split(",")]
     name, _, labels = block.partition("_")
     labels = labels or "ground_truth"
-    settings = [*overrides, *DATASETS[name], f"train.labels={labels}",
+    # Offline: one behaviour action (the tabletop default's 4 is for runs that collect;
+    # configs/tabletop_state.py).
+    settings = ["learner.network.behaviour_modes=1", *overrides, *DATASETS[name],
+                f"train.labels={labels}",
                 f"seed={which['collect_seed']}",
                 f"run_dir={os.path.join(work_dir, 'run_' + block)}"]
     config = load_config(CONFIG, settings)
