@@ -30,6 +30,7 @@ def get_config():
 
   c.replay.sharing = "none"
   c.train.mode = "offline"
+  c.learner.network.behaviour_modes = 1  # Offline: as measured (configs/tabletop_state.py).
   c.train.labels = "ground_truth"
   c.train.offline_episodes = 2000
   c.train.eval_every = 5000

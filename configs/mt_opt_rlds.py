@@ -56,6 +56,7 @@ def get_config():
   c.dataset.cache_mb = 256.0  # Raw records kept in memory (least recently used out).
 
   c.train.mode = "offline"
+  c.learner.network.behaviour_modes = 1  # Offline: as measured (configs/tabletop_state.py).
   c.train.labels = "learned"
   c.train.tasks = []
   c.eval.episodes_per_task = 0  # Nothing to evaluate in: no simulator.

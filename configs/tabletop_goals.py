@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.env.tasks = []  # All fifteen: every kind of cube motion appears in the data.
   c.env.respawn_every = 3
   c.train.mode = "goals"
+  c.learner.network.behaviour_modes = 1  # Offline: as measured (configs/tabletop_state.py).
   c.train.labels = "ground_truth"  # Unused: goal reaching needs no labels.
   c.train.offline_episodes = 3000
 

@@ -81,7 +81,11 @@ ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
              # Learned labels: the terminate term's state labels as the detector's
              # probabilities, the default before 0/1 at 0.95 sure was adopted
              # (train.state_label_confidence; results/offline_tabletop_dev_state_confidence.md).
-             "mtopt_soft_states": ["train.state_label_confidence=0.0"]}
+             "mtopt_soft_states": ["train.state_label_confidence=0.0"],
+             # LayerNorm before each torso ReLU (learner.network.layer_norm).
+             "mtopt_layer_norm": ["learner.network.layer_norm=True"],
+             # Four behaviour-head actions for CEM to start from (multiple choice).
+             "mtopt_modes4": ["learner.network.behaviour_modes=4"]}
 # How the trained mtopt parameters act, beside the config's CEM (`--acting`): the same
 # parameters, start states and episodes, so these rows pair with their method's. CEM's
 # search radius around the behaviour head's action (`cem.prior_std`; tabletop: 0.1) and a
@@ -229,7 +233,10 @@ def main(argv=None) -> dict:
     methods = [m for m in args.methods if not only or m in only.split(",")]
     name, _, labels = block.partition("_")
     labels = labels or "ground_truth"
-    settings = [*overrides, *DATASETS[name], f"train.labels={labels}",
+    # Offline: one behaviour action (the tabletop default's 4 is for runs that collect;
+    # configs/tabletop_state.py).
+    settings = ["learner.network.behaviour_modes=1", *overrides, *DATASETS[name],
+                f"train.labels={labels}",
                 f"seed={which['collect_seed']}",
                 f"run_dir={os.path.join(work_dir, 'run_' + block)}"]
     config = load_config(CONFIG, settings)

@@ -32,6 +32,14 @@ class NetworkConfig:
     terminate_sizes: hidden widths of a terminate head: Q(s, terminate) from its own MLP
       over the state and the task embedding (a success classifier of the state; see
       `learners.networks`) instead of the shared head. Empty: the shared head scores it.
+    behaviour_modes: K > 1 gives the behaviour head K actions, trained by multiple choice
+      (each successful row teaches mostly the action nearest to it), and CEM's first round
+      samples around all K. One regressed action is the mean of the data's modes: for a
+      task such as "reach any cube" it points between the cubes, where CEM's narrow search
+      around it cannot reach one.
+    layer_norm: a LayerNorm before each torso layer's ReLU ("split": the per-state torso
+      only, not the per-sample head). It bounds the features that extrapolating actions
+      are scored from (Ball et al. 2023 use it in offline-to-online critics).
   """
 
   architecture: str = "split"
@@ -43,11 +51,22 @@ class NetworkConfig:
   image_embedding_dim: int = 128
   behaviour_sizes: tuple[int, ...] = ()
   terminate_sizes: tuple[int, ...] = ()
+  behaviour_modes: int = 1
+  layer_norm: bool = False
 
   def __post_init__(self):
     if self.architecture not in ARCHITECTURES:
       raise ConfigError(f"learner.network.architecture must be one of {ARCHITECTURES}, "
                         f"got {self.architecture!r}")
+    if int(self.behaviour_modes) < 1:
+      raise ConfigError(f"learner.network.behaviour_modes must be >= 1, got "
+                        f"{self.behaviour_modes}")
+    object.__setattr__(self, "behaviour_modes", int(self.behaviour_modes))
+    if self.behaviour_modes > 1 and not self.behaviour_sizes:
+      raise ConfigError("learner.network.behaviour_modes > 1 needs a behaviour head "
+                        "(learner.network.behaviour_sizes)")
+    if self.layer_norm and self.architecture != "split":
+      raise ConfigError("learner.network.layer_norm needs architecture 'split'")
     for name in ("torso_sizes", "head_sizes", "conv_channels", "behaviour_sizes",
                  "terminate_sizes"):
       sizes = tuple(int(s) for s in getattr(self, name))

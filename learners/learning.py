@@ -130,6 +130,24 @@ def cem_best_actions(network: networks.QNetwork, params: Params, observation: di
                       terminate_dim=network.terminate_dim if cem.score_terminate else None)
 
 
+# With K behaviour modes, the share of a row's error spread over the modes it is not nearest
+# to: without it a mode that starts far from every action never learns (multiple choice
+# learning's dead heads), and a narrow share keeps the modes apart.
+_MODE_RELAX = 0.05
+
+
+def behaviour_error(predicted: jax.Array, action: jax.Array) -> jax.Array:
+  """Per-row squared error [B] of the behaviour head's action [B, A] or K actions [B, K, A]:
+  for K > 1 mostly the nearest one's (multiple choice learning, relaxed by _MODE_RELAX)."""
+  if predicted.ndim == action.ndim:
+    return jnp.square(predicted - action).mean(axis=-1)
+  err = jnp.square(predicted - action[:, None]).mean(axis=-1)  # [B, K]
+  k = err.shape[1]
+  nearest = jax.nn.one_hot(jnp.argmin(err, axis=1), k, dtype=err.dtype)
+  weight = (1.0 - _MODE_RELAX) * nearest + _MODE_RELAX / (k - 1) * (1.0 - nearest)
+  return jnp.sum(weight * err, axis=1)
+
+
 def _score_actions(network, actions, params, features):
   return networks.head_logits(network, params, features, actions)
 
@@ -198,7 +216,7 @@ def update_step(state: TrainingState, batch: Batch, *, network: networks.QNetwor
     negative_q = jnp.zeros(())
     if imitate:
       # Success-filtered behaviour cloning: the head CEM searches around (module docstring).
-      err = jnp.square(predicted - batch.action).mean(axis=-1)
+      err = behaviour_error(predicted, batch.action)
       loss = loss + (err * batch.outcome).sum() / jnp.maximum(batch.outcome.sum(), 1.0)
     if config.state_label_weight and network.terminate_dim is not None and \
         batch.state_label is not None:

@@ -161,6 +161,8 @@ class QNetwork(nn.Module):
       self.image_encoder = ImageEncoder(c.conv_channels, c.image_embedding_dim)
     if c.architecture == "split":
       self.torso_layers = [Dense(s) for s in c.torso_sizes]
+      if c.layer_norm:
+        self.torso_norms = [nn.LayerNorm() for _ in c.torso_sizes]
       self.merge_observation = Dense(c.merge_width)
       self.merge_action = ActionMerge(c.merge_width)
       self.head_layers = [Dense(s) for s in c.head_sizes]
@@ -170,7 +172,7 @@ class QNetwork(nn.Module):
     self.output = Output()
     if c.behaviour_sizes:
       self.behaviour_layers = [Dense(s) for s in c.behaviour_sizes]
-      self.behaviour_output = Dense(self.action_dim)
+      self.behaviour_output = Dense(self.action_dim * c.behaviour_modes)
     if self._has_terminate_head:
       self.terminate_layers = [Dense(s) for s in c.terminate_sizes]
       self.terminate_output = Output()
@@ -219,8 +221,9 @@ class QNetwork(nn.Module):
     if self.has_image:
       parts.append(self.image_encoder(observation[IMAGE_KEY]))
     x = jnp.concatenate(parts, axis=-1)
-    for layer in self.torso_layers:
-      x = nn.relu(layer(x))
+    for i, layer in enumerate(self.torso_layers):
+      x = layer(x)
+      x = nn.relu(self.torso_norms[i](x) if self.config.layer_norm else x)
     features = self.merge_observation(x)  # Pre-activation: the head adds the action's half.
     return self._with_terminate(features, vector, parts[1:]), vector, parts[1:]
 
@@ -268,7 +271,8 @@ class QNetwork(nn.Module):
     return self.output(x)
 
   def behaviour(self, observation: dict, task: jax.Array) -> jax.Array:
-    """The behaviour head's action in [-1, 1]^A (tanh; `learning` maps it to the bounds):
+    """The behaviour head's action in [-1, 1]^A (tanh; `learning` maps it to the bounds),
+    [B, A], or its K actions [B, K, A] with `behaviour_modes` K > 1:
     its own MLP over the state vectors and the task embedding (and the image features)."""
     vector = jnp.concatenate([*self._vector(observation), self._embed_task(task)], axis=-1)
     image = [self.image_encoder(observation[IMAGE_KEY])] if self.has_image else []
@@ -278,7 +282,9 @@ class QNetwork(nn.Module):
     x = jnp.concatenate([vector, *image], axis=-1)
     for layer in self.behaviour_layers:
       x = nn.relu(layer(x))
-    return jnp.tanh(self.behaviour_output(x))
+    out = jnp.tanh(self.behaviour_output(x))
+    modes = self.config.behaviour_modes
+    return out if modes == 1 else out.reshape((*out.shape[:-1], modes, self.action_dim))
 
   def __call__(self, observation: dict, task: jax.Array, action: jax.Array) -> jax.Array:
     if self.config.behaviour_sizes and self.is_initializing():
@@ -326,8 +332,9 @@ def encode(network: QNetwork, params, observation: dict, task):
 
 def encode_with_behaviour(network: QNetwork, params, observation: dict, task, minimum,
                           maximum):
-  """(`encode`, the behaviour head's actions [B, A] within [minimum, maximum]), in one pass
-  over the observation: the image is encoded once for both."""
+  """(`encode`, the behaviour head's actions [B, A] (or [B, K, A], `behaviour_modes`)
+  within [minimum, maximum]), in one pass over the observation: the image is encoded once
+  for both."""
   features, unit = network.apply(params, observation, task,
                                  method=QNetwork.torso_and_behaviour)
   return features, minimum + (unit + 1.0) * 0.5 * (maximum - minimum)

@@ -73,6 +73,8 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
     prior: optional [B, A] actions (e.g. a behaviour model's) that the first round samples
       around instead of the whole box: continuous dims at N(prior, (prior_std * half
       range)^2), discrete dims as the prior chose; the prior itself is the first sample.
+      Or K priors per row, [B, K, A]: the first round's samples go around each in turn,
+      and the K priors are the first K samples.
     prior_std: see `prior`.
     terminate_dim: a discrete dim whose maximum ends the episode whatever the other dims
       (the score must treat it so). Then every round's samples continue (that dim at its
@@ -102,8 +104,15 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
   prob_max = jnp.full((batch_size, action_dim), 0.5)  # P(discrete dim at its maximum).
   if prior is not None:
     prior = jnp.clip(jnp.asarray(prior, jnp.float32), minimum, maximum)
-    prob_max = (prior > mean).astype(jnp.float32)
-    mean, std = prior, jnp.broadcast_to(prior_std * span / 2, (batch_size, action_dim))
+    if prior.ndim == 2:
+      prior = prior[:, None]
+    modes = prior.shape[1]
+    if modes > num_samples:
+      raise ValueError(f"cem got {modes} prior actions per row for {num_samples} samples")
+    # The first round's samples take the K priors in turn: [B, N, A] centres.
+    centre = prior[:, np.arange(num_samples) % modes]
+    first_prob = (centre > mean[:, None]).astype(jnp.float32)
+    mean, std = prior[:, 0], jnp.broadcast_to(prior_std * span / 2, (batch_size, action_dim))
   best_actions = jnp.broadcast_to(mean, (batch_size, action_dim))
   best_scores = jnp.full((batch_size,), -jnp.inf)
   for it in range(num_iterations):
@@ -113,16 +122,19 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
     # block of counters, so its samples do not depend on how many iterations follow.
     grid = _grid16(key, shape, block=it)
     u = (grid.astype(jnp.float32) + 0.5) * (1.0 / 65536)
+    around_prior = it == 0 and prior is not None
     if it == 0 and prior is None:
       cont = minimum + span * u
     else:
       noise = jnp.asarray(_normal_icdf16())[grid]  # The standard normal quantile of u.
-      cont = jnp.clip(mean[:, None] + std[:, None] * noise, minimum, maximum)
+      cont = jnp.clip((centre if around_prior else mean[:, None]) + std[:, None] * noise,
+                      minimum, maximum)
     samples = cont
     if discrete_dims:  # Static: continuous-only actions skip the select.
-      samples = jnp.where(discrete, jnp.where(u < prob_max[:, None], maximum, minimum), cont)
-    if it == 0 and prior is not None:
-      samples = samples.at[:, 0].set(prior)
+      prob = first_prob if around_prior else prob_max[:, None]
+      samples = jnp.where(discrete, jnp.where(u < prob, maximum, minimum), cont)
+    if around_prior:
+      samples = samples.at[:, :modes].set(prior)
     if terminate_dim is not None:
       samples = samples.at[..., terminate_dim].set(minimum[terminate_dim])
       stop = mean.at[:, terminate_dim].set(maximum[terminate_dim])

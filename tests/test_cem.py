@@ -199,6 +199,43 @@ def test_cem_with_a_prior_searches_around_it_and_keeps_its_discrete_choices():
   assert np.all(np.asarray(free)[:, 1] == -prior[:, 1])
 
 
+
+def test_cem_with_several_priors_searches_around_each():
+  """K priors per row: the first K samples are the priors, the round's samples go around
+  each (discrete dims as each chose), so a maximum near the second prior is found where a
+  search around the first alone stays away from it; one prior as [B, 1, A] is [B, A]."""
+  import jax
+  import jax.numpy as jnp
+  from mtopt.cem import cem_maximize
+  lo, hi = -np.ones(3, np.float32), np.ones(3, np.float32)
+  priors = np.array([[[-0.8, -0.8, -1.0], [0.8, 0.8, 1.0]]], np.float32)  # [1, 2, 3]
+  seen = []
+  score = lambda a: -jnp.sum(jnp.square(a[..., :2] - 0.7), -1) + a[..., 2]  # noqa: E731
+
+  def recorded(a):
+    seen.append(np.asarray(a))
+    return score(a)
+  best, _ = cem_maximize.__wrapped__(recorded, jax.random.PRNGKey(0), 1, lo, hi, num_samples=16,
+                                     num_elites=4, num_iterations=2, discrete_dims=(2,),
+                                     prior=priors, prior_std=0.1)
+  first = seen[0][0]
+  np.testing.assert_allclose(first[:2], priors[0])
+  assert np.all(first[0::2, 2] == -1.0) and np.all(first[1::2, 2] == 1.0)
+  assert np.all(np.abs(first[0::2, :2] + 0.8) < 0.5) and np.all(np.abs(first[1::2, :2] - 0.8) < 0.5)
+  assert np.allclose(np.asarray(best)[0, :2], 0.7, atol=0.1) and np.asarray(best)[0, 2] == 1.0
+  alone, _ = cem_maximize(score, jax.random.PRNGKey(0), 1, lo, hi, num_samples=16,
+                          num_elites=4, num_iterations=2, discrete_dims=(2,),
+                          prior=priors[:, 0], prior_std=0.1)
+  assert np.asarray(alone)[0, 0] < 0.0
+  one, _ = cem_maximize(score, jax.random.PRNGKey(0), 1, lo, hi, num_samples=16,
+                        num_elites=4, num_iterations=2, discrete_dims=(2,),
+                        prior=priors[:, :1], prior_std=0.1)
+  np.testing.assert_array_equal(np.asarray(one), np.asarray(alone))
+  with pytest.raises(ValueError, match="3 prior actions per row for 2 samples"):
+    cem_maximize(score, jax.random.PRNGKey(0), 1, lo, hi, num_samples=2, num_elites=1,
+                 prior=np.zeros((1, 3, 3), np.float32))
+
+
 def test_one_key_per_row_makes_rows_independent_of_their_batch(rng):
   """Serving batches robots together: with raw keys [B, 2] a row's result depends on its
   own key, not on the batch size or the other rows."""

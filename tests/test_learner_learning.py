@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -231,6 +232,42 @@ def test_behaviour_head_imitates_only_successful_rows(rng):
                                    jax.random.PRNGKey(0), spec.action.minimum,
                                    spec.action.maximum, CEMConfig(prior_std=0.05))
   assert np.all(np.abs(np.asarray(a) - pi) < 0.3)
+
+
+
+def test_behaviour_modes_learn_each_mode_of_the_successful_rows(rng):
+  """Successful rows move left or right at random: one behaviour action learns their mean
+  (0, between them), K = 2 actions learn both, and CEM starts from both."""
+  def train(modes):
+    config, spec, net, state = _setup(learning_rate=3e-3, network=NetworkConfig(
+        torso_sizes=(32, 32), merge_width=16, head_sizes=(16,), task_embedding_dim=4,
+        behaviour_sizes=(32,), behaviour_modes=modes))
+    update = learning.make_update_fn(net, spec, config, MAX_TASKS)
+    for _ in range(300):
+      b = mdp.random_batch(rng, 32)
+      action = np.where(rng.random(32)[:, None] < 0.5, 0.8, -0.8).astype(np.float32)
+      state, _ = update(state, b._replace(action=action, outcome=np.ones(32, np.float32),
+                                          steps_after=np.ones(32, np.float32)))
+    obs = {"state": np.eye(mdp.N, dtype=np.float32)}
+    return np.asarray(networks.encode_with_behaviour(
+        net, state.params, obs, np.zeros(mdp.N, np.int32), spec.action.minimum,
+        spec.action.maximum)[1])
+  mean = train(1)
+  assert mean.shape == (mdp.N, 1) and np.all(np.abs(mean) < 0.3), mean
+  two = train(2)
+  assert two.shape == (mdp.N, 2, 1)
+  assert np.all(np.sort(two[..., 0], axis=1)[:, 0] < -0.5), two
+  assert np.all(np.sort(two[..., 0], axis=1)[:, 1] > 0.5), two
+
+
+def test_behaviour_error_is_mostly_the_nearest_modes():
+  predicted = jnp.asarray([[[0.0], [1.0], [-1.0]]])  # [1, K=3, A=1]
+  action = jnp.asarray([[0.9]])
+  err = np.square(np.array([0.9, 0.1, 1.9]))
+  want = (1 - learning._MODE_RELAX) * err[1] + learning._MODE_RELAX / 2 * (err[0] + err[2])
+  np.testing.assert_allclose(learning.behaviour_error(predicted, action), [want], rtol=1e-6)
+  np.testing.assert_allclose(learning.behaviour_error(predicted[:, 0], action), [err[0]],
+                             rtol=1e-6)
 
 
 def test_state_labels_train_q_of_terminating_toward_each_state_label(rng):

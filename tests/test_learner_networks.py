@@ -189,3 +189,36 @@ def test_dense_matches_flax_dense_in_params_values_and_gradients(rng):
       want = jax.grad(loss, argnums)(nn.Dense(7), params, x)
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got,
                    want)
+
+
+def test_layer_norm_normalises_the_torso_and_needs_the_split_architecture(rng):
+  """With `layer_norm` every torso layer's pre-activations are normalised (so scaling the
+  first layer's kernel leaves Q unchanged); the per-sample head still matches the whole."""
+  net = networks.make_q_network(STATE_SPEC, 8, NetworkConfig(layer_norm=True, **SMALL))
+  params = networks.init_params(net, STATE_SPEC, jax.random.PRNGKey(0))
+  assert "torso_norms_0" in params["params"] and "torso_norms_1" in params["params"]
+  obs, task = _inputs(STATE_SPEC, rng, 5)
+  action = rng.uniform(-1, 1, (5, 3)).astype(np.float32)
+  q = networks.q_logits(net, params, obs, task, action)
+  scaled = jax.tree.map(lambda x: x, params)
+  layer = scaled["params"]["torso_layers_0"]
+  scaled["params"]["torso_layers_0"] = {"kernel": layer["kernel"] * 10.0,
+                                         "bias": layer["bias"] * 10.0}
+  np.testing.assert_allclose(networks.q_logits(net, scaled, obs, task, action), q,
+                             rtol=1e-3, atol=1e-4)
+  with pytest.raises(Exception, match="layer_norm needs architecture 'split'"):
+    NetworkConfig(layer_norm=True, architecture="whole")
+
+
+def test_behaviour_modes_give_k_actions_and_need_a_behaviour_head(rng):
+  net = networks.make_q_network(STATE_SPEC, 8, NetworkConfig(
+      behaviour_sizes=(8,), behaviour_modes=3, **SMALL))
+  params = networks.init_params(net, STATE_SPEC, jax.random.PRNGKey(0))
+  obs, task = _inputs(STATE_SPEC, rng, 5)
+  low, high = np.full(3, -2.0, np.float32), np.full(3, 2.0, np.float32)
+  _, actions = networks.encode_with_behaviour(net, params, obs, task, low, high)
+  assert actions.shape == (5, 3, 3) and np.all(np.abs(np.asarray(actions)) <= 2.0)
+  with pytest.raises(Exception, match="behaviour_modes > 1 needs a behaviour head"):
+    NetworkConfig(behaviour_modes=2)
+  with pytest.raises(Exception, match="behaviour_modes must be >= 1"):
+    NetworkConfig(behaviour_sizes=(8,), behaviour_modes=0)
