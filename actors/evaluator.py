@@ -128,7 +128,8 @@ def evaluate_in_process(make_env, act_batch, tasks: Sequence[str], task_slots: S
 
   Episode j of every task starts from `start_seed(seed, j)`. Returns task -> {"success":
   bool [episodes_per_task], "env_success": bool [episodes_per_task, env tasks], "final":
-  observation dict [episodes_per_task, ...]}, in episode order, so results of different
+  observation dict [episodes_per_task, ...], "steps": int [episodes_per_task], "terminated":
+  bool [episodes_per_task] (the policy stopped it)}, in episode order, so results of different
   methods pair up episode by episode.
   """
   if episodes_per_task < 1 or not tasks or len(tasks) != len(task_slots):
@@ -149,5 +150,7 @@ def evaluate_in_process(make_env, act_batch, tasks: Sequence[str], task_slots: S
     rows = [r for p, r in zip(plan, results) if p[0] == t]
     out[t] = {"success": np.array([r["success"] for r in rows]),
               "env_success": np.stack([r["env_success"] for r in rows]),
-              "final": {k: np.stack([r["final"][k] for r in rows]) for k in rows[0]["final"]}}
+              "final": {k: np.stack([r["final"][k] for r in rows]) for k in rows[0]["final"]},
+              "steps": np.array([r["steps"] for r in rows]),
+              "terminated": np.array([r["terminated"] for r in rows])}
   return out
