@@ -36,6 +36,16 @@ there reach_any's true success after fine-tuning rises by >= 0.10 with the other
 mean not lower by more than 0.03, and the offline tuning data (experiments.offline_tabletop
 --dev, default block) does not fall by more than 0.02.
 
+A third setting, fixed before its runs (2026-12-07): at 82eb910 (behaviour_modes 4) the
+failures of seed 2's fine-tuned run came within 1-3 cm of a cube and then hopped between
+cubes and up and down until the time limit, without stopping. CEM's second round fitted one
+Gaussian to elites around several of the K priors, so its samples fell between the modes
+and only the first round's best was used. CEM now refits around the best sample's prior
+only. It is kept if, on seeds 0 and 1 (paired with the same protocol run at 5b999e1, which
+only adds diagnostics to 82eb910), reach_any's true success after fine-tuning rises by
+>= 0.05, and the six other tasks' mean true success, before (the default `mtopt train`
+run) and after fine-tuning, is not lower by more than 0.03.
+
 Results: results/new_task.{json,md} (or *_quick), stamped with the commit and config.
 """
 

@@ -74,7 +74,9 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
       around instead of the whole box: continuous dims at N(prior, (prior_std * half
       range)^2), discrete dims as the prior chose; the prior itself is the first sample.
       Or K priors per row, [B, K, A]: the first round's samples go around each in turn,
-      and the K priors are the first K samples.
+      the K priors are the first K samples, and the next round's Gaussian is fitted to the
+      elites around the prior of the round's best sample (when each prior has at least
+      `num_elites` samples), so that it does not fall between modes.
     prior_std: see `prior`.
     terminate_dim: a discrete dim whose maximum ends the episode whatever the other dims
       (the score must treat it so). Then every round's samples continue (that dim at its
@@ -141,6 +143,12 @@ def cem_maximize(score_fn: Callable[..., jax.Array],
       samples = samples.at[:, -1].set(jnp.clip(stop, minimum, maximum))
     scores = score_fn(samples, *score_args)
     top_score, best, elite = elite_masks(scores, num_elites)
+    if around_prior and 1 < modes and num_elites <= num_samples // modes:
+      # The next Gaussian is fitted to the elites of the best sample's prior only: fitted
+      # to elites of several modes its mean would fall between them, where the score is low.
+      mode = jnp.asarray(np.arange(num_samples) % modes)
+      best_mode = jnp.sum(jnp.where(best, mode, 0), axis=1, keepdims=True)
+      _, _, elite = elite_masks(jnp.where(mode == best_mode, scores, -jnp.inf), num_elites)
     # The barrier stops XLA:CPU from fusing the sampling into each masked sum below, which
     # would recompute the samples once per use.
     samples, best, elite = jax.lax.optimization_barrier((samples, best, elite))
