@@ -26,3 +26,19 @@ def test_every_call_has_the_full_batch_and_episodes_end_on_their_own_steps():
   assert sizes == [4] * 4  # The jitted policy sees one shape, however many are live.
   assert [o["steps"] for o in out] == [s + 1 for s in slots]
   assert all(o["terminated"] for o in out)
+
+
+def test_evaluate_in_process_reports_each_episodes_steps_and_termination():
+  from actors.evaluator import evaluate_in_process
+  make = lambda: envs.make("tabletop", tasks=["reach_red"], max_episode_steps=6)  # noqa: E731
+  with make() as env:
+    spec = env.spec()
+
+  def act_batch(observation, task):  # Never stops: every episode runs to the time limit.
+    actions = np.zeros((len(task), spec.action.shape[0]), np.float32)
+    actions[:, spec.terminate_dim] = -1.0
+    return actions, np.zeros(len(task))
+
+  out = evaluate_in_process(make, act_batch, ["reach_red"], [0], 3, seed=0)["reach_red"]
+  np.testing.assert_array_equal(out["steps"], [6, 6, 6])
+  assert not out["terminated"].any() and out["success"].shape == (3,)
