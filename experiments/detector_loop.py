@@ -38,9 +38,9 @@ by the same rule as judged by the detector round 1 retrained, the simulator answ
 and `--apply` retrains again (its rehearsal includes round 1's answers). The test episodes
 are judged after each round. Runs: four fresh `mtopt train --config
 configs/tabletop_state.py --config.seed=S` runs (S = 0-3, learned labels) made at the
-commit that adds `--rounds`, on which nothing was looked at before. The goal is read on the pooled count after round 2,
-round 1's reported beside it from the same runs; the answers each round cost are in the
-table.
+commit that adds `--rounds`, on which nothing was looked at before. The goal is read on
+the pooled count after round 2, round 1's reported beside it from the same runs; the
+answers each round cost are in the table (results/detector_loop_rounds2.*).
 
 Results: results/detector_loop.{json,md} (or *_quick), stamped with the commit.
 """
