@@ -292,12 +292,24 @@ class BalancedSampler:
   def _update_plan(self) -> None:
     deadline = time.monotonic() + self._wait
     while True:
+      try:
+        counts = self._counts_fn()
+      except RuntimeError as e:  # Reverb: the server is gone ("Socket closed").
+        if self._it is None:
+          raise
+        # A replay node restarting: its data comes back from its log, and the pipeline's
+        # reads wait for it (Reverb retries them), so batches go on with the current plan
+        # and the counts are asked again at the next refresh.
+        log.warning("replay sampler: table sizes unavailable (%s); keeping the current plan",
+                    e)
+        self._checked = time.monotonic()
+        return
       if self.proportional:
-        plan, report = proportional_plan(self.batch_size, self.task_shares,
-                                         self._counts_fn(), self._layout.min_size)
+        plan, report = proportional_plan(self.batch_size, self.task_shares, counts,
+                                         self._layout.min_size)
       else:
         plan, report = make_plan(self.batch_size, self.task_shares, self.success_fraction,
-                                 self._counts_fn(), self._layout.min_size)
+                                 counts, self._layout.min_size)
       if plan or time.monotonic() > deadline:
         break
       time.sleep(0.05)

@@ -3,10 +3,11 @@
 import os
 
 import numpy as np
+import pytest
 
 from mtopt.config import load_config
 from mtopt.program import nodes
-from replay.balanced_sampler import proportional_plan
+from replay.balanced_sampler import BalancedSampler, proportional_plan
 from replay.reverb_replay import ReverbReplay
 from replay.tables import TableLayout
 from tests.conftest import ROOT
@@ -125,3 +126,34 @@ def test_small_drift_keeps_the_pipeline_large_drift_rebuilds_it():
     assert sampler.rebuilds == rebuilds + 1
     assert sampler.plan == proportional_plan(100, SLOTS, replay.counts(), 1)[0]
     sampler.close()
+
+
+def test_a_refresh_while_the_server_is_unreachable_keeps_the_plan():
+  """A replay node restarting: the live counts fail for a while; batches go on with the
+  current plan (a first plan still needs the counts)."""
+  rng = np.random.default_rng(0)
+  with _replay() as replay:
+    _write(replay, rng, 0, 10, 0.5, 0)
+    down = [False]
+
+    def counts():
+      if down[0]:
+        raise RuntimeError("Socket closed")
+      return replay.counts()
+
+    sampler = BalancedSampler(replay.address, replay.layout, counts, 16, {0: 1.0}, 0.5)
+    next(sampler)
+    plan = dict(sampler.plan)
+    down[0] = True
+    _refresh(sampler)
+    assert next(sampler).task.shape == (16,)
+    assert sampler.plan == plan
+    down[0] = False
+    _write(replay, rng, 1, 10, 0.5, 100)
+    sampler.task_shares = {0: 1.0, 1: 1.0}
+    _refresh(sampler)
+    next(sampler)
+    assert {k for k, _ in sampler.plan} == {0, 1}  # The counts are asked again.
+    down[0] = True
+    with pytest.raises(RuntimeError, match="Socket closed"):
+      next(BalancedSampler(replay.address, replay.layout, counts, 16, {0: 1.0}, 0.5))
