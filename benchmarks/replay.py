@@ -67,25 +67,19 @@ def write_raw(replay, eps, group: int) -> float:
   plans = []
   for ep in eps:  # Precomputed: only the Reverb work is timed.
     succ = [k for k in range(TASKS) if ep.labels[k] >= 0.5]
-    plans.append((ep, succ, tables.episode_metadata(ep, TASKS)))
+    obs, act = tables.pad_episode(ep, tables.episode_rows(SPEC))
+    plans.append((obs, act, succ, tables.episode_metadata(ep, TASKS)))
   w = replay._new_writer()
-  pad = np.zeros(ACTION_DIM, np.float32)
   t0 = time.perf_counter()
-  for i, (ep, succ, meta) in enumerate(plans):
-    for t in range(STEPS + 1):
-      step = {"observation": {"state": ep.observations["state"][t]},
-              "action": ep.actions[t] if t < STEPS else pad}
-      if t == STEPS:
-        step["metadata"] = meta
-      w.append(step)
+  for i, (obs, act, succ, meta) in enumerate(plans):
+    w.append({"observation": obs, "action": act, "metadata": meta})
     h = w.history
-    steps = {"observation": {"state": h["observation"]["state"][:]}, "action": h["action"][:]}
+    steps = {"observation": {"state": h["observation"]["state"][-1]}, "action": h["action"][-1]}
     m = {k: h["metadata"][k][-1] for k in meta}
     for k in succ:
       w.create_item(tables.task_table(k, True), float(STEPS), steps)
     w.create_item(tables.SHARED_TABLE, float(STEPS), {**steps, "labels": m["labels"]})
     w.create_item(tables.EPISODES_TABLE, float(i), {**steps, "metadata": m})
-    w.end_episode()
     if (i + 1) % group == 0:
       w.flush()
   w.flush()

@@ -176,9 +176,9 @@ def _transition_picker(slot: int, success: bool, k: int, batches: int) -> Callab
   return pick
 
 
-def _padded_episodes(address: str, table: str, signature: dict, items: int,
-                     length: int) -> tf.data.Dataset:
-  """Batches of `items` sampled episode items, steps padded to `length`: [items, length, ...].
+def _episode_batches(address: str, table: str, signature: dict, items: int
+                     ) -> tf.data.Dataset:
+  """Batches of `items` sampled episode items, as stored: [items, L, ...] (`tables.pad_episode`).
 
   No per-element map or filter: on this CPU each costs more than the sampling itself.
   """
@@ -187,14 +187,7 @@ def _padded_episodes(address: str, table: str, signature: dict, items: int,
   ds = reverb.TrajectoryDataset(address, table, dtypes, shapes,
                                 max_in_flight_samples_per_worker=max(2 * items, 8),
                                 num_workers_per_iterator=1)
-  pad = tf.nest.map_structure(lambda s: tf.constant(0, s.dtype), ds.element_spec)
-  pad.data["action"] = tf.constant(float("nan"), tf.float32)
-  # A fixed length, so that batches from different draws can be regrouped (rebatch).
-  padded = tf.nest.map_structure(lambda s: s.shape, ds.element_spec)
-  padded = padded._replace(data=tf.nest.map_structure(
-      lambda s: tf.TensorShape([length, *s[1:]]) if s.rank and s[0] is None else s,
-      padded.data))
-  ds = ds.padded_batch(items, padded_shapes=padded, padding_values=pad, drop_remainder=True)
+  ds = ds.batch(items, drop_remainder=True)
   return ds.map(lambda sample: sample.data)
 
 
@@ -214,18 +207,16 @@ def make_dataset(address: str, layout: TableLayout, plan: Plan, transitions_per_
   if not plan:
     raise ValueError("empty plan: no table has enough items to sample")
   k, s = transitions_per_sample, batches_per_draw
-  length = layout.spec.max_episode_steps + 1
   parts = []
   for (slot, success), rows in sorted(plan.items()):
     if success or not pooled_failures:
-      ds = _padded_episodes(address, task_table(slot, success), steps_signature(layout.spec),
-                            s * rows, length)
+      ds = _episode_batches(address, task_table(slot, success), steps_signature(layout.spec),
+                            s * rows)
     else:
       # Draw from the shared table, keep this task's failures, regroup into `rows` rows
       # (rebatch carries rows over between draws, so only the rejected ones cost extra).
-      ds = _padded_episodes(address, SHARED_TABLE,
-                            shared_signature(layout.spec, layout.max_tasks), s * rows + 2,
-                            length)
+      ds = _episode_batches(address, SHARED_TABLE,
+                            shared_signature(layout.spec, layout.max_tasks), s * rows + 2)
       ds = ds.map(lambda x, slot=slot: tf.nest.map_structure(
           lambda v: tf.boolean_mask(v, x["labels"][:, slot] < threshold),
           {"observation": x["observation"], "action": x["action"]}))

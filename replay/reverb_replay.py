@@ -3,14 +3,18 @@
 A `ReverbReplay` either owns an in-process `reverb.Server` (local runs) or connects to one
 at `address`. An owned server with a `log_dir` keeps a write-ahead episode log
 (`replay.episode_log`): `write_many` returns only once its episodes are on disk, and a
-restart restores the newest checkpoint and re-applies the log after it. Writing an episode appends its T+1
-steps once through a trajectory writer, then creates one item per sharing target in that
-task's success or failure table plus one in the `episodes` table; all of them reference
-the same chunks, so sharing across 10 tasks costs 10 small items, not 10 copies.
+restart restores the newest checkpoint and re-applies the log after it. Writing an episode
+appends it once, as one padded step (`tables.pad_episode`), through a trajectory writer,
+then creates one item per sharing target in that task's success or failure table plus one
+in the `episodes` table; all of them reference the same chunks, so sharing across 10 tasks
+costs 10 small items, not 10 copies. Beside the checkpoint directory D, D_layout.json
+records its layout (not inside: Reverb would take it for a checkpoint); a server never
+restores a checkpoint of another layout.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -36,12 +40,46 @@ _EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z.
 Labeller = Callable[[Sequence[Episode]], np.ndarray]
 
 
+def layout_path(checkpoint_dir: str) -> str:
+  return os.path.normpath(checkpoint_dir) + "_layout.json"
+
+
+def layout_from_config(config, spec: EnvSpec) -> TableLayout:
+  """The tables of an experiment config (`max_tasks`, `replay.*`)."""
+  r = config.replay
+  return TableLayout(spec, int(config.max_tasks), int(r.max_size),
+                     int(r.get("max_episodes", 0)) or None, int(r.min_size),
+                     float(r.samples_per_insert))
+
+
+def stored_layout(checkpoint_dir: str | None) -> int | None:
+  """The layout version of the replay checkpointed in `checkpoint_dir` (None: nothing there
+  yet; 1: checkpoints from before layouts were recorded)."""
+  if not checkpoint_dir:
+    return None
+  path = layout_path(checkpoint_dir)
+  if os.path.exists(path):
+    with open(path) as f:
+      return int(json.load(f)["version"])
+  return 1 if latest_checkpoint(checkpoint_dir) else None
+
+
 def serve(layout: TableLayout, checkpoint_dir: str | None = None,
           port: int | None = None) -> reverb.Server:
-  """A Reverb server with `layout`'s tables; restores the latest checkpoint in the dir."""
+  """A Reverb server with `layout`'s tables; restores the latest checkpoint in the dir,
+  which must have been written in the same layout."""
   checkpointer = None
   if checkpoint_dir:
+    stored = stored_layout(checkpoint_dir)
+    if stored is not None and stored != layout.version:
+      raise ReplayError(
+          f"the replay in {checkpoint_dir} is stored in layout {stored}, this server uses "
+          f"layout {layout.version}; `mtopt train` on its run rewrites it (see "
+          "mtopt.program.relabel)")
     os.makedirs(checkpoint_dir, exist_ok=True)
+    if stored is None and layout.version == tables.LAYOUT_VERSION:
+      with open(layout_path(checkpoint_dir), "w") as f:
+        json.dump({"version": layout.version}, f)
     checkpointer = reverb.platform.checkpointers_lib.DefaultCheckpointer(
         os.path.abspath(checkpoint_dir))
   return reverb.Server(tables.make_tables(layout), port=port, checkpointer=checkpointer)
@@ -132,10 +170,7 @@ class ReverbReplay(Replay):
                   ) -> "ReverbReplay":
     """From an experiment config's `max_tasks`, `replay.*` and `detector.threshold`; an
     owned server listens on `port` (default: any free one)."""
-    r = config.replay
-    layout = TableLayout(spec, int(config.max_tasks), int(r.max_size),
-                         int(r.get("max_episodes", 0)) or None, int(r.min_size),
-                         float(r.samples_per_insert))
+    r, layout = config.replay, layout_from_config(config, spec)
     owned = run_dir and address is None
     return cls(layout, slots=slots, sharing=r.sharing, threshold=config.detector.threshold,
                success_fraction=r.success_fraction, labeller=labeller, address=address,
@@ -176,6 +211,9 @@ class ReverbReplay(Replay):
   def _write(self, prepared, log: bool = True) -> int:
     if not prepared:
       return 0
+    if self.layout.version != tables.LAYOUT_VERSION:
+      raise ReplayError(f"a layout-{self.layout.version} replay is read only (it is read to be "
+                        "rewritten in the current layout)")
     with self._lock:
       if log and self._log is not None:  # Logged (with labels) first: write-ahead.
         self._log.append([ep for ep, _ in prepared])
@@ -197,25 +235,21 @@ class ReverbReplay(Replay):
     return self._log.max_episode_id if self._log is not None else None
 
   def _new_writer(self):
-    # One chunk per column per episode: per-step chunks cost ~4x the data in overhead.
-    n = self.spec.max_episode_steps + 1
-    w = self.client.trajectory_writer(num_keep_alive_refs=n)
-    for path in [("observation", k) for k in self.spec.observation] + [("action",)]:
-      w.configure(path, num_keep_alive_refs=n, max_chunk_length=n)
+    # One chunk per column per episode: an episode is one step (see `tables.pad_episode`).
+    w = self.client.trajectory_writer(num_keep_alive_refs=1)
+    for path in ([("observation", k) for k in self.spec.observation] + [("action",)]
+                 + [("metadata", k) for k in tables.metadata_signature(self.max_tasks)]):
+      w.configure(path, num_keep_alive_refs=1, max_chunk_length=1)
     return w
 
   def _append(self, ep: Episode, targets: list[sharing_rules.Target]) -> int:
     w, t_len = self._writer, ep.num_steps
-    pad = tables.final_pad(ep.actions.shape[1:], ep.terminated)
-    for t in range(t_len + 1):
-      step = {"observation": {k: v[t] for k, v in ep.observations.items()},
-              "action": ep.actions[t] if t < t_len else pad}
-      if t == t_len:
-        step["metadata"] = tables.episode_metadata(ep, self.max_tasks)
-      w.append(step)
+    obs, act = tables.pad_episode(ep, tables.episode_rows(self.spec))
+    w.append({"observation": obs, "action": act,
+              "metadata": tables.episode_metadata(ep, self.max_tasks)})
     h = w.history
-    steps = {"observation": {k: h["observation"][k][:] for k in ep.observations},
-             "action": h["action"][:]}
+    steps = {"observation": {k: h["observation"][k][-1] for k in obs},
+             "action": h["action"][-1]}
     meta = {k: h["metadata"][k][-1] for k in tables.metadata_signature(self.max_tasks)}
     for slot, success in targets:
       if success or not self.pooled_failures:
@@ -226,7 +260,6 @@ class ReverbReplay(Replay):
     # writers and restarts, and below EPISODE_ROUND (2**40 ms) for decades.
     self._seq = max(self._seq + 1, int(time.time() * 1000) - _EPOCH_MS)
     w.create_item(tables.EPISODES_TABLE, float(self._seq), {**steps, "metadata": meta})
-    w.end_episode()
     return len(targets)
 
   # Reading.
@@ -345,10 +378,13 @@ def _check_fraction(f) -> None:
 
 
 def _to_episode(data: dict) -> Episode:
+  """An `episodes` item back as an Episode; padded rows (layout 2, NaN actions) dropped."""
   meta = data["metadata"]
+  action = np.asarray(data["action"], np.float32)
+  t_len = int(np.sum(~np.isnan(action[:, 0]))) - 1  # Less the final pad row.
   return Episode(
-      observations={k: np.asarray(v) for k, v in data["observation"].items()},
-      actions=np.asarray(data["action"][:-1], np.float32),
+      observations={k: np.asarray(v)[:t_len + 1] for k, v in data["observation"].items()},
+      actions=action[:t_len],
       task_id=int(meta["task_id"]), robot_id=int(meta["robot_id"]),
       episode_id=int(meta["episode_id"]),
       success=np.asarray(meta["success"], bool) if bool(meta["has_success"]) else None,

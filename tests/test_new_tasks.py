@@ -178,3 +178,71 @@ def test_a_task_added_to_a_stopped_run_is_evaluated_zero_shot_then_trained(tmp_p
   assert relabel.read_stamp(run)["task_names"]["2"] == "reach_any"
   results = json.load(open(os.path.join(run, "results.json")))
   assert "reach_any" in results["success"] and "reach_any" not in results["true_success"]
+
+
+def _write_layout1(run: str, layout, eps) -> None:
+  """A replay as mtopt stored it before layout 2: one Reverb step per time step, the
+  metadata on the last; checkpointed, with the last episodes in the log only."""
+  import dataclasses
+  from replay import tables
+  from replay.episode_log import EpisodeLog, latest_checkpoint
+  from replay.reverb_replay import serve
+  import reverb
+  old = dataclasses.replace(layout, version=1)
+  ckpt = os.path.join(run, "replay")
+  server = serve(old, ckpt)
+  w = reverb.Client(f"localhost:{server.port}").trajectory_writer(num_keep_alive_refs=64)
+  for i, ep in enumerate(eps[:-3]):
+    pad = np.zeros(ep.actions.shape[1:], np.float32)
+    pad[0] = float(ep.terminated)
+    for t in range(ep.num_steps + 1):
+      step = {"observation": {k: v[t] for k, v in ep.observations.items()},
+              "action": ep.actions[t] if t < ep.num_steps else pad}
+      if t == ep.num_steps:
+        step["metadata"] = tables.episode_metadata(ep, old.max_tasks)
+      w.append(step)
+    h = w.history
+    steps = {"observation": {k: h["observation"][k][:] for k in ep.observations},
+             "action": h["action"][:]}
+    meta = {k: h["metadata"][k][-1] for k in tables.metadata_signature(old.max_tasks)}
+    for slot in np.flatnonzero(ep.labels >= 0.5):
+      w.create_item(tables.task_table(int(slot), True), float(ep.num_steps), steps)
+    w.create_item(tables.SHARED_TABLE, float(ep.num_steps), {**steps, "labels": meta["labels"]})
+    w.create_item(tables.EPISODES_TABLE, float(i + 1), {**steps, "metadata": meta})
+    w.end_episode()
+  w.close()
+  reverb.Client(f"localhost:{server.port}").checkpoint()
+  server.stop()
+  log = EpisodeLog(os.path.join(run, "replay_log"), latest_checkpoint(ckpt))
+  log.append(eps[-3:])
+  log.close()
+
+
+def test_a_replay_in_the_old_layout_is_rewritten_with_nothing_lost(detector, tmp_path):
+  from replay.reverb_replay import ReplayError, layout_from_config
+  config, rng, run = _config(), np.random.default_rng(6), str(tmp_path)
+  eps = episodes(rng, 15)
+  eps = [ep.with_labels(row) for ep, row in zip(eps, detector(eps))]
+  _write_layout1(run, layout_from_config(config, SPEC), eps)
+  relabel.write_stamp(run, detector)
+  with pytest.raises(ReplayError, match="stored in layout 1"):
+    ReverbReplay.from_config(config, SPEC, run_dir=run, slots=[0, 1])
+  assert relabel.ensure_labelled(config, SPEC, run, detector, [0, 1]) == 15
+  replay = ReverbReplay.from_config(config, SPEC, run_dir=run, slots=[0, 1])
+  try:
+    got = {ep.episode_id: ep for ep in replay.episodes()}
+    assert sorted(got) == sorted(ep.episode_id for ep in eps), "every episode, once"
+    for ep in eps:
+      back = got[ep.episode_id]
+      np.testing.assert_array_equal(back.actions, ep.actions)
+      for k, v in ep.observations.items():
+        np.testing.assert_array_equal(back.observations[k], v)
+      np.testing.assert_allclose(back.labels, ep.labels)  # Kept: same detector.
+      assert back.terminated == ep.terminated and back.task_id == ep.task_id
+    want = sum(int(ep.labels[0] >= 0.5) for ep in eps)
+    assert replay.counts()[0]["success"] == want
+    batch = next(iter(replay.sampler(8)))
+    assert np.isfinite(batch.action).all()
+  finally:
+    replay.close()
+  assert relabel.ensure_labelled(config, SPEC, run, detector, [0, 1]) == 0, "done once"

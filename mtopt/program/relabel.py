@@ -1,4 +1,5 @@
-"""A run's replays relabelled by its current success detector, in this process.
+"""A run's replays relabelled by its current success detector (or rewritten in the current
+storage layout), in this process.
 
 Labels live in the replay's items (which task tables an episode is in) and in its episode
 log, so a new detector head (`mtopt tasks add`) or a retrained detector (`mtopt tasks
@@ -12,6 +13,8 @@ every slot and written into a fresh replay beside the old one, which then replac
 
 A crash before DONE leaves the old replay untouched (the half-built one is deleted at the
 next start); after DONE the next start finishes the swap. Nothing acknowledged is lost.
+A replay stored in an older layout (`replay.tables`) is rewritten the same way, its labels
+kept unless the labeller changed too.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import numpy as np
 from mtopt.program.run_dir import write_json
 
 STAMP_FILE = "replay_labels.json"
-PARTS = ("replay", "replay_log")  # What `ReverbReplay.from_config(run_dir=D)` keeps in D.
+# What `ReverbReplay.from_config(run_dir=D)` keeps in D.
+PARTS = ("replay", "replay_log", "replay_layout.json")
 
 
 def stamp(labeller) -> dict:
@@ -71,56 +75,94 @@ def recover(directory: str) -> None:
 
 def ensure_labelled(config, spec, directory: str, labeller, slots, log=print) -> int:
   """Relabels the replay kept in `directory` if another labeller labelled it (or none is
-  recorded); a new, empty replay is stamped. Returns the episodes relabelled."""
+  recorded), or rewrites it if it is stored in an older layout; a new, empty replay is
+  stamped. Returns the episodes rewritten."""
+  from replay.reverb_replay import stored_layout
+  from replay.tables import LAYOUT_VERSION
   recover(directory)
   current, saved = stamp(labeller), read_stamp(directory)
-  if saved == current or "ground_truth" in current:
+  relabel = saved != current and "ground_truth" not in current
+  layout = stored_layout(os.path.join(directory, "replay"))
+  if not relabel and layout in (None, LAYOUT_VERSION):
     return 0
   if not _has_replay(directory):
     write_stamp(directory, labeller)
     return 0
-  return relabel_replay(config, spec, directory, labeller, slots, log)
+  return relabel_replay(config, spec, directory, labeller, slots, log, keep_labels=not relabel,
+                        layout=layout or LAYOUT_VERSION)
 
 
 def relabel_replay(config, spec, directory: str, labeller, slots, log=print,
-                   batch: int = 256) -> int:
-  """Every episode of the replay in `directory`, labelled by `labeller`, into a new replay
-  that replaces it. Returns the number of episodes."""
+                   batch: int = 256, keep_labels: bool = False, layout: int | None = None
+                   ) -> int:
+  """Every episode of the replay in `directory` (stored in `layout`, default the current
+  one), labelled by `labeller` (or with its labels kept), into a new replay in the current
+  layout that replaces it. Returns the number of episodes."""
   from replay.reverb_replay import ReverbReplay
   new_dir = os.path.join(directory, "relabel")
   shutil.rmtree(new_dir, ignore_errors=True)
   start, n = time.perf_counter(), 0
-  old = ReverbReplay.from_config(config, spec, run_dir=directory)  # Reads every slot.
+  new = ReverbReplay.from_config(config, spec, run_dir=new_dir, slots=slots)
   try:
-    new = ReverbReplay.from_config(config, spec, run_dir=new_dir, labeller=labeller,
-                                   slots=slots)
-    try:
-      pending = []
-      for ep in old.episodes():
-        pending.append(ep)
-        if len(pending) == batch:
-          n += _write_relabelled(new, labeller, pending)
-          pending = []
-      n += _write_relabelled(new, labeller, pending)
-      new.checkpoint()  # The new log is then empty: the checkpoint holds everything.
-    finally:
-      new.close()
+    pending = []
+    for ep in _stored_episodes(config, spec, directory, layout):
+      pending.append(ep)
+      if len(pending) == batch:
+        n += _write_relabelled(new, None if keep_labels else labeller, pending)
+        pending = []
+    n += _write_relabelled(new, None if keep_labels else labeller, pending)
+    new.checkpoint()  # The new log is then empty: the checkpoint holds everything.
   finally:
-    old.close()
+    new.close()
   write_stamp(new_dir, labeller)
   with open(os.path.join(new_dir, "DONE"), "w"):
     pass
   recover(directory)
-  log(f"relabelled {n} stored episodes in {directory} with {_describe(labeller)} "
+  what = (f"rewritten from layout {layout}" if keep_labels else
+          f"relabelled with {_describe(labeller)}")
+  log(f"{what}: {n} stored episodes in {directory} "
       f"({n / max(time.perf_counter() - start, 1e-9):.0f} episodes/s)")
   return n
+
+
+def _stored_episodes(config, spec, directory: str, layout: int | None):
+  """Every episode the replay in `directory` acknowledged: its checkpoint and its log."""
+  import dataclasses
+  from replay.episode_log import EpisodeLog, latest_checkpoint
+  from replay.reverb_replay import ReverbReplay, layout_from_config
+  from replay.tables import LAYOUT_VERSION
+  if layout in (None, LAYOUT_VERSION):
+    old = ReverbReplay.from_config(config, spec, run_dir=directory)  # Reads every slot.
+    try:
+      yield from old.episodes()
+    finally:
+      old.close()
+    return
+  # An older layout: its server restores the checkpoint only (it cannot write), and the
+  # episodes logged after that checkpoint are read from the log.
+  ckpt = os.path.join(directory, "replay")
+  old = ReverbReplay(dataclasses.replace(layout_from_config(config, spec), version=layout),
+                     checkpoint_dir=ckpt)
+  try:
+    yield from old.episodes()
+  finally:
+    old.close()
+  log_dir = os.path.join(directory, "replay_log")
+  if os.path.isdir(log_dir):
+    episode_log = EpisodeLog(log_dir, latest_checkpoint(ckpt))
+    try:
+      yield from episode_log.unapplied()
+    finally:
+      episode_log.close()
 
 
 def _write_relabelled(replay, labeller, episodes) -> int:
   if not episodes:
     return 0
-  labels = np.asarray(labeller(episodes), np.float32)
-  replay.write_many([ep.with_labels(row) for ep, row in zip(episodes, labels)])
+  if labeller is not None:
+    labels = np.asarray(labeller(episodes), np.float32)
+    episodes = [ep.with_labels(row) for ep, row in zip(episodes, labels)]
+  replay.write_many(episodes)
   return len(episodes)
 
 
