@@ -129,6 +129,7 @@ class ReverbReplay(Replay):
       raise ReplayError(f"transitions_per_sample must be >= 1, got {transitions_per_sample}")
     self.transitions_per_sample = int(transitions_per_sample)
     self.labeller = labeller
+    self._meta_keys = tuple(tables.metadata_signature(layout.max_tasks))  # Built once.
     if log_dir and (address is not None or not checkpoint_dir):
       raise ReplayError("log_dir needs a replay that owns its server and a checkpoint_dir")
     self._server = self._log = None
@@ -238,7 +239,7 @@ class ReverbReplay(Replay):
     # One chunk per column per episode: an episode is one step (see `tables.pad_episode`).
     w = self.client.trajectory_writer(num_keep_alive_refs=1)
     for path in ([("observation", k) for k in self.spec.observation] + [("action",)]
-                 + [("metadata", k) for k in tables.metadata_signature(self.max_tasks)]):
+                 + [("metadata", k) for k in self._meta_keys]):
       w.configure(path, num_keep_alive_refs=1, max_chunk_length=1)
     return w
 
@@ -250,7 +251,7 @@ class ReverbReplay(Replay):
     h = w.history
     steps = {"observation": {k: h["observation"][k][-1] for k in obs},
              "action": h["action"][-1]}
-    meta = {k: h["metadata"][k][-1] for k in tables.metadata_signature(self.max_tasks)}
+    meta = {k: h["metadata"][k][-1] for k in self._meta_keys}
     for slot, success in targets:
       if success or not self.pooled_failures:
         w.create_item(tables.task_table(slot, success), float(t_len), steps)
