@@ -64,10 +64,13 @@ def commit() -> dict:
 
 
 def data_sha(path: str) -> str:
-  """sha256 over a dataset directory's files (names and contents, sorted)."""
+  """sha256 over a dataset directory's files (names and contents, sorted), less the final
+  observations kept for relabelling (derived from the rest)."""
+  from success_detectors.label_store import FINALS_DIR
   h = hashlib.sha256()
   for dirpath, dirnames, files in os.walk(path):
-    dirnames.sort()
+    dirnames[:] = sorted(d for d in dirnames if d != FINALS_DIR and
+                         not d.startswith(FINALS_DIR + ".tmp"))
     for name in sorted(files):
       full = os.path.join(dirpath, name)
       h.update(os.path.relpath(full, path).encode())

@@ -17,6 +17,7 @@ from typing import Mapping
 import numpy as np
 
 LABELS_FILE = "labels.npz"
+FINALS_DIR = "final_observations"  # Kept by `labeller.final_observations`; derived data.
 
 
 @dataclasses.dataclass

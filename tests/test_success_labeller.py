@@ -1,5 +1,7 @@
 """The labeller inline and in bulk over an RLDS dataset with Ray Data."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -49,6 +51,41 @@ def test_bulk_relabel_writes_labels_next_to_the_data(detector_dir, tmp_path):
     np.testing.assert_allclose(got[ep.episode_id], row, atol=1e-6)
   assert stored.detector_version == load_labeller(detector_dir).version
   assert stored.task_names[:3] == ["a", "b", ""]
-  # The dataset itself is untouched: only labels.npz was added.
+  # The dataset itself is untouched: labels.npz and the kept final observations were added.
   after = sorted(p.name for p in (tmp_path / "data").rglob("*"))
-  assert sorted(set(after) - set(before)) == ["labels.npz"]
+  added = set(after) - set(before)
+  assert added - {"labels.npz", "final_observations", "source.json"} == {
+      f"batch-{i:06d}.npz" for i in range(5)}
+  assert set(before) <= set(after)
+
+
+def test_a_second_relabel_reads_the_kept_final_observations(detector_dir, tmp_path,
+                                                            monkeypatch):
+  from experiments.protocol import data_sha
+  from success_detectors import labeller
+  rng = np.random.default_rng(2)
+  data = str(tmp_path / "data")
+  with rlds_format.DatasetWriter(data, SPEC, MAX_TASKS, ["a", "b"], episodes_per_shard=10) as w:
+    for ep in episodes(rng, 23):
+      w.write(ep)
+  relabel_dataset(data, detector_dir, batch_size=8)
+  first, sha = label_store.read_labels(data), data_sha(data)
+  real = labeller._read_final_observations
+  monkeypatch.setattr(labeller, "_read_final_observations", None)  # Must not be needed.
+  relabel_dataset(data, detector_dir, batch_size=8)
+  np.testing.assert_array_equal(label_store.read_labels(data).labels, first.labels)
+  assert data_sha(data) == sha, "the kept observations are not part of the data's hash"
+  # A dataset file changes: the episodes are read again.
+  calls = []
+
+  def counting(*args):
+    calls.append(args)
+    yield from real(*args)
+  monkeypatch.setattr(labeller, "_read_final_observations", counting)
+  shard = os.path.join(data, next(n for n in sorted(os.listdir(data)) if ".tfrecord" in n))
+  st = os.stat(shard)
+  os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  relabel_dataset(data, detector_dir, batch_size=8)
+  assert len(calls) == 1
+  np.testing.assert_array_equal(label_store.read_labels(data).labels, first.labels)
+
