@@ -19,6 +19,7 @@ kept unless the labeller changed too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -105,11 +106,13 @@ def relabel_replay(config, spec, directory: str, labeller, slots, log=print,
   new = ReverbReplay.from_config(config, spec, run_dir=new_dir, slots=slots)
   try:
     pending = []
-    for ep in _stored_episodes(config, spec, directory, layout):
-      pending.append(ep)
-      if len(pending) == batch:
-        n += _write_relabelled(new, None if keep_labels else labeller, pending)
-        pending = []
+    # Closed on any error too: the old replay's server and log lock go at once.
+    with contextlib.closing(_stored_episodes(config, spec, directory, layout)) as stored:
+      for ep in stored:
+        pending.append(ep)
+        if len(pending) == batch:
+          n += _write_relabelled(new, None if keep_labels else labeller, pending)
+          pending = []
     n += _write_relabelled(new, None if keep_labels else labeller, pending)
     new.checkpoint()  # The new log is then empty: the checkpoint holds everything.
   finally:
