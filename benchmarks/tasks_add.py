@@ -17,8 +17,9 @@ depend on what they show). Then it times the two steps a user's `tasks add` take
   train` runs first; `replay_relabel_episodes_per_s`).
 
 `relabel_episodes_per_s` is both stores together (2N episodes over both times, the
-dataset's from its kept final observations); `add_task_seconds` the CLI and the replay. The reference figure is the labeller alone
-(`detector_episodes_per_s`: a forward pass over N final observations).
+dataset's from its kept final observations); `add_task_seconds` the CLI and the replay.
+The reference figure is the labeller alone (`detector_episodes_per_s`: a forward pass over
+N final observations, compiled first).
 """
 
 from __future__ import annotations

@@ -101,7 +101,8 @@ def _records(path: str) -> tuple[list[tuple[int, bytes]], int]:
   return out, pos
 
 
-def _write_json(path: str, value: dict) -> None:
+def write_json(path: str, value: dict) -> None:
+  """Replaces `path` atomically and durably: a crash leaves the old file or the new one."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(value, f)
@@ -157,7 +158,7 @@ class EpisodeLog:
         raise LogError(f"{self.directory}: the log follows Reverb checkpoint "
                        f"{state['checkpoint']!r} but the server restored {restored!r}; "
                        "the replay checkpoint was moved or deleted")
-      _write_json(self._state_path, state)
+      write_json(self._state_path, state)
     if os.path.exists(self._pending_path):
       os.remove(self._pending_path)
     self._state = state
@@ -214,12 +215,12 @@ class EpisodeLog:
     self._close_segment()
     self._pending = {"checkpoint": None, "covered": self._number,
                      "episodes": self._acknowledged, "max_episode_id": self._max_id}
-    _write_json(self._pending_path, self._pending)
+    write_json(self._pending_path, self._pending)
 
   def end_checkpoint(self, checkpoint: str) -> None:
     """Reverb stored `checkpoint`: the covered segments are no longer needed."""
     self._state = {**self._pending, "checkpoint": checkpoint}
-    _write_json(self._state_path, self._state)
+    write_json(self._state_path, self._state)
     os.remove(self._pending_path)
     for number, path in self._segments():
       if number <= self._state["covered"]:

@@ -27,7 +27,7 @@ from mtopt.specs import EnvSpec
 from mtopt.tf_setup import tf  # noqa: F401  (hides GPUs before reverb imports TF)
 from replay import sharing as sharing_rules
 from replay import tables
-from replay.episode_log import EpisodeLog, latest_checkpoint
+from replay.episode_log import EpisodeLog, latest_checkpoint, write_json
 from replay.balanced_sampler import BalancedSampler
 from replay.base import Counts, Replay, ReplayError
 from replay.tables import TableLayout
@@ -78,8 +78,7 @@ def serve(layout: TableLayout, checkpoint_dir: str | None = None,
           "mtopt.program.relabel)")
     os.makedirs(checkpoint_dir, exist_ok=True)
     if stored is None and layout.version == tables.LAYOUT_VERSION:
-      with open(layout_path(checkpoint_dir), "w") as f:
-        json.dump({"version": layout.version}, f)
+      write_json(layout_path(checkpoint_dir), {"version": layout.version})
     checkpointer = reverb.platform.checkpointers_lib.DefaultCheckpointer(
         os.path.abspath(checkpoint_dir))
   return reverb.Server(tables.make_tables(layout), port=port, checkpointer=checkpointer)

@@ -7,10 +7,10 @@ observations zero-padded, actions NaN-padded after the row that marks the end), 
 table's items reference that step: the data is written once and shared. One append per
 episode, not one per time step, is what makes writing (and so relabelling, importing and
 ingesting robots' episodes) fast: `benchmarks.replay --quick` writes ~3x the episodes/s of
-per-step appends (1,906 vs 625 on this 2-core machine). Items are sampled in proportion to their episode's length (priority
-T, exponent 1), i.e. uniformly over transitions. One more table, `episodes`, holds one item
-per episode with its metadata (ids, labels, ground truth), so the replay can enumerate its
-episodes for RLDS export and relabelling.
+per-step appends (1,906 vs 625 on this 2-core machine). Items are sampled in proportion to
+their episode's length (priority T, exponent 1), i.e. uniformly over transitions. One more
+table, `episodes`, holds one item per episode with its metadata (ids, labels, ground
+truth), so the replay can enumerate its episodes for RLDS export and relabelling.
 
 Under `all` sharing nearly every episode is a failure for nearly every task, so failure
 items would be most of the items (~1 KB each in Reverb, several times an episode's state

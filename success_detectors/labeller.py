@@ -32,14 +32,11 @@ def load_labeller(detector_dir: str) -> SuccessDetector:
 
 
 # Bulk relabelling.
-FINALS_DIR = label_store.FINALS_DIR
-
-
 def final_observations(data_dir: str, batch_size: int = 1024
                        ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
   """(episode ids [n], final observations name -> [n, ...]) of an RLDS dataset, in batches:
   from its kept final observations if its files are unchanged, else read (and kept)."""
-  cache = os.path.join(data_dir, FINALS_DIR)
+  cache = os.path.join(data_dir, label_store.FINALS_DIR)
   source = _dataset_files(data_dir)
   if _cache_source(cache) == source:
     for name in sorted(f for f in os.listdir(cache) if f.endswith(".npz")):

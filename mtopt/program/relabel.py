@@ -105,15 +105,16 @@ def relabel_replay(config, spec, directory: str, labeller, slots, log=print,
   start, n = time.perf_counter(), 0
   new = ReverbReplay.from_config(config, spec, run_dir=new_dir, slots=slots)
   try:
+    label_with = None if keep_labels else labeller
     pending = []
     # Closed on any error too: the old replay's server and log lock go at once.
     with contextlib.closing(_stored_episodes(config, spec, directory, layout)) as stored:
       for ep in stored:
         pending.append(ep)
         if len(pending) == batch:
-          n += _write_relabelled(new, None if keep_labels else labeller, pending)
+          n += _write_relabelled(new, label_with, pending)
           pending = []
-    n += _write_relabelled(new, None if keep_labels else labeller, pending)
+    n += _write_relabelled(new, label_with, pending)
     new.checkpoint()  # The new log is then empty: the checkpoint holds everything.
   finally:
     new.close()
