@@ -200,7 +200,8 @@ class SuccessDetector:
 
   # Labelling.
   def predict(self, observations: Mapping[str, np.ndarray]) -> np.ndarray:
-    """float32 [N, max_tasks] success probabilities for observations name -> [N, ...]."""
+    """float32 [N, max_tasks] success probabilities for observations name -> [N, ...]; 0 in
+    slots without a task (no head was trained for them)."""
     obs = {}
     for k, s in self.spec.observation.items():
       if k not in observations:
@@ -209,12 +210,27 @@ class SuccessDetector:
       if v.shape[1:] != s.shape:
         raise DetectorError(f"observations[{k!r}]: expected [N, {s.shape}], got {v.shape}")
       obs[k] = v.astype(s.dtype, copy=False)
-    logits = training.predict(self.model, self.variables, obs)
-    offsets = np.zeros(self.max_tasks, np.float32)
-    for slot, info in self.slots.items():
-      offsets[slot] = info.offset
+    n = len(next(iter(obs.values())))
+    probs = np.zeros((n, self.max_tasks), np.float32)
+    slots = sorted(self.slots)
+    if not slots or n == 0:
+      return probs
+    with_torso, heads = self._compact()
+    logits = training.predict(self.model, self.variables, obs, fn=lambda m, v, o: (
+        training.compact_logits(m, v, o, heads, with_torso)))
+    offsets = np.array([self.slots[s].offset for s in slots], np.float32)
     # The sigmoid, as a tanh: no overflow warnings for very negative logits.
-    return (0.5 + 0.5 * np.tanh(0.5 * (logits + offsets))).astype(np.float32)
+    probs[:, slots] = 0.5 + 0.5 * np.tanh(0.5 * (logits + offsets))
+    return probs
+
+  def _compact(self):
+    """The task slots' heads as `training.compact_heads`, rebuilt when they change."""
+    key = (self.variables["params"]["heads"], tuple(sorted(self.slots)))
+    cached = getattr(self, "_compact_cache", None)
+    if cached is None or cached[0][0] is not key[0] or cached[0][1] != key[1]:
+      cached = (key, training.compact_heads(self.model, key[0], key[1]))
+      self._compact_cache = cached
+    return cached[1]
 
   def __call__(self, episodes: Sequence) -> np.ndarray:
     """The labeller: float32 [N, max_tasks] from the episodes' final observations."""

@@ -119,9 +119,12 @@ class SuccessClassifier(nn.Module):
   feature_squash: float = 0.0
 
   @nn.compact
-  def __call__(self, obs: Mapping[str, jax.Array], head_inputs: bool = False) -> jax.Array:
+  def __call__(self, obs: Mapping[str, jax.Array], head_inputs: bool = False,
+               with_torso: bool = True) -> jax.Array:
     """Logits [B, max_tasks]; with head_inputs, the heads' input features [B, F] instead
-    (what a frozen torso gives a new head: it is computed once when a task is added)."""
+    (what a frozen torso gives a new head: it is computed once when a task is added), and
+    with_torso=False as well, only the state features that skip the torso (the last F - T
+    of them, T = torso[-1]): what heads that read no torso unit need."""
     parts, states = [], []
     for k in self.image_keys:
       parts.append(ImageEncoder(self.conv_channels, name=f"encoder_{k}")(obs[k]))
@@ -138,6 +141,8 @@ class SuccessClassifier(nn.Module):
         states.append(z)
         if self.state_squares and name == k:
           states.append(z * z)
+    if head_inputs and not with_torso and self.torso:
+      return jnp.concatenate(states, axis=-1)
     h = jnp.concatenate(parts + states, axis=-1)
     for i, n in enumerate(self.torso):
       h = nn.relu(nn.Dense(n, name=f"torso_{i}")(h))

@@ -70,6 +70,31 @@ def test_separable_toy_set_is_learned_near_perfectly(trained):
   assert q[0]["successes"] == 120 and q[0]["name"] == "a"
 
 
+def test_labels_read_only_the_kept_head_inputs_and_match_the_whole_network(trained):
+  """predict computes the trained slots' heads on the inputs they read (exact zeros
+  dropped); the result is the whole network's, and slots without a task get 0."""
+  rng = np.random.default_rng(8)
+  x = np.concatenate([toy_states(rng, 100, s) for s in range(3)] + [toy_states(rng, 100)])
+  heads = trained.variables["params"]["heads"]
+  with_torso, compact = training.compact_heads(trained.model, heads, [0, 1, 2])
+  assert sum(len(c[0]) for c in compact) < 3 * heads["w1"].shape[1]  # The lasso kept few.
+  probs = trained.predict({"state": x})
+  logits = training.predict(trained.model, trained.variables, {"state": x})[:, :3]
+  offsets = np.array([trained.slots[s].offset for s in range(3)], np.float32)
+  np.testing.assert_allclose(probs[:, :3], 1 / (1 + np.exp(-(logits + offsets))), atol=1e-5)
+  assert not probs[:, 3:].any()
+  # A head that reads no torso unit leaves the torso out; its logits are the same.
+  sparse = {k: np.array(v) for k, v in heads.items()}
+  width = trained.model.torso[-1]
+  sparse["w1"][0, :width] = 0.0
+  with_torso, compact = training.compact_heads(trained.model, sparse, [0])
+  assert not with_torso
+  variables = {**trained.variables, "params": {**trained.variables["params"], "heads": sparse}}
+  full = training.predict(trained.model, variables, {"state": x})[:, 0]
+  np.testing.assert_allclose(np.asarray(training.compact_logits(
+      trained.model, variables, {"state": x}, compact, with_torso))[:, 0], full, atol=1e-4)
+
+
 def test_labeller_interface_on_episodes(trained):
   rng = np.random.default_rng(3)
   eps = []
