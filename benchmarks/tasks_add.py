@@ -18,6 +18,8 @@ depend on what they show). Then it times the two steps a user's `tasks add` take
 
 `relabel_episodes_per_s` is both stores together (2N episodes over both times, the
 dataset's from its kept final observations); `add_task_seconds` the CLI and the replay.
+The replay relabel's seconds are split into reading (the old replay's start and walk),
+labelling, writing the new replay and checkpointing it (`replay_relabel_seconds`).
 The reference figure is the labeller alone (`detector_episodes_per_s`: a forward pass over
 N final observations, compiled first).
 """
@@ -145,7 +147,9 @@ def main(argv=None):
     dataset_s = time.perf_counter() - t0
     registry = TaskRegistry.load(run)
     t0 = time.perf_counter()
-    relabelled = relabel.ensure_labelled(config, spec, run, new, registry.slots, log=print)
+    phases: dict = {}
+    relabelled = relabel.ensure_labelled(config, spec, run, new, registry.slots, log=print,
+                                         timings=phases)
     replay_s = time.perf_counter() - t0
     assert relabelled == n, (relabelled, n)
   finally:
@@ -160,6 +164,7 @@ def main(argv=None):
       "head_train_seconds": round(add_s - dataset_s, 2),
       "add_task_seconds": round(add_s + replay_s, 2),
       "detector_episodes_per_s": round(detector_rate, 1),
+      "replay_relabel_seconds": {k: round(v, 2) for k, v in phases.items()},
       "build_seconds": round(build_s, 1),
   }
   rows = [("stored episodes (dataset + replay, each)", f"{n}"),
@@ -167,6 +172,8 @@ def main(argv=None):
            f"{result['dataset_relabel_cold_episodes_per_s']:.0f}"),
           ("dataset relabel, episodes/s", f"{result['dataset_relabel_episodes_per_s']:.0f}"),
           ("replay relabel, episodes/s", f"{result['replay_relabel_episodes_per_s']:.0f}"),
+          ("  its seconds: " + ", ".join(phases), " / ".join(f"{v:.1f}" for v in
+                                                            phases.values())),
           ("both stores, episodes/s (goal >= 5000)", f"{result['relabel_episodes_per_s']:.0f}"),
           ("`tasks add` CLI, s (head + dataset)", f"{add_s:.1f}"),
           ("add task total, s (+ replay relabel)", f"{result['add_task_seconds']:.1f}"),

@@ -74,10 +74,11 @@ def recover(directory: str) -> None:
   shutil.rmtree(old, ignore_errors=True)
 
 
-def ensure_labelled(config, spec, directory: str, labeller, slots, log=print) -> int:
+def ensure_labelled(config, spec, directory: str, labeller, slots, log=print,
+                    timings: dict | None = None) -> int:
   """Relabels the replay kept in `directory` if another labeller labelled it (or none is
   recorded), or rewrites it if it is stored in an older layout; a new, empty replay is
-  stamped. Returns the episodes rewritten."""
+  stamped. Returns the episodes rewritten (`timings` as in `relabel_replay`)."""
   from replay.reverb_replay import stored_layout
   from replay.tables import LAYOUT_VERSION
   recover(directory)
@@ -90,34 +91,45 @@ def ensure_labelled(config, spec, directory: str, labeller, slots, log=print) ->
     write_stamp(directory, labeller)
     return 0
   return relabel_replay(config, spec, directory, labeller, slots, log, keep_labels=not relabel,
-                        layout=layout or LAYOUT_VERSION)
+                        layout=layout or LAYOUT_VERSION, timings=timings)
 
 
 def relabel_replay(config, spec, directory: str, labeller, slots, log=print,
-                   batch: int = 256, keep_labels: bool = False, layout: int | None = None
-                   ) -> int:
+                   batch: int = 256, keep_labels: bool = False, layout: int | None = None,
+                   timings: dict | None = None) -> int:
   """Every episode of the replay in `directory` (stored in `layout`, default the current
   one), labelled by `labeller` (or with its labels kept), into a new replay in the current
-  layout that replaces it. Returns the number of episodes."""
+  layout that replaces it. Returns the number of episodes; `timings`, if given, gets the
+  seconds spent reading (the old replay's start and walk), labelling, writing and
+  checkpointing."""
   from replay.reverb_replay import ReverbReplay
   new_dir = os.path.join(directory, "relabel")
   shutil.rmtree(new_dir, ignore_errors=True)
   start, n = time.perf_counter(), 0
+  spent = dict.fromkeys(("read", "label", "write", "checkpoint"), 0.0)
   new = ReverbReplay.from_config(config, spec, run_dir=new_dir, slots=slots)
   try:
     label_with = None if keep_labels else labeller
     pending = []
     # Closed on any error too: the old replay's server and log lock go at once.
     with contextlib.closing(_stored_episodes(config, spec, directory, layout)) as stored:
+      t = time.perf_counter()
       for ep in stored:
         pending.append(ep)
         if len(pending) == batch:
-          n += _write_relabelled(new, label_with, pending)
+          spent["read"] += time.perf_counter() - t
+          n += _write_relabelled(new, label_with, pending, spent)
           pending = []
-    n += _write_relabelled(new, label_with, pending)
+          t = time.perf_counter()
+      spent["read"] += time.perf_counter() - t
+    n += _write_relabelled(new, label_with, pending, spent)
+    t = time.perf_counter()
     new.checkpoint()  # The new log is then empty: the checkpoint holds everything.
+    spent["checkpoint"] = time.perf_counter() - t
   finally:
     new.close()
+  if timings is not None:
+    timings.update(spent)
   write_stamp(new_dir, labeller)
   with open(os.path.join(new_dir, "DONE"), "w"):
     pass
@@ -160,13 +172,17 @@ def _stored_episodes(config, spec, directory: str, layout: int | None):
       episode_log.close()
 
 
-def _write_relabelled(replay, labeller, episodes) -> int:
+def _write_relabelled(replay, labeller, episodes, spent: dict) -> int:
   if not episodes:
     return 0
+  t = time.perf_counter()
   if labeller is not None:
     labels = np.asarray(labeller(episodes), np.float32)
     episodes = [ep.with_labels(row) for ep, row in zip(episodes, labels)]
+  spent["label"] += time.perf_counter() - t
+  t = time.perf_counter()
   replay.write_many(episodes)
+  spent["write"] += time.perf_counter() - t
   return len(episodes)
 
 
