@@ -12,7 +12,8 @@ experiments/two_node_cluster.sh); `--placement actors` then puts the replay and 
 on the nodes their resources name.
 
 Timing: the learner runs `rounds` windows of `steps` updates inside the program while the
-actors collect; the actors are then stopped and it runs them again (what sampling and the
+actors collect (with `train.episodes_per_step` > 0, tied to the learner's steps by the
+run's collection budget, as in `mtopt train`); the actors are then stopped and it runs them again (what sampling and the
 program cost without the actors' CPU); then the same Learner code (same config, in this
 process) runs the same windows on batches sampled from that replay once and held in
 memory. The figure for each is the median window; the load average is printed beside
@@ -86,8 +87,15 @@ def main(argv=None) -> dict:
     run = build.build(config, prepared, load_progress(run_dir), stack, log=print)
     learner, collector = run.learner, run.collector
     budget_lib.run_learner(learner, 2 * int(config.learner.updates_per_call) + 8)  # Compile.
+    if run.budget is not None:  # train.episodes_per_step: paced as `mtopt train` paces it.
+      run.budget.start(collector.collected, learner.steps)
+
+    def in_program_steps(n: int) -> None:
+      budget_lib.run_learner(learner, n, run.budget, check=collector.check,
+                             steps_per_check=int(config.learner.publish_every))
+
     before = (time.perf_counter(), collector.collected, load())
-    in_program = windows(lambda n: budget_lib.run_learner(learner, n), steps, rounds)
+    in_program = windows(in_program_steps, steps, rounds)
     after = (time.perf_counter(), collector.collected, load())
     collector.check()
     episodes_per_s = (after[1] - before[1]) / (after[0] - before[0])
