@@ -141,7 +141,7 @@ class SuccessClassifier(nn.Module):
         states.append(z)
         if self.state_squares and name == k:
           states.append(z * z)
-    if head_inputs and not with_torso and self.torso:
+    if head_inputs and not with_torso and self.torso and states:
       return jnp.concatenate(states, axis=-1)
     h = jnp.concatenate(parts + states, axis=-1)
     for i, n in enumerate(self.torso):
