@@ -94,9 +94,11 @@ def main(argv=None) -> dict:
       budget_lib.run_learner(learner, n, run.budget, check=collector.check,
                              steps_per_check=int(config.learner.publish_every))
 
+    waited = run.budget.waited if run.budget is not None else 0.0
     before = (time.perf_counter(), collector.collected, load())
     in_program = windows(in_program_steps, steps, rounds)
     after = (time.perf_counter(), collector.collected, load())
+    waited = (run.budget.waited - waited) if run.budget is not None else 0.0
     collector.check()
     episodes_per_s = (after[1] - before[1]) / (after[0] - before[0])
     episodes_per_step = (after[1] - before[1]) / (steps * rounds)
@@ -147,7 +149,8 @@ def main(argv=None) -> dict:
   print(f"learner_in_program_vs_alone {in_rate / alone_rate:.2f} (goal >= 0.9); the "
         f"reference figure of this machine is the memory-fed learner's {alone_rate:.1f}/s")
   print(f"episodes into the replay: {episodes_per_s:.1f}/s from {args.actors} actors "
-        f"({episodes_per_step:.2f} per learner step)")
+        f"({episodes_per_step:.2f} per learner step); the learner waited {waited:.1f} s of "
+        f"{sum(in_program):.1f} s for them (train.episodes_per_step)")
   print(f"bytes per learner step (estimated): sampled {sampled_bytes / 1e3:.1f} kB (batch "
         f"rows {batch_bytes / 1e3:.1f} kB), params {params_per_step / 1e3:.1f} kB "
         f"({params_bytes / 1e3:.0f} kB x {1 + args.actors} every {publish} steps), episodes "
@@ -159,6 +162,7 @@ def main(argv=None) -> dict:
                 learner_in_program_vs_alone=round(in_rate / alone_rate, 3),
                 episodes_per_s_into_replay=round(episodes_per_s, 2),
                 episodes_per_learner_step=round(episodes_per_step, 3),
+                learner_waited_for_episodes_s=round(waited, 2),
                 bytes_per_learner_step=int(total), sampled_bytes_per_step=int(sampled_bytes),
                 batch_bytes=batch_bytes, params_bytes=params_bytes,
                 episode_bytes=int(episode_bytes), load_avg=[before[2], after[2], quiet],

@@ -58,6 +58,7 @@ class CollectionBudget:
     self._base: float | None = None
     self._steps = 0
     self.collected = 0  # Set by the collector after each write.
+    self.waited = 0.0  # Seconds the learner has waited for episodes in all.
 
   @classmethod
   def for_learner(cls, rate: float, steps_per_check: int, **kwargs) -> "CollectionBudget":
@@ -113,6 +114,7 @@ class CollectionBudget:
               f"at step {steps} for {self.owed(steps) - self.collected:.0f} more on-policy "
               f"episodes ({self.collected} written); are the robot actors running?")
         self._cond.wait(0.2)
+      self.waited += time.monotonic() - t0
     return time.monotonic() - t0
 
 
