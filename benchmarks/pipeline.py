@@ -148,9 +148,11 @@ def main(argv=None) -> dict:
         + " ".join(f"{t:.2f}" for t in fed) + f"   {quiet:.2f}")
   print(f"learner_in_program_vs_alone {in_rate / alone_rate:.2f} (goal >= 0.9); the "
         f"reference figure of this machine is the memory-fed learner's {alone_rate:.1f}/s")
+  paced = (f"; the learner waited {waited:.1f} s of {sum(in_program):.1f} s for them "
+           f"(train.episodes_per_step={config.train.episodes_per_step:g})"
+           if run.budget is not None else "")
   print(f"episodes into the replay: {episodes_per_s:.1f}/s from {args.actors} actors "
-        f"({episodes_per_step:.2f} per learner step); the learner waited {waited:.1f} s of "
-        f"{sum(in_program):.1f} s for them (train.episodes_per_step)")
+        f"({episodes_per_step:.2f} per learner step){paced}")
   print(f"bytes per learner step (estimated): sampled {sampled_bytes / 1e3:.1f} kB (batch "
         f"rows {batch_bytes / 1e3:.1f} kB), params {params_per_step / 1e3:.1f} kB "
         f"({params_bytes / 1e3:.0f} kB x {1 + args.actors} every {publish} steps), episodes "
