@@ -13,10 +13,10 @@ on the nodes their resources name.
 
 Timing: the learner runs `rounds` windows of `steps` updates inside the program while the
 actors collect (with `train.episodes_per_step` > 0, tied to the learner's steps by the
-run's collection budget, as in `mtopt train`); the actors are then stopped and it runs them again (what sampling and the
-program cost without the actors' CPU); then the same Learner code (same config, in this
-process) runs the same windows on batches sampled from that replay once and held in
-memory. The figure for each is the median window; the load average is printed beside
+run's collection budget, as in `mtopt train`); the actors are then stopped and it runs
+them again (what sampling and the program cost without the actors' CPU); then the same
+Learner code (same config, in this process) runs the same windows on batches sampled from
+that replay once and held in memory. The figure for each is the median window; the load average is printed beside
 them, because on a shared 2-core machine the actors and other people's work take the
 learner's cores. Bytes are estimated from array sizes (not counted on the wire): a sampled
 item fetches its whole episode's chunk; params go to the parameter server and from there to
@@ -94,11 +94,11 @@ def main(argv=None) -> dict:
       budget_lib.run_learner(learner, n, run.budget, check=collector.check,
                              steps_per_check=int(config.learner.publish_every))
 
-    waited = run.budget.waited if run.budget is not None else 0.0
+    waited_before = run.budget.waited if run.budget is not None else 0.0
     before = (time.perf_counter(), collector.collected, load())
     in_program = windows(in_program_steps, steps, rounds)
     after = (time.perf_counter(), collector.collected, load())
-    waited = (run.budget.waited - waited) if run.budget is not None else 0.0
+    waited = run.budget.waited - waited_before if run.budget is not None else 0.0
     collector.check()
     episodes_per_s = (after[1] - before[1]) / (after[0] - before[0])
     episodes_per_step = (after[1] - before[1]) / (steps * rounds)

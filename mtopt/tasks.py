@@ -13,6 +13,8 @@ import os
 import re
 from typing import Iterable
 
+from mtopt.durable_files import write_json
+
 REGISTRY_FILE = "tasks.json"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
@@ -135,10 +137,7 @@ class TaskRegistry:
     """Writes run_dir/tasks.json atomically (a crash never leaves half a file)."""
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, REGISTRY_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(self.to_json(), f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, self.to_json(), indent=2)
     return path
 
   @classmethod

@@ -32,6 +32,7 @@ from typing import Iterator, Sequence
 import msgpack
 import numpy as np
 
+from mtopt.durable_files import sync_dir, write_json
 from mtopt.episode import Episode
 
 _HEADER = struct.Struct("<IIq")  # payload length, its crc32, the episode id.
@@ -99,25 +100,6 @@ def _records(path: str) -> tuple[list[tuple[int, bytes]], int]:
     out.append((episode_id, payload))
     pos += _HEADER.size + n
   return out, pos
-
-
-def write_json(path: str, value: dict) -> None:
-  """Replaces `path` atomically and durably: a crash leaves the old file or the new one."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  _sync_dir(os.path.dirname(path))
-
-
-def _sync_dir(path: str) -> None:
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
 
 
 def _lock(directory: str):
@@ -203,7 +185,7 @@ class EpisodeLog:
     if self._file is None:
       self._number += 1
       self._file = open(self._segment_path(self._number), "ab")
-      _sync_dir(self.directory)
+      sync_dir(self.directory)
     self._file.write(b"".join(encode(ep) for ep in episodes))
     self._file.flush()
     os.fsync(self._file.fileno())

@@ -27,7 +27,8 @@ from mtopt.specs import EnvSpec
 from mtopt.tf_setup import tf  # noqa: F401  (hides GPUs before reverb imports TF)
 from replay import sharing as sharing_rules
 from replay import tables
-from replay.episode_log import EpisodeLog, latest_checkpoint, write_json
+from mtopt.durable_files import write_json
+from replay.episode_log import EpisodeLog, latest_checkpoint
 from replay.balanced_sampler import BalancedSampler
 from replay.base import Counts, Replay, ReplayError
 from replay.tables import TableLayout

@@ -181,6 +181,7 @@ class SuccessDetector:
     self.slots: dict[int, SlotInfo] = {}
     self.examples: ExampleSet | None = None
     self.heldout: np.ndarray = np.zeros(0, bool)
+    self._compact_cache = None  # See _compact.
 
   @property
   def config(self) -> DetectorConfig:
@@ -215,7 +216,7 @@ class SuccessDetector:
     slots = sorted(self.slots)
     if not slots or n == 0:
       return probs
-    with_torso, heads = self._compact()
+    with_torso, heads = self._compact(tuple(slots))
     logits = training.predict(self.model, self.variables, obs, fn=lambda m, v, o: (
         training.compact_logits(m, v, o, heads, with_torso)))
     offsets = np.array([self.slots[s].offset for s in slots], np.float32)
@@ -223,14 +224,14 @@ class SuccessDetector:
     probs[:, slots] = 0.5 + 0.5 * np.tanh(0.5 * (logits + offsets))
     return probs
 
-  def _compact(self):
-    """The task slots' heads as `training.compact_heads`, rebuilt when they change."""
-    key = (self.variables["params"]["heads"], tuple(sorted(self.slots)))
-    cached = getattr(self, "_compact_cache", None)
-    if cached is None or cached[0][0] is not key[0] or cached[0][1] != key[1]:
-      cached = (key, training.compact_heads(self.model, key[0], key[1]))
-      self._compact_cache = cached
-    return cached[1]
+  def _compact(self, slots: tuple[int, ...]):
+    """`slots`' heads as `training.compact_heads`, rebuilt when the heads or slots change
+    (training replaces the heads' dict, so its identity says whether they did)."""
+    heads = self.variables["params"]["heads"]
+    if (self._compact_cache is None or self._compact_cache[0] is not heads
+        or self._compact_cache[1] != slots):
+      self._compact_cache = (heads, slots, training.compact_heads(self.model, heads, slots))
+    return self._compact_cache[2]
 
   def __call__(self, episodes: Sequence) -> np.ndarray:
     """The labeller: float32 [N, max_tasks] from the episodes' final observations."""

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
+from mtopt.durable_files import write_json
 from success_detectors import label_store
 from success_detectors.detector import SuccessDetector
 
@@ -51,7 +52,7 @@ def final_observations(data_dir: str, batch_size: int = 1024
       keep = _try(lambda: np.savez(os.path.join(tmp, f"batch-{i:06d}.npz"), episode_id=eid,
                                    **{f"obs/{k}": v for k, v in obs.items()}))
     yield eid, obs
-  if keep and _try(lambda: _write_json(os.path.join(tmp, "source.json"), source)):
+  if keep and _try(lambda: write_json(os.path.join(tmp, "source.json"), source)):
     shutil.rmtree(cache, ignore_errors=True)
     _try(lambda: os.replace(tmp, cache))
   shutil.rmtree(tmp, ignore_errors=True)
@@ -91,11 +92,6 @@ def _cache_source(cache: str):
       return json.load(f)
   except (OSError, ValueError):
     return None
-
-
-def _write_json(path: str, value) -> None:
-  with open(path, "w") as f:
-    json.dump(value, f)
 
 
 def _try(fn) -> bool:

@@ -25,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
+from mtopt.durable_files import write_json
+
 REVIEW_DIR = "review"
 
 
@@ -104,10 +106,7 @@ class ReviewQueue:
     if not new:
       return
     answers = {**self.answers(), **new}
-    tmp = self._answers_path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump({str(k): v for k, v in sorted(answers.items())}, f)
-    os.replace(tmp, self._answers_path)
+    write_json(self._answers_path, {str(k): v for k, v in sorted(answers.items())})
 
   # Applying (into the detector's examples).
   def answered_examples(self):

@@ -114,8 +114,9 @@ class CollectionBudget:
               f"at step {steps} for {self.owed(steps) - self.collected:.0f} more on-policy "
               f"episodes ({self.collected} written); are the robot actors running?")
         self._cond.wait(0.2)
-      self.waited += time.monotonic() - t0
-    return time.monotonic() - t0
+      waited = time.monotonic() - t0
+      self.waited += waited
+    return waited
 
 
 def run_learner(learner, num_steps: int, budget: CollectionBudget | None = None,

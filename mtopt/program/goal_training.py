@@ -132,7 +132,8 @@ def train(config: ConfigDict, log=print) -> dict:
   """Trains Q(s, a, g) for `learner.num_steps` from the run's dataset, then evaluates it on
   the config's goals; writes results.json. Resumes from the run's newest checkpoint."""
   from mtopt.program import offline_data
-  from mtopt.program.run_dir import load_progress, open_run_dir, save_progress, write_json
+  from mtopt.durable_files import write_json
+  from mtopt.program.run_dir import load_progress, open_run_dir, save_progress
   from mtopt.tasks import TaskRegistry
   with envs.make(config.env) as env:
     spec, names = env.spec(), list(config.env.tasks) or env.task_names()

@@ -133,7 +133,7 @@ def disk_batches(config: ConfigDict, source, registry: TaskRegistry, labeller, r
   bits) is built once and kept in RUN/dataset_index.npz for a resumed run."""
   from replay.disk_sampler import DiskSampler, EpisodeIndex
   from mtopt.program import relabel
-  from mtopt.program.run_dir import write_json
+  from mtopt.durable_files import write_json
   path = os.path.join(run_dir, "dataset_index.npz")
   mapping = source.mapping_for(registry)
   # The index holds success bits: made again when another labeller (a retrained or

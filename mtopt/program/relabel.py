@@ -20,6 +20,7 @@ kept unless the labeller changed too.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import time
 
 import numpy as np
 
-from mtopt.program.run_dir import write_json
+from mtopt.durable_files import write_json
 
 STAMP_FILE = "replay_labels.json"
 # What `ReverbReplay.from_config(run_dir=D)` keeps in D.
@@ -110,22 +111,16 @@ def relabel_replay(config, spec, directory: str, labeller, slots, log=print,
   new = ReverbReplay.from_config(config, spec, run_dir=new_dir, slots=slots)
   try:
     label_with = None if keep_labels else labeller
-    pending = []
     # Closed on any error too: the old replay's server and log lock go at once.
     with contextlib.closing(_stored_episodes(config, spec, directory, layout)) as stored:
-      t = time.perf_counter()
-      for ep in stored:
-        pending.append(ep)
-        if len(pending) == batch:
-          spent["read"] += time.perf_counter() - t
-          n += _write_relabelled(new, label_with, pending, spent)
-          pending = []
-          t = time.perf_counter()
-      spent["read"] += time.perf_counter() - t
-    n += _write_relabelled(new, label_with, pending, spent)
-    t = time.perf_counter()
-    new.checkpoint()  # The new log is then empty: the checkpoint holds everything.
-    spent["checkpoint"] = time.perf_counter() - t
+      while True:
+        with _timed(spent, "read"):
+          pending = list(itertools.islice(stored, batch))
+        if not pending:
+          break
+        n += _write_relabelled(new, label_with, pending, spent)
+    with _timed(spent, "checkpoint"):
+      new.checkpoint()  # The new log is then empty: the checkpoint holds everything.
   finally:
     new.close()
   if timings is not None:
@@ -173,17 +168,22 @@ def _stored_episodes(config, spec, directory: str, layout: int | None):
 
 
 def _write_relabelled(replay, labeller, episodes, spent: dict) -> int:
-  if not episodes:
-    return 0
-  t = time.perf_counter()
-  if labeller is not None:
-    labels = np.asarray(labeller(episodes), np.float32)
-    episodes = [ep.with_labels(row) for ep, row in zip(episodes, labels)]
-  spent["label"] += time.perf_counter() - t
-  t = time.perf_counter()
-  replay.write_many(episodes)
-  spent["write"] += time.perf_counter() - t
+  with _timed(spent, "label"):
+    if labeller is not None:
+      labels = np.asarray(labeller(episodes), np.float32)
+      episodes = [ep.with_labels(row) for ep, row in zip(episodes, labels)]
+  with _timed(spent, "write"):
+    replay.write_many(episodes)
   return len(episodes)
+
+
+@contextlib.contextmanager
+def _timed(spent: dict, phase: str):
+  t = time.perf_counter()
+  try:
+    yield
+  finally:
+    spent[phase] += time.perf_counter() - t
 
 
 def _describe(labeller) -> str:

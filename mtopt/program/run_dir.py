@@ -14,6 +14,7 @@ import json
 import os
 
 from mtopt.config import ConfigDict, ConfigError
+from mtopt.durable_files import write_json
 
 # Keys (or prefixes ending in ".") that may differ when a run is resumed.
 RESUMABLE = ("run_dir", "learner.num_steps", "learner.log_every", "learner.checkpoint_every",
@@ -87,12 +88,3 @@ def load_progress(run_dir: str) -> dict:
 
 def save_progress(run_dir: str, progress: dict) -> None:
   write_json(os.path.join(run_dir, "progress.json"), progress, indent=1)
-
-
-def write_json(path: str, value, **kw) -> None:
-  tmp = path + ".tmp"  # Replaced atomically: a crash leaves the old file or the new one.
-  with open(tmp, "w") as f:
-    json.dump(value, f, default=list, **kw)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)

@@ -30,7 +30,7 @@ def pin_path(run_dir: str) -> str:
 
 def write_pin(run_dir: str, step: int | None) -> None:
   """Pins serving to checkpoint `step`; None goes back to following the newest."""
-  from mtopt.program.run_dir import write_json
+  from mtopt.durable_files import write_json
   path = pin_path(run_dir)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   # Written atomically: a server never reads half a pin.
