@@ -92,7 +92,11 @@ ABLATIONS = {"mtopt_negatives": ["learner.negative_actions=8"],
 # stronger search (256 samples, 16 elites, 3 iterations instead of 64 / 6 / 2).
 ACTING = {"act_prior20": {"prior_std": 0.2}, "act_prior10": {"prior_std": 0.1},
           "act_prior05": {"prior_std": 0.05},
-          "act_strong": {"num_samples": 256, "num_elites": 16, "num_iterations": 3}}
+          "act_strong": {"num_samples": 256, "num_elites": 16, "num_iterations": 3},
+          # Acting switches the gripper where Q rates the other value higher by more than
+          # the margin (`cem.switch_margin`; learners.learning.switch_discrete).
+          "act_switch05": {"switch_margin": 0.05}, "act_switch10": {"switch_margin": 0.10},
+          "act_switch15": {"switch_margin": 0.15}}
 DATASETS = {"default": [], "hard": ["actors.epsilon=0.7"]}
 EPISODES = 1200
 REPORT = {"collect_seed": 0, "eval_seed": 20261202}

@@ -94,6 +94,11 @@ class CEMConfig:
       round scores the terminate action beside continuing samples (see `mtopt.cem`). Needs
       a Q of terminating that is right away from the data's own terminations, i.e. state
       labels (`learner.state_label_weight`).
+    switch_margin: where a policy acts (not in the Bellman targets), each discrete dim other
+      than terminate is switched to its other value after CEM where that raises Q by more
+      than this (a probability): the behaviour head's binary choices, which CEM keeps, are
+      a regression of rare events (the expert closes the gripper on one step per grasp).
+      1.0: never (see `learners.learning.switch_discrete`).
   """
 
   num_samples: int = 64
@@ -102,10 +107,13 @@ class CEMConfig:
   discrete_dims: tuple[int, ...] = ()
   prior_std: float = 0.2
   score_terminate: bool = False
+  switch_margin: float = 1.0
 
   def __post_init__(self):
     if not self.prior_std > 0:
       raise ConfigError(f"cem.prior_std must be > 0, got {self.prior_std}")
+    if not 0.0 <= self.switch_margin <= 1.0:
+      raise ConfigError(f"cem.switch_margin must be in [0, 1], got {self.switch_margin}")
     try:
       check_cem_sizes(self.num_samples, self.num_elites, self.num_iterations)
     except ValueError as e:

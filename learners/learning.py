@@ -114,20 +114,55 @@ def start_from(state: TrainingState, params: Params, config: LearnerConfig) -> T
 
 def cem_best_actions(network: networks.QNetwork, params: Params, observation: dict,
                      task: jax.Array, key: jax.Array, minimum, maximum,
-                     cem: CEMConfig) -> tuple[jax.Array, jax.Array]:
-  """argmax_a Q(s, a, task) by CEM: (actions [B, A], logits [B]). Encodes s only once."""
+                     cem: CEMConfig, acting: bool = False) -> tuple[jax.Array, jax.Array]:
+  """argmax_a Q(s, a, task) by CEM: (actions [B, A], logits [B]). Encodes s only once.
+  `acting`: for a policy's actions (`cem.switch_margin` applies), not Bellman targets."""
   prior = None
   if network.config.behaviour_sizes:
     features, prior = networks.encode_with_behaviour(network, params, observation, task,
                                                      minimum, maximum)
   else:
     features = networks.encode(network, params, observation, task)
-  return cem_maximize(functools.partial(_score_actions, network), key, task.shape[0],
-                      minimum, maximum, score_args=(params, features),
-                      num_samples=cem.num_samples, num_elites=cem.num_elites,
-                      num_iterations=cem.num_iterations, discrete_dims=cem.discrete_dims,
-                      prior=prior, prior_std=cem.prior_std,
-                      terminate_dim=network.terminate_dim if cem.score_terminate else None)
+  actions, logits = cem_maximize(
+      functools.partial(_score_actions, network), key, task.shape[0], minimum, maximum,
+      score_args=(params, features), num_samples=cem.num_samples,
+      num_elites=cem.num_elites, num_iterations=cem.num_iterations,
+      discrete_dims=cem.discrete_dims, prior=prior, prior_std=cem.prior_std,
+      terminate_dim=network.terminate_dim if cem.score_terminate else None)
+  if acting and cem.switch_margin < 1.0:
+    actions, logits = switch_discrete(network, params, features, actions, logits, cem,
+                                      minimum, maximum)
+  return actions, logits
+
+
+def switch_discrete(network: networks.QNetwork, params: Params, features, actions: jax.Array,
+                    logits: jax.Array, cem: CEMConfig, minimum,
+                    maximum) -> tuple[jax.Array, jax.Array]:
+  """CEM's actions with each discrete dim but terminate switched to its other value where
+  that raises Q by more than `cem.switch_margin`, one dim after another; rows that
+  terminate keep theirs (the env ignores the other dims then).
+
+  Why: with a behaviour head CEM keeps the head's binary choices, and the head regresses
+  the data's. The expert closes the gripper on one step per grasp, so the head's gripper
+  stays open where Q, which learnt what a close there leads to, rates closing far higher
+  (tabletop tuning data: most failed lifts hover open in the grasp zone for dozens of
+  steps with Q(close) 0.76-0.79 against Q(open) 0.58-0.60). A margin, because Q also
+  rates closes a little off the zone somewhat higher (+0.05-0.07).
+  """
+  minimum = jnp.asarray(minimum, jnp.float32)
+  maximum = jnp.asarray(maximum, jnp.float32)
+  t = network.terminate_dim
+  stops = (actions[:, t] > 0) if t is not None else jnp.zeros(actions.shape[0], bool)
+  for d in cem.discrete_dims:
+    if d == t:
+      continue
+    other = actions.at[:, d].set(minimum[d] + maximum[d] - actions[:, d])
+    other_logits = _score_actions(network, other[:, None], params, features)[:, 0]
+    switch = ~stops & (jax.nn.sigmoid(other_logits) - jax.nn.sigmoid(logits)
+                       > cem.switch_margin)
+    actions = jnp.where(switch[:, None], other, actions)
+    logits = jnp.where(switch, other_logits, logits)
+  return actions, logits
 
 
 # With K behaviour modes, the share of a row's error spread over the modes it is not nearest

@@ -24,7 +24,7 @@ def make_act_fn(network, cem_config, minimum, maximum):
   def act(params, observation, task, keys):
     actions, logits = learning.cem_best_actions(
         network, params, observation, task.astype(jnp.int32), keys.astype(jnp.uint32),
-        minimum, maximum, cem_config)
+        minimum, maximum, cem_config, acting=True)
     return actions, jax.nn.sigmoid(logits)
   return act
 
