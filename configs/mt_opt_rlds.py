@@ -66,5 +66,6 @@ def get_config():
   c.learner.state_label_weight = 0.0  # Labelling every sampled 512x640 frame: unmeasured.
   c.learner.network.terminate_sizes = ()  # As measured (no state labels to train it).
   c.cem.score_terminate = False
+  c.cem.switch_margin = 1.0  # Off: tabletop_state's 0.1 not tried here.
   c.cem.discrete_dims = (7, 8, 9)  # close_gripper, open_gripper, terminate.
   return c

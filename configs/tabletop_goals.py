@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.learner.network.terminate_sizes = ()  # As measured (no state labels to train it).
   c.cem.score_terminate = False
   c.cem.prior_std = 0.2  # As measured; tabletop's 0.1 not tried here.
+  c.cem.switch_margin = 1.0  # Off: tabletop_state's 0.1 not tried here.
 
   c.eval.goal_kinds = ["move", "lift", "two_cubes"]
   c.eval.goals_per_kind = 50

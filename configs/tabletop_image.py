@@ -25,4 +25,5 @@ def get_config():
   c.learner.num_steps = 6000
   c.train.eval_every = 3000
   c.train.episodes_per_step = 0.1  # 600 on-policy episodes over the run.
+  c.cem.switch_margin = 1.0  # Off: measured on state observations only.
   return c

@@ -94,9 +94,10 @@ ACTING = {"act_prior20": {"prior_std": 0.2}, "act_prior10": {"prior_std": 0.1},
           "act_prior05": {"prior_std": 0.05},
           "act_strong": {"num_samples": 256, "num_elites": 16, "num_iterations": 3},
           # Acting switches the gripper where Q rates the other value higher by more than
-          # the margin (`cem.switch_margin`; learners.learning.switch_discrete).
+          # the margin (`cem.switch_margin`; learners.learning.switch_discrete; tabletop
+          # acts with 0.1, adopted on the tuning data: results/offline_tabletop_dev_switch.md).
           "act_switch05": {"switch_margin": 0.05}, "act_switch10": {"switch_margin": 0.10},
-          "act_switch15": {"switch_margin": 0.15}}
+          "act_switch15": {"switch_margin": 0.15}, "act_no_switch": {"switch_margin": 1.0}}
 DATASETS = {"default": [], "hard": ["actors.epsilon=0.7"]}
 EPISODES = 1200
 REPORT = {"collect_seed": 0, "eval_seed": 20261202}

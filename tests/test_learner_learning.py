@@ -409,3 +409,25 @@ def test_learning_rate_follows_a_cosine_to_its_final_fraction():
   np.testing.assert_allclose(moved[0.1], 0.1 * moved[1.0], atol=1e-7)  # float32 rounding.
   with pytest.raises(ConfigError, match="final_learning_rate_fraction"):
     LearnerConfig(final_learning_rate_fraction=1.5)
+
+
+def test_acting_switches_a_discrete_dim_only_where_q_gains_more_than_the_margin(monkeypatch):
+  """Dims 1 (gripper) and 2 (terminate) are discrete in [-1, 1]. Q = sigmoid(w * gripper)
+  for continuing actions: switching the gripper from -1 to 1 gains sigmoid(w) - sigmoid(-w).
+  Terminating rows and the terminate dim itself are never switched."""
+  class Net:
+    terminate_dim = 2
+  w = jnp.asarray([0.1, 1.0, 3.0, 3.0])  # Per-row gains: 0.05, 0.46, 0.91, 0.91.
+  monkeypatch.setattr(learning, "_score_actions",
+                      lambda network, a, params, features: features[:, None] * a[..., 1])
+  actions = jnp.asarray([[0.3, -1.0, -1.0], [0.3, -1.0, -1.0], [0.3, -1.0, -1.0],
+                         [0.3, -1.0, 1.0]])
+  logits = w * actions[:, 1]
+  cem = CEMConfig(discrete_dims=(1, 2), switch_margin=0.2)
+  out, out_logits = learning.switch_discrete(Net(), None, w, actions, logits, cem,
+                                             np.full(3, -1.0), np.full(3, 1.0))
+  np.testing.assert_array_equal(np.asarray(out[:, 1]), [-1.0, 1.0, 1.0, -1.0])
+  np.testing.assert_array_equal(np.asarray(out[:, [0, 2]]), np.asarray(actions[:, [0, 2]]))
+  np.testing.assert_allclose(np.asarray(out_logits), [-0.1, 1.0, 3.0, -3.0])
+  with pytest.raises(Exception, match="switch_margin"):
+    CEMConfig(switch_margin=1.5)
