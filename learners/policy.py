@@ -18,8 +18,7 @@ from mtopt.specs import EnvSpec
 def _act(network, cem: CEMConfig, minimum, maximum, params, observation, task, key, counter):
   key = random_bits(key, 2, block=counter)  # A fresh CEM key per call without a host split.
   actions, logits = learning.cem_best_actions(network, params, observation, task, key,
-                                              minimum, maximum, cem,
-                                              acting=True)
+                                              minimum, maximum, cem, acting=True)
   return actions, jax.nn.sigmoid(logits)
 
 
