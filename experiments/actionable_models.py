@@ -29,6 +29,9 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
   fixed start states (evaluation seed 20261203) after 500, 1000, 2000, 4000 and 8000
   steps. Target: 0.8 x the scratch learner's success at 8000 steps (per seed); the result
   is the steps each needs to reach it (the first evaluated step at or above it).
+- Acting variants (`--acting`, names from `experiments.offline_tabletop.ACTING`): `am`'s
+  trained parameters also act with other CEM settings, on the same goals and start states:
+  rows `am+NAME`, paired with `am`'s.
 - Tuning (`--dev`) uses collection seed 1 and goal seed 7; the reported numbers never do.
 
 Results: results/actionable_models.{json,md} (or *_dev / *_quick), stamped with the
@@ -46,6 +49,7 @@ import time
 import numpy as np
 
 from experiments import protocol
+from experiments.offline_tabletop import ACTING
 from mtopt.config import load_config
 
 ROOT = protocol.ROOT
@@ -206,6 +210,8 @@ def main(argv=None) -> dict:
   p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
   p.add_argument("--parts", nargs="+", default=["goals", "downstream"],
                  choices=["goals", "downstream"])
+  p.add_argument("--acting", nargs="+", default=[], choices=list(ACTING),
+                 help="also evaluate am's parameters acting with these CEM settings")
   p.add_argument("--work-dir", default=os.path.join(ROOT, "runs", "actionable_models"))
   p.add_argument("--out", default=os.path.join(ROOT, "results"))
   p.add_argument("overrides", nargs="*", help="config overrides for every method, key=value")
@@ -231,7 +237,7 @@ def main(argv=None) -> dict:
         f"{data.chained_fraction():.0%} with a successor; {len(targets)} goals", flush=True)
   results, goal_params, stamp = {}, {}, None
   methods = list(args.methods)
-  if "downstream" in args.parts and "am" not in methods:
+  if ("downstream" in args.parts or args.acting) and "am" not in methods:
     methods.insert(0, "am")
   for method in methods:
     mconfig = load_config(CONFIG, [*settings, *METHODS[method]])
@@ -262,6 +268,11 @@ def main(argv=None) -> dict:
       stamp = stamp or want
     if method in args.methods and "goals" in args.parts:
       results[method] = summarize(per_seed)
+    if method == "am" and "goals" in args.parts:
+      for name in args.acting:
+        results[f"am+{name}"] = summarize(acting_variant(
+            name, [*settings, *METHODS["am"]], goal_params, sha, work_dir, spec, max_tasks,
+            targets))
   out = {"methods": results, "meta": {
       "commit": stamp["commit"], "dirty": stamp["dirty"], "config": stamp["config"],
       "data_sha": sha, "seeds": args.seeds, "episodes_per_task": per_kind,
@@ -287,6 +298,32 @@ def main(argv=None) -> dict:
                     "downstream": {s: v["ratio"] for s, v in
                                    out.get("downstream", {}).get("per_seed", {}).items()}}))
   return out
+
+
+def acting_variant(name: str, settings: list, goal_params: dict, sha: str, work_dir: str,
+                   spec, max_tasks: int, targets: list) -> dict:
+  """{seed: {kind: reached per goal}} of each seed's `am` parameters acting with
+  ACTING[name]'s CEM settings (stored results reused only by an identical run)."""
+  from mtopt.program import goal_training
+  config = load_config(CONFIG, [*settings, *(f"cem.{k}={v}" for k, v in ACTING[name].items())])
+  per_seed = {}
+  for seed, params in goal_params.items():
+    path = os.path.join(work_dir, f"am+{name}", f"seed{seed}.json")
+    want = protocol.stamp(config.to_dict(), {"goals": sha})
+    want["config"].update(method="am", acting=name, seed=seed)
+    saved = protocol.load_if_same(path, want)
+    if saved is None:
+      act = goal_training.cem_act(config, spec, max_tasks, params, seed)
+      r = goal_training.evaluate(config, act, targets, max_tasks, env_seed=seed)
+      reached = np.asarray(r["reached"])
+      saved = {"reached": {k: reached[[t["kind"] == k for t in targets]].tolist()
+                           for k in r["per_kind"]}, "meta": want}
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, "w") as f:
+        json.dump(saved, f)
+      print(f"am+{name} seed {seed}: mean {r['mean']:.3f}", flush=True)
+    per_seed[seed] = saved["reached"]
+  return per_seed
 
 
 def _save_params(path: str, params) -> None:
