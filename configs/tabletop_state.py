@@ -220,6 +220,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.skip_bad_episodes = False
   c.train.labels = "learned"  # learned (success detector) | ground_truth (simulator)
   c.train.detector_episodes_per_task = 100  # Simulated examples when no detector exists.
+  # States from along each of those episodes, beside its final one, as examples too.
+  c.train.detector_midway_states = 0
   # learned labels and learner.state_label_weight: a state counts as a success for the
   # terminate term only where the detector is at least this sure; 0: its probabilities as
   # soft labels. The detector learns from final observations, and states just short of the

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -113,6 +114,15 @@ def dataset(config, ray, registry, work_dir: str, name: str, collect_seed: int,
     collection.collect_dataset(config, ray, registry, out, episodes,
                                nodes.scripted_actor_kwargs(config, registry, "scripted"))
   return out
+
+
+def labeller_dir(config, work_dir: str, block: str) -> str:
+  """The block's run dir, where `nodes.make_labeller` keeps (and reuses) its detector: one per
+  set of detector settings, so that a detector trained under others is never reused."""
+  keys = {"detector": config.detector.to_dict(), "seed": config.seed,
+          "train": {k: v for k, v in config.train.items() if k.startswith("detector_")}}
+  h = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()
+  return os.path.join(work_dir, f"run_{block}_{h[:10]}")
 
 
 def import_replays(config, spec, registry, labeller, data_dir: str):
@@ -242,8 +252,8 @@ def main(argv=None) -> dict:
     # configs/tabletop_state.py).
     settings = ["learner.network.behaviour_modes=1", *overrides, *DATASETS[name],
                 f"train.labels={labels}",
-                f"seed={which['collect_seed']}",
-                f"run_dir={os.path.join(work_dir, 'run_' + block)}"]
+                f"seed={which['collect_seed']}"]
+    settings.append(f"run_dir={labeller_dir(load_config(CONFIG, settings), work_dir, block)}")
     config = load_config(CONFIG, settings)
     env = envs.make(config.env)
     spec = env.spec()

@@ -3,7 +3,9 @@
 `collect_rollouts` runs the env's scripted expert with per-episode noise (clean, Gaussian,
 epsilon-random, sticky random actions, early stops), so that outcomes are mixed and
 failures include near misses; it keeps each episode's final observation and the ground
-truth of every task there. `write_task_examples` turns those into one task's example
+truth of every task there, and optionally a few states from along the way (`midway_states`)
+with the truth at each: the states a detector is also asked about when it labels states
+for the learner, and the nearest misses (a cube held just under a lift's height). `write_task_examples` turns those into one task's example
 folder (the `examples` format): successes are final states where the task holds, failures
 are where it does not: up to half from the task's own attempts (near misses), the rest
 from other tasks' episodes (other tasks' successes are the natural negatives).
@@ -72,25 +74,33 @@ def _episode_knobs(rng, clean_fraction: float) -> dict:
 
 
 def collect_rollouts(env, episodes_per_task: int, tasks: Sequence[str] | None = None,
-                     clean_fraction: float = 0.4, seed: int = 0) -> Rollouts:
-  """Runs `episodes_per_task` noisy expert episodes of each task and keeps final states."""
+                     clean_fraction: float = 0.4, seed: int = 0,
+                     midway_states: int = 0) -> Rollouts:
+  """Runs `episodes_per_task` noisy expert episodes of each task; keeps each final state
+  and `midway_states` states drawn from the steps before it (fewer in short episodes)."""
+  if midway_states < 0:
+    raise ValueError(f"midway_states must be >= 0, got {midway_states}")
   names = list(env.task_names())
   tasks = list(tasks) if tasks else names
   rng = np.random.default_rng(seed)
-  finals, truth, attempted = [], [], []
+  kept, truth, attempted = [], [], []
   for rep in range(episodes_per_task):
     for task in tasks:
       knobs = _episode_knobs(rng, clean_fraction)
       obs = env.reset(task, seed=int(rng.integers(1 << 31)))
       state = {"sticky_left": 0, "sticky": None}
-      done, t = False, 0
+      done, t, way = False, 0, []
       while not done and (knobs["stop_at"] is None or t < knobs["stop_at"]):
+        if midway_states and t:  # Not the reset state: nothing happened there.
+          way.append((obs, np.asarray(env.success(), bool)))
         obs, done, _ = env.step(_noisy_action(env, rng, knobs, state))
         t += 1
-      finals.append(obs)
-      truth.append(np.asarray(env.success(), bool))
-      attempted.append(names.index(task))
-  return Rollouts({k: np.stack([o[k] for o in finals]) for k in finals[0]},
+      picks = rng.permutation(len(way))[:midway_states] if midway_states else []
+      for o, ok in [*(way[i] for i in sorted(picks)), (obs, np.asarray(env.success(), bool))]:
+        kept.append(o)
+        truth.append(ok)
+        attempted.append(names.index(task))
+  return Rollouts({k: np.stack([o[k] for o in kept]) for k in kept[0]},
                   np.stack(truth), np.asarray(attempted), names)
 
 

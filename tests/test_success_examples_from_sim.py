@@ -42,6 +42,15 @@ def test_rollouts_are_mixed_and_truth_matches_final_states(env):
   assert len(pos) <= 3 and len(neg) <= 5 and r.truth[pos, k].all() and not r.truth[neg, k].any()
 
 
+def test_midway_states_are_kept_with_the_truth_at_each(env):
+  r = collect_rollouts(env, 4, TASKS, seed=3, midway_states=2)
+  assert len(r) == 8 * 3  # Every episode runs more than two steps.
+  np.testing.assert_array_equal(truth_from_state(r.observations["state"]), r.truth)
+  assert len(np.unique(r.observations["state"], axis=0)) == len(r)  # No aliased buffers.
+  with pytest.raises(ValueError, match="midway_states"):
+    collect_rollouts(env, 1, TASKS, midway_states=-1)
+
+
 def test_make_examples_command_writes_readable_ground_truth_folders(env, tmp_path, capsys):
   assert cli.main(["tasks", "make-examples", "--out", str(tmp_path), "--tasks", ",".join(TASKS),
                    "--episodes-per-task", "12", "--max-successes", "5",

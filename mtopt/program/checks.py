@@ -74,6 +74,7 @@ def check_config(config: ConfigDict) -> None:
   p.need("train.offline_episodes", _at_least(1), ">= 1",
          when=mode in ("offline", "mixed", "goals") and not p.get("train.dataset_dir"))
   p.need("train.detector_episodes_per_task", _at_least(1), ">= 1")
+  p.need("train.detector_midway_states", _at_least(0), ">= 0")
   p.need("train.wait_for_data_seconds", _at_least(0), ">= 0")
   p.need("train.explore_gaussian_std", _at_least(0), ">= 0")
   p.need("train.explore_epsilon", _in(0, 1), "in [0, 1]")

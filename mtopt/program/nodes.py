@@ -48,7 +48,9 @@ def make_labeller(config: ConfigDict, env, registry: TaskRegistry, run_dir: str,
   from success_detectors.examples import ExampleSet
   n = int(config.train.detector_episodes_per_task)
   log(f"training the success detector from {n} simulated episodes per task")
-  rollouts = examples_from_sim.collect_rollouts(env, n, registry.names, seed=config.seed)
+  rollouts = examples_from_sim.collect_rollouts(
+      env, n, registry.names, seed=config.seed,
+      midway_states=int(config.train.get("detector_midway_states", 0)))
   sets = []
   for task in registry.names:
     pos, neg = examples_from_sim.select_examples(rollouts, task, seed=config.seed)
