@@ -5,10 +5,11 @@ epsilon-random, sticky random actions, early stops), so that outcomes are mixed 
 failures include near misses; it keeps each episode's final observation and the ground
 truth of every task there, and optionally a few states from along the way (`midway_states`)
 with the truth at each: the states a detector is also asked about when it labels states
-for the learner, and the nearest misses (a cube held just under a lift's height). `write_task_examples` turns those into one task's example
-folder (the `examples` format): successes are final states where the task holds, failures
-are where it does not: up to half from the task's own attempts (near misses), the rest
-from other tasks' episodes (other tasks' successes are the natural negatives).
+for the learner, and the nearest misses (a cube held just under a lift's height).
+`write_task_examples` turns those into one task's example folder (the `examples`
+format): successes are kept states where the task holds, failures are where it does not:
+up to half from the task's own attempts (near misses), the rest from other tasks'
+episodes (other tasks' successes are the natural negatives).
 """
 
 from __future__ import annotations
