@@ -250,13 +250,8 @@ def main(argv=None) -> dict:
       params_path = os.path.join(work_dir, method, f"seed{seed}_params.npz")
       if saved is None or (method == "am" and not os.path.exists(params_path)):
         act, params, seconds = train_goal_method(method, mconfig, spec, data, max_tasks, seed)
-        r = goal_training.evaluate(mconfig, act, targets, max_tasks, env_seed=seed)
-        reached = np.asarray(r["reached"])
-        saved = {"reached": {k: reached[[t["kind"] == k for t in targets]].tolist()
-                             for k in r["per_kind"]}, "train_seconds": seconds, "meta": want}
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-          json.dump(saved, f)
+        saved, r = evaluate_to(path, mconfig, act, targets, max_tasks, seed, want,
+                               train_seconds=seconds)
         if params is not None:
           _save_params(params_path, params)
         print(f"{method} seed {seed}: mean {r['mean']:.3f} " + ", ".join(
@@ -300,6 +295,21 @@ def main(argv=None) -> dict:
   return out
 
 
+def evaluate_to(path: str, config, act, targets: list, max_tasks: int, seed: int, meta: dict,
+                **extra) -> tuple[dict, dict]:
+  """Evaluates `act` on the goals; writes {"reached": {kind: per goal}, **extra, "meta"}
+  to `path` and returns it with `goal_training.evaluate`'s result."""
+  from mtopt.program import goal_training
+  r = goal_training.evaluate(config, act, targets, max_tasks, env_seed=seed)
+  reached = np.asarray(r["reached"])
+  saved = {"reached": {k: reached[[t["kind"] == k for t in targets]].tolist()
+                       for k in r["per_kind"]}, **extra, "meta": meta}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  return saved, r
+
+
 def acting_variant(name: str, settings: list, goal_params: dict, sha: str, work_dir: str,
                    spec, max_tasks: int, targets: list) -> dict:
   """{seed: {kind: reached per goal}} of each seed's `am` parameters acting with
@@ -314,13 +324,7 @@ def acting_variant(name: str, settings: list, goal_params: dict, sha: str, work_
     saved = protocol.load_if_same(path, want)
     if saved is None:
       act = goal_training.cem_act(config, spec, max_tasks, params, seed)
-      r = goal_training.evaluate(config, act, targets, max_tasks, env_seed=seed)
-      reached = np.asarray(r["reached"])
-      saved = {"reached": {k: reached[[t["kind"] == k for t in targets]].tolist()
-                           for k in r["per_kind"]}, "meta": want}
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      with open(path, "w") as f:
-        json.dump(saved, f)
+      saved, r = evaluate_to(path, config, act, targets, max_tasks, seed, want)
       print(f"am+{name} seed {seed}: mean {r['mean']:.3f}", flush=True)
     per_seed[seed] = saved["reached"]
   return per_seed
