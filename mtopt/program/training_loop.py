@@ -29,10 +29,10 @@ def run(config: ConfigDict, built, registry, run_dir: str, progress: dict, log=p
   def save_point(checkpoint_replays: bool):
     """Learner and progress at the same step; the replays' logs hold every episode, a
     checkpoint only compacts them (at evaluations: it copies the whole replay)."""
-    learner.save()
+    saved = learner.save()  # The step it saved: a restart may follow at once.
     for r in built.replays if checkpoint_replays else ():
       r.checkpoint()
-    progress["step"] = learner.steps
+    progress["step"] = saved
     if collector is not None:
       progress["collected_episodes"] = collector.collected
       progress["attempts"] = {t: attempts_before.get(t, 0) + collector.attempts[registry.slot(t)]
@@ -80,12 +80,18 @@ def run(config: ConfigDict, built, registry, run_dir: str, progress: dict, log=p
       if collector is not None:
         collector.check()
       built.supervise()
-      evaluate_now = learner.steps % every == 0 or learner.steps == total
+      # A learner node may be restarted from its checkpoint between any two calls (its
+      # steps then fall back): the step is read once, and params count only if it held.
+      step = learner.steps
+      evaluate_now = step % every == 0 or step == total
       if evaluate_now:
-        # A learner node Ray restarted from a checkpoint before the last evaluation comes
-        # to that step again: the new evaluation replaces the old one.
-        evals[:] = [e for e in evals if e["step"] < learner.steps]
-        last_rates = evaluation(learner.get_params(), learner.steps, progress)
+        params = learner.get_params()
+        if learner.steps != step:
+          continue  # Restarted: the learner trains back to this evaluation.
+        # A learner restarted before the last evaluation comes to its step again: the new
+        # evaluation replaces the old one.
+        evals[:] = [e for e in evals if e["step"] < step]
+        last_rates = evaluation(params, step, progress)
         steer(last_rates)
       save_point(checkpoint_replays=evaluate_now)
       if watch.changed():
