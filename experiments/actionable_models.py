@@ -23,9 +23,10 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
 - Seeds 0, 1, 2 (network initialisation, CEM noise and relabelling draws). 95% Wilson
   intervals per kind and a normal interval for the mean over kinds, pooled over seeds.
 - Downstream (`--parts downstream`): the task-conditioned learner (configs/tabletop_state.py
-  settings, all fifteen tasks, ground-truth labels, all-task sharing, rebalanced batches)
-  on the same dataset, for the rare task place_red_in_bin (about 4% of the episodes
-  succeed at it), from scratch and initialised from seed s's `am` network; success on 50
+  settings for offline runs, i.e. one behaviour mode; all fifteen tasks, ground-truth
+  labels, all-task sharing, rebalanced batches) on the same dataset, for the rare task
+  place_red_in_bin (about 4% of the episodes succeed at it), from scratch and initialised
+  from seed s's `am` network (its terminate head, which AM's network lacks, fresh); success on 50
   fixed start states (evaluation seed 20261203) after 500, 1000, 2000, 4000 and 8000
   steps. Target: 0.8 x the scratch learner's success at 8000 steps (per seed); the result
   is the steps each needs to reach it (the first evaluated step at or above it).
@@ -274,7 +275,9 @@ def main(argv=None) -> dict:
       "steps": int(config.learner.num_steps), "batch_size": int(config.learner.batch_size),
       "episodes": episodes, "overrides": overrides, **which}}
   if "downstream" in args.parts:
-    task_config = load_config(TASK_CONFIG, [*overrides, "train.labels=ground_truth",
+    # Offline, so one behaviour mode (as experiments.offline_tabletop), the same as AM's.
+    task_config = load_config(TASK_CONFIG, ["learner.network.behaviour_modes=1", *overrides,
+                                            "train.labels=ground_truth",
                                             f"run_dir={os.path.join(work_dir, 'task_run')}"])
     from mtopt import rlds_format
     task_config.env.tasks = list(config.env.tasks) or rlds_format.read_metadata(data_dir)[2]

@@ -27,8 +27,9 @@ class Learner:
   With `run_dir`, it writes TensorBoard scalars to `run_dir/learner/` and Orbax
   checkpoints to `run_dir/checkpoints/`, and resumes from the newest checkpoint there.
   With several devices (or `devices=`), each batch is split across them. `init_params`
-  (a network of the same shapes, e.g. a goal-conditioned one's) replaces the fresh online
-  parameters and both targets, where there is no checkpoint to resume.
+  (e.g. a goal-conditioned network's) replaces the fresh online parameters and both targets,
+  where there is no checkpoint to resume; parts it lacks (a terminate head) start fresh
+  (`learning.start_from`).
   """
 
   def __init__(self, env_spec: EnvSpec, max_tasks: int, config: LearnerConfig,

@@ -101,13 +101,21 @@ def init_training_state(network: networks.QNetwork, env_spec: EnvSpec, config: L
 
 
 def start_from(state: TrainingState, params: Params, config: LearnerConfig) -> TrainingState:
-  """`state` with `params` as the online network and both targets (fresh optimiser)."""
-  want, got = jax.tree.structure(state.params), jax.tree.structure(params)
-  shapes = [(np.shape(a), np.shape(b)) for a, b in zip(jax.tree.leaves(state.params),
-                                                       jax.tree.leaves(params))]
-  if want != got or any(a != b for a, b in shapes):
-    raise ValueError("init_params do not match the network's parameter shapes")
-  params = jax.tree.map(jnp.asarray, params)
+  """`state` with `params` as the online network and both targets (fresh optimiser).
+
+  `params` may lack whole parts the network has (a goal-conditioned network has no
+  terminate head): those keep their fresh initialisation. A parameter the network does not
+  have, or one of another shape, is an error naming it."""
+  path = jax.tree_util.keystr
+  fresh = {path(p): x for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  given = {path(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  bad = [f"{k} (not in the network)" if k not in fresh else
+         f"{k} {np.shape(x)} (the network's: {np.shape(fresh[k])})"
+         for k, x in given.items() if k not in fresh or np.shape(x) != np.shape(fresh[k])]
+  if bad or not given:
+    raise ValueError("init_params do not match the network: " + ("; ".join(bad) or "empty"))
+  params = jax.tree.unflatten(jax.tree.structure(state.params),
+                              [jnp.asarray(given.get(k, x)) for k, x in fresh.items()])
   return state._replace(params=params, target_params=params, lagged_params=params,
                         opt_state=make_optimizer(config).init(params))
 

@@ -215,3 +215,38 @@ def test_train_goals_from_a_dataset_and_eval(tmp_path, capsys):
   cli.main(["eval", "--checkpoint", str(run), "--episodes", "2", "--json"])
   out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert out["step"] == 8 and set(out["per_kind"]) == {"move"}
+
+
+def test_a_task_learner_starts_from_a_goal_network_with_its_own_terminate_head():
+  """Downstream use (experiments.actionable_models): tabletop's task-conditioned network,
+  offline (one behaviour mode), from AM's parameters; AM's network has no terminate head."""
+  from learners.goal_conditioned import with_goal_observation
+  from mtopt.program import goal_training
+  gconfig = load_config(os.path.join(ROOT, "configs", "tabletop_goals.py"))
+  tconfig = load_config(os.path.join(ROOT, "configs", "tabletop_state.py"),
+                        ["learner.network.behaviour_modes=1"])
+  spec, goals = envs.make(gconfig.env).spec(), goal_training.goal_spec(gconfig)
+  glcfg, tlcfg = LearnerConfig.from_config(gconfig), LearnerConfig.from_config(tconfig)
+  max_tasks = int(tconfig.max_tasks)
+  gspec, tspec = goal_env_spec(spec, goals), with_goal_observation(spec, goals)
+  am = networks.init_params(networks.make_q_network(gspec, max_tasks, glcfg.network), gspec,
+                            jax.random.PRNGKey(1))
+  net = networks.make_q_network(tspec, max_tasks, tlcfg.network)
+  fresh = learning.init_training_state(net, tspec, tlcfg, jax.random.PRNGKey(0))
+  state = learning.start_from(fresh, am, tlcfg)
+  flat = lambda t: {jax.tree_util.keystr(p): x for p, x in  # noqa: E731
+                    jax.tree_util.tree_flatten_with_path(t)[0]}
+  got, was, given = flat(state.target_params), flat(fresh.params), flat(am)
+  kept = [k for k in got if k not in given]
+  assert kept and all("terminate" in k for k in kept)  # Only AM's missing head stays fresh.
+  for k in kept:
+    np.testing.assert_array_equal(got[k], was[k])
+  for k, x in given.items():
+    np.testing.assert_array_equal(got[k], x)
+  # Four behaviour modes have another output shape: refused, naming the parameter.
+  four = load_config(os.path.join(ROOT, "configs", "tabletop_state.py"))
+  lcfg4 = LearnerConfig.from_config(four)
+  net4 = networks.make_q_network(tspec, max_tasks, lcfg4.network)
+  with pytest.raises(ValueError, match=r"behaviour.*\(the network's: "):
+    learning.start_from(learning.init_training_state(net4, tspec, lcfg4, jax.random.PRNGKey(0)),
+                        am, lcfg4)
