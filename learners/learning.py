@@ -100,15 +100,18 @@ def init_training_state(network: networks.QNetwork, env_spec: EnvSpec, config: L
                        step=jnp.zeros((), jnp.int32), key=train_key)
 
 
+def params_by_path(params: Params) -> dict[str, Any]:
+  """{"['params']['torso']...": leaf} in the tree's leaf order."""
+  return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
 def start_from(state: TrainingState, params: Params, config: LearnerConfig) -> TrainingState:
   """`state` with `params` as the online network and both targets (fresh optimiser).
 
   `params` may lack whole parts the network has (a goal-conditioned network has no
   terminate head): those keep their fresh initialisation. A parameter the network does not
   have, or one of another shape, is an error naming it."""
-  path = jax.tree_util.keystr
-  fresh = {path(p): x for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
-  given = {path(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  fresh, given = params_by_path(state.params), params_by_path(params)
   bad = [f"{k} (not in the network)" if k not in fresh else
          f"{k} {np.shape(x)} (the network's: {np.shape(fresh[k])})"
          for k, x in given.items() if k not in fresh or np.shape(x) != np.shape(fresh[k])]

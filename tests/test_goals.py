@@ -234,9 +234,7 @@ def test_a_task_learner_starts_from_a_goal_network_with_its_own_terminate_head()
   net = networks.make_q_network(tspec, max_tasks, tlcfg.network)
   fresh = learning.init_training_state(net, tspec, tlcfg, jax.random.PRNGKey(0))
   state = learning.start_from(fresh, am, tlcfg)
-  flat = lambda t: {jax.tree_util.keystr(p): x for p, x in  # noqa: E731
-                    jax.tree_util.tree_flatten_with_path(t)[0]}
-  got, was, given = flat(state.target_params), flat(fresh.params), flat(am)
+  got, was, given = (learning.params_by_path(t) for t in (state.target_params, fresh.params, am))
   kept = [k for k in got if k not in given]
   assert kept and all("terminate" in k for k in kept)  # Only AM's missing head stays fresh.
   for k in kept:
