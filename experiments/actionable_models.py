@@ -2,7 +2,7 @@
 ablations beside goal-conditioned BC, and its use downstream.
 
     python -m experiments.actionable_models [--quick] [--dev] [--seeds 0 1 2]
-        [--parts goals downstream]
+        [--parts goals downstream rare_choice]
 
 The protocol, fixed before any result was looked at (see `experiments/protocol.py`):
 
@@ -30,6 +30,13 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
   fixed start states (evaluation seed 20261203) after 500, 1000, 2000, 4000 and 8000
   steps. Target: 0.8 x the scratch learner's success at 8000 steps (per seed); the result
   is the steps each needs to reach it (the first evaluated step at or above it).
+  place_red_in_bin was the task until 5e7c290; the scratch learner never learned it (at most
+  1 of 50 start states at any step, both report runs), so no target meant anything. Rule
+  fixed before the tuning run that replaces it (`--dev --parts rare_choice`): among the
+  nine bin, plate and push tasks (RARE_CANDIDATES: each needs more than reach and lift),
+  the one the scratch learner (seed 0, 8000 steps, tuning data and start states) succeeds
+  at most, if at least RARE_MIN_SUCCESS (0.2; ties: the rarer in the data); otherwise
+  place_red_in_bin stays and the part is reported as unmeasurable at this budget.
 - Acting variants (`--acting`, names from `experiments.offline_tabletop.ACTING`): `am`'s
   trained parameters also act with other CEM settings, on the same goals and start states:
   rows `am+NAME`, paired with `am`'s.
@@ -62,6 +69,13 @@ EPISODES = 3000
 REPORT = {"collect_seed": 0, "goal_seed": 20261203}
 DEV = {"collect_seed": 1, "goal_seed": 7}
 RARE_TASK = "place_red_in_bin"
+# The tasks that need more than the frequent skills (reach, lift): the downstream task is
+# chosen among them on the tuning data (`rare_task_choice`), and only if the scratch
+# learner reaches RARE_MIN_SUCCESS on it, so that steps to a target can mean something.
+RARE_CANDIDATES = [f"place_{c}_{w}" for w in ("in_bin", "on_plate")
+                   for c in ("red", "green", "blue")] + [
+    "push_red_to_green", "push_green_to_blue", "push_blue_to_red"]
+RARE_MIN_SUCCESS = 0.2
 CURVE_STEPS = (500, 1000, 2000, 4000, 8000)
 TARGET_FRACTION = 0.8
 
@@ -111,52 +125,69 @@ def summarize(per_seed: dict) -> dict:
   return s
 
 
+def _task_learner(task_config, spec, data_dir: str, goals):
+  """(registry, replays, tspec, lcfg) of the task-conditioned learner on the dataset."""
+  from experiments.offline_tabletop import import_replays
+  from learners.config import LearnerConfig
+  from learners.goal_conditioned import with_goal_observation
+  from mtopt.program.nodes import make_labeller
+  from mtopt.tasks import TaskRegistry
+  registry = TaskRegistry.from_names(int(task_config.max_tasks), list(task_config.env.tasks))
+  replays = import_replays(task_config, spec, registry,
+                           make_labeller(task_config, None, registry, ""), data_dir)
+  replays["none"].close()
+  return registry, replays["all"], with_goal_observation(spec, goals), \
+      LearnerConfig.from_config(task_config)
+
+
+def task_curve(task_config, setup, goals, tasks, init, seed: int, eval_seed: int,
+               per_task: int, steps):
+  """[{task: success}] of the task-conditioned learner after each of `steps`."""
+  from actors.evaluator import evaluate_in_process
+  from learners.learner import Learner
+  from learners.policy import CEMPolicy
+  from mtopt import envs
+  from replay.hindsight import with_goal_inputs
+  registry, replay, tspec, lcfg = setup
+  sampler = replay.sampler(lcfg.batch_size)
+  policy = CEMPolicy(tspec, registry.max_tasks, lcfg.network, None, lcfg.cem, seed=seed)
+
+  def act(obs, task):
+    return policy.act_batch(goals.observation(obs, None), task)
+  curve, done = [], 0
+  try:
+    with Learner(tspec, registry.max_tasks, lcfg, with_goal_inputs(sampler, goals),
+                 seed=seed, init_params=init) as learner:
+      for step in steps:
+        learner.run(step - done)
+        done = step
+        policy.set_params(learner.get_params())
+        r = evaluate_in_process(lambda: envs.make(task_config.env, seed=[seed, 1]), act,
+                                list(tasks), [registry.slot(t) for t in tasks], per_task,
+                                eval_seed)
+        curve.append({t: float(np.mean(r[t]["success"])) for t in tasks})
+        print(f"seed {seed} {'am' if init else 'scratch'} step {step}: " + ", ".join(
+            f"{t} {v:.2f}" for t, v in curve[-1].items()), flush=True)
+  finally:
+    sampler.close()
+  return curve
+
+
 def downstream(task_config, spec, data_dir: str, goal_params: dict, seeds, goals,
                eval_seed: int, per_task: int, steps=CURVE_STEPS) -> dict:
   """Learning curves of the task-conditioned learner on RARE_TASK, from scratch and from
   each seed's `am` parameters."""
-  from actors.evaluator import evaluate_in_process
-  from experiments.offline_tabletop import import_replays
-  from learners.config import LearnerConfig
-  from learners.goal_conditioned import with_goal_observation
-  from learners.learner import Learner
-  from learners.policy import CEMPolicy
-  from mtopt import envs
-  from mtopt.tasks import TaskRegistry
-  from replay.hindsight import with_goal_inputs
-  registry = TaskRegistry.from_names(int(task_config.max_tasks), list(task_config.env.tasks))
-  slot = registry.slot(RARE_TASK)
-  lcfg = LearnerConfig.from_config(task_config)
-  tspec = with_goal_observation(spec, goals)
-  from mtopt.program.nodes import make_labeller
-  replays = import_replays(task_config, spec, registry,
-                           make_labeller(task_config, None, registry, ""), data_dir)
-  replays["none"].close()
+  setup = _task_learner(task_config, spec, data_dir, goals)
   curves = {}
   try:
     for seed in seeds:
       for start in ("scratch", "am"):
         init = goal_params[seed] if start == "am" else None
-        sampler = replays["all"].sampler(lcfg.batch_size)
-        policy = CEMPolicy(tspec, registry.max_tasks, lcfg.network, None, lcfg.cem, seed=seed)
-
-        def act(obs, task):
-          return policy.act_batch(goals.observation(obs, None), task)
-        curve, done = [], 0
-        with Learner(tspec, registry.max_tasks, lcfg, with_goal_inputs(sampler, goals),
-                     seed=seed, init_params=init) as learner:
-          for step in steps:
-            learner.run(step - done)
-            done = step
-            policy.set_params(learner.get_params())
-            r = evaluate_in_process(lambda: envs.make(task_config.env, seed=[seed, 1]), act,
-                                    [RARE_TASK], [slot], per_task, eval_seed)
-            curve.append(float(np.mean(r[RARE_TASK]["success"])))
-            print(f"downstream seed {seed} {start} step {step}: {curve[-1]:.2f}", flush=True)
-        sampler.close()
-        curves.setdefault(str(seed), {})[start] = curve
+        curve = task_curve(task_config, setup, goals, [RARE_TASK], init, seed, eval_seed,
+                           per_task, steps)
+        curves.setdefault(str(seed), {})[start] = [c[RARE_TASK] for c in curve]
   finally:
-    replays["all"].close()
+    setup[1].close()
   out = {"task": RARE_TASK, "steps": list(steps), "curves": curves, "per_seed": {}}
   for seed, c in curves.items():
     target = TARGET_FRACTION * c["scratch"][-1]
@@ -165,6 +196,25 @@ def downstream(task_config, spec, data_dir: str, goal_params: dict, seeds, goals
     ratio = (first["am"] / first["scratch"]) if first["am"] and first["scratch"] else None
     out["per_seed"][seed] = {"target": target, "steps_to_target": first, "ratio": ratio}
   return out
+
+
+def rare_task_choice(task_config, spec, data_dir: str, goals, eval_seed: int,
+                     per_task: int, steps: int = CURVE_STEPS[-1]) -> dict:
+  """The tuning data's choice of RARE_TASK (`--dev --parts rare_choice`): the scratch
+  learner (seed 0, the curves' last step) on every RARE_CANDIDATES task; the task is the
+  one it learns best (ties: the rarer in the data), if that reaches RARE_MIN_SUCCESS."""
+  setup = _task_learner(task_config, spec, data_dir, goals)
+  registry, replay = setup[:2]
+  try:
+    counts = {t: replay.counts()[registry.slot(t)] for t in RARE_CANDIDATES}
+    share = {t: c["success"] / max(1, c["success"] + c["failure"]) for t, c in counts.items()}
+    final = task_curve(task_config, setup, goals, RARE_CANDIDATES, None, 0, eval_seed,
+                       per_task, [steps])[-1]
+  finally:
+    replay.close()
+  best = max(RARE_CANDIDATES, key=lambda t: (final[t], -share[t]))
+  return {"steps": steps, "scratch_success": final, "data_success_share": share,
+          "choice": best if final[best] >= RARE_MIN_SUCCESS else None}
 
 
 def markdown(out: dict) -> str:
@@ -197,6 +247,14 @@ def markdown(out: dict) -> str:
         lines.append(f"| {seed} | {start} | " + " | ".join(f"{v:.2f}" for v in curve)
                      + f" | {ps['steps_to_target'][start]} (target {ps['target']:.2f}) |")
     lines.append("")
+  c = out.get("rare_choice")
+  if c:
+    lines += [f"## Rare-task choice: scratch learner, seed 0, {c['steps']} steps, "
+              f"{meta['episodes_per_task']} start states", "",
+              "| task | success | data success share |", "|---|---|---|"]
+    lines += [f"| {t} | {v:.2f} | {c['data_success_share'][t]:.3f} |"
+              for t, v in c["scratch_success"].items()]
+    lines += ["", f"Choice (best success >= {RARE_MIN_SUCCESS}): {c['choice']}", ""]
   return "\n".join(lines)
 
 
@@ -210,7 +268,8 @@ def main(argv=None) -> dict:
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
   p.add_argument("--parts", nargs="+", default=["goals", "downstream"],
-                 choices=["goals", "downstream"])
+                 choices=["goals", "downstream", "rare_choice"],
+                 help="rare_choice (tuning data only): choose the downstream task")
   p.add_argument("--acting", nargs="+", default=[], choices=list(ACTING),
                  help="also evaluate am's parameters acting with these CEM settings")
   p.add_argument("--work-dir", default=os.path.join(ROOT, "runs", "actionable_models"))
@@ -218,6 +277,8 @@ def main(argv=None) -> dict:
   p.add_argument("overrides", nargs="*", help="config overrides for every method, key=value")
   args = p.parse_args(argv)
   which = DEV if args.dev else REPORT
+  if "rare_choice" in args.parts and not args.dev:
+    p.error("--parts rare_choice runs on the tuning data only (--dev)")
   episodes, per_kind, steps = EPISODES, protocol.MIN_EPISODES_PER_TASK, CURVE_STEPS
   overrides = list(args.overrides)
   if args.quick:
@@ -237,7 +298,7 @@ def main(argv=None) -> dict:
   print(f"{data.num_episodes} episodes, {len(data.rows)} transitions, "
         f"{data.chained_fraction():.0%} with a successor; {len(targets)} goals", flush=True)
   results, goal_params, stamp = {}, {}, None
-  methods = list(args.methods)
+  methods = list(args.methods) if "goals" in args.parts else []
   if ("downstream" in args.parts or args.acting) and "am" not in methods:
     methods.insert(0, "am")
   for method in methods:
@@ -269,21 +330,27 @@ def main(argv=None) -> dict:
         results[f"am+{name}"] = summarize(acting_variant(
             name, [*settings, *METHODS["am"]], goal_params, sha, work_dir, spec, max_tasks,
             targets))
+  stamp = stamp or protocol.stamp(config.to_dict(), {"goals": sha})
   out = {"methods": results, "meta": {
       "commit": stamp["commit"], "dirty": stamp["dirty"], "config": stamp["config"],
       "data_sha": sha, "seeds": args.seeds, "episodes_per_task": per_kind,
       "steps": int(config.learner.num_steps), "batch_size": int(config.learner.batch_size),
       "episodes": episodes, "overrides": overrides, **which}}
-  if "downstream" in args.parts:
+  if "downstream" in args.parts or "rare_choice" in args.parts:
     # Offline, so one behaviour mode (as experiments.offline_tabletop), the same as AM's.
     task_config = load_config(TASK_CONFIG, ["learner.network.behaviour_modes=1", *overrides,
                                             "train.labels=ground_truth",
                                             f"run_dir={os.path.join(work_dir, 'task_run')}"])
     from mtopt import rlds_format
     task_config.env.tasks = list(config.env.tasks) or rlds_format.read_metadata(data_dir)[2]
+  if "downstream" in args.parts:
     out["downstream"] = downstream(task_config, spec, data_dir, goal_params, args.seeds,
                                    goal_training.goal_spec(config), which["goal_seed"],
                                    per_kind, steps)
+  if "rare_choice" in args.parts:
+    out["rare_choice"] = rare_task_choice(task_config, spec, data_dir,
+                                          goal_training.goal_spec(config), which["goal_seed"],
+                                          per_kind, steps[-1])
   os.makedirs(args.out, exist_ok=True)
   base = os.path.join(args.out, "actionable_models" + suffix)
   with open(base + ".json", "w") as f:
