@@ -26,7 +26,8 @@ class Batch(NamedTuple):
     task: int32 [B], the task slot each row is trained for.
     outcome: float32 [B] or None; 1 if the row's episode terminated in success at `task`.
     steps_after: float32 [B] or None; transitions after this one in its episode (0 at the
-      last), so that outcome * gamma**steps_after is the row's Monte-Carlo return.
+      last), so that outcome * gamma**steps_after is the row's Monte-Carlo return (inf:
+      known to succeed, after an unknown number of steps; the bound is then 0).
     state_label: float32 [B] or None; the success label of the row's task at `observation`
       itself (a state labeller's judgement): what terminating there would be judged.
   """

@@ -18,8 +18,11 @@ and however it was labelled, is a row for a goal g:
   steps and then the successor's up to g (the robot's move home between the two counted
   as free), so `outcome` = 1 and `steps_after` counts along that path, and the
   Monte-Carlo bound carries value across the seam at once instead of one bootstrap per
-  target refresh (one chain of ~60 steps needed ~6000 updates that way). A random
-  episode's goal has no known path (`outcome` 0).
+  target refresh (one chain of ~60 steps needed ~6000 updates that way). With
+  `chain_return` off (AM as published) such rows bootstrap only; `chain_imitate` still
+  marks them as reaching their goal (`outcome` 1, so a behaviour head imitates them: the
+  path is known to get there) but with no known length (`steps_after` inf: the bound is
+  0). A random episode's goal has no known path (`outcome` 0).
 
 The reward is 1 exactly where the goal is reached at s_t+1 (`GoalSpec.reached`), and the
 row is then terminal (discount 0); elsewhere 0, discount 1. A transition that pressed
@@ -117,12 +120,13 @@ class HindsightSampler:
   Observations carry `GOAL_KEY` (`GoalSpec.goal_inputs` of the row's goal at s_t and at
   s_t+1), the task column is `goal_slot` (the network's slot for goal reaching). With
   `chain_return` False, rows chained through a successor have no known return either
-  (AM's chaining as published: bootstrapped only).
+  (AM's chaining as published: bootstrapped only); `chain_imitate` then keeps them as
+  known to reach their goal, of unknown length (imitated, no Monte-Carlo bound).
   """
 
   def __init__(self, data: GoalEpisodes, batch_size: int, goal_slot: int, *,
                final_goal_prob: float = 0.3, chain_prob: float = 0.0,
-               chain_return: bool = True, seed: int = 0):
+               chain_return: bool = True, chain_imitate: bool = False, seed: int = 0):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for name, p in (("final_goal_prob", final_goal_prob), ("chain_prob", chain_prob)):
@@ -130,7 +134,7 @@ class HindsightSampler:
         raise ValueError(f"{name} must be in [0, 1], got {p}")
     self.data, self.batch_size, self.goal_slot = data, int(batch_size), int(goal_slot)
     self.final_goal_prob, self.chain_prob = float(final_goal_prob), float(chain_prob)
-    self.chain_return = bool(chain_return)
+    self.chain_return, self.chain_imitate = bool(chain_return), bool(chain_imitate)
     self._rng = np.random.default_rng(seed)
     self._horizon = int((data.last - data.first).max())
 
@@ -154,12 +158,14 @@ class HindsightSampler:
     resume = np.where(chained, d.first[np.maximum(via, 0)], goal_idx)
     steps_after = self._steps_to_reach(state_idx + 1, seam, resume, goal_idx, goal)
     known = (via == -1) | ((via >= 0) & self.chain_return)
+    reaches = known | ((via >= 0) & self.chain_imitate)
     return Batch(
         observation={STATE_KEY: s, GOAL_KEY: d.goals.goal_inputs(s, goal)},
         action=d.actions[pick], reward=reward, discount=1.0 - reward,
         next_observation={STATE_KEY: s_next, GOAL_KEY: d.goals.goal_inputs(s_next, goal)},
-        task=np.full(n, self.goal_slot, np.int32), outcome=known.astype(np.float32),
-        steps_after=np.where(known, steps_after, 0).astype(np.float32))
+        task=np.full(n, self.goal_slot, np.int32), outcome=reaches.astype(np.float32),
+        steps_after=np.where(known, steps_after, np.where(reaches, np.inf, 0))
+        .astype(np.float32))
 
   def _goal_states(self, state_idx: np.ndarray, episode: np.ndarray):
     """The state index of each row's goal, and the episode it was chained through (-1:

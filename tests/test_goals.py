@@ -89,6 +89,26 @@ def test_chained_goals_come_from_successors_and_bootstrap():
   assert (batch.discount[batch.reward == 0] == 1).all()
 
 
+def test_chain_imitate_marks_successor_rows_reaching_with_no_bound():
+  first = _episode(_line([0, 0, 0], [1, 0, 0], 6), 0)
+  after = _episode(_line([1, 0, 0], [1, 1, 0], 6), 1)
+  data = GoalEpisodes([first, after], GOALS, terminate_dim=2)
+  batch = HindsightSampler(data, 500, goal_slot(4), chain_prob=1.0, chain_return=False,
+                           chain_imitate=True, seed=1).sample()
+  from_first = batch.observation["state"][:, 0] < 0.99
+  # Imitated (outcome 1), but no Monte-Carlo return: the bound outcome * gamma**inf is 0.
+  assert (batch.outcome[from_first] == 1).all() and np.isinf(batch.steps_after[from_first]).all()
+  assert (batch.outcome[~from_first] == 0).all()  # `after` has no successor: random goals.
+  gspec = goal_env_spec(SPEC, GOALS)
+  net = networks.make_q_network(gspec, 4, LearnerConfig().network)
+  params = networks.init_params(net, gspec, jax.random.PRNGKey(0))
+  lo, hi, key = gspec.action.minimum, gspec.action.maximum, jax.random.PRNGKey(3)
+  t = [np.asarray(learning.bellman_targets(net, LearnerConfig(mc_lower_bound=mc), params,
+                                           params, batch, key, lo, hi)["targets"])
+       for mc in (False, True)]
+  np.testing.assert_allclose(t[1][from_first], t[0][from_first], atol=1e-6)
+
+
 def test_chaining_targets_use_the_later_state_q():
   gspec = goal_env_spec(SPEC, GOALS)
   config = LearnerConfig(mc_lower_bound=False)

@@ -40,7 +40,8 @@ def check(config: ConfigDict) -> list[str]:
   for key in ("final_goal_prob", "chain_prob"):
     if not 0.0 <= float(h.get(key, 0.0)) <= 1.0:
       found.append(f"hindsight.{key} must be in [0, 1], got {h.get(key)}")
-  unknown = sorted(set(h) - {"final_goal_prob", "chain_prob", "chain_return"})
+  unknown = sorted(set(h) - {"final_goal_prob", "chain_prob", "chain_return",
+                             "chain_imitate"})
   if unknown:
     found.append(f"unknown key(s) in hindsight: {', '.join(unknown)}")
   kinds = list(config.eval.get("goal_kinds", GOAL_KINDS))
@@ -72,7 +73,8 @@ def sampler(config: ConfigDict, data, max_tasks: int, seed: int, batch_size: int
       data, batch_size or LearnerConfig.from_config(config).batch_size, goal_slot(max_tasks),
       final_goal_prob=float(h.get("final_goal_prob", 0.3)),
       chain_prob=float(h.get("chain_prob", 0.0) if chain_prob is None else chain_prob),
-      chain_return=bool(h.get("chain_return", True)), seed=seed)
+      chain_return=bool(h.get("chain_return", True)),
+      chain_imitate=bool(h.get("chain_imitate", False)), seed=seed)
 
 
 def goal_targets(config: ConfigDict, seed: int | None = None, per_kind: int | None = None
