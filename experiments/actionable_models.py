@@ -8,7 +8,9 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
 
 - Data: configs/tabletop_goals.py's collection, 3000 episodes of the scripted noisy
   experts (epsilon 0.3) over all fifteen tabletop tasks, objects respawned every third
-  episode; collection seed 0. No labels or rewards are used by the goal learners.
+  episode; collection seed 0, by one robot actor so that the seed gives the same data (the
+  reports before this line's commit collected with two, and their data cannot be made
+  again). No labels or rewards are used by the goal learners.
 - Goals (`actors/goal_evaluation.py`): 50 per kind from held-out expert episodes (start
   states of evaluation seed 20261203, disjoint from the data's): `move` (one cube into
   the bin, onto the plate, next to another), `lift` (a cube held up), `two_cubes` (two of
@@ -91,7 +93,8 @@ def dataset(config, work_dir: str, collect_seed: int, episodes: int) -> str:
     with envs.make(config.env) as env:
       registry = TaskRegistry.from_names(int(config.max_tasks), env.task_names())
     collection.collect_dataset(config, nodes.init_ray(config), registry, out, episodes,
-                               nodes.scripted_actor_kwargs(config, registry, "scripted"))
+                               nodes.scripted_actor_kwargs(config, registry, "scripted"),
+                               num_actors=1)  # One actor: the same data from the same seed.
   return out
 
 

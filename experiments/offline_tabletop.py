@@ -6,7 +6,8 @@ would try, on the same data, batches, gradient budget and evaluation.
 The protocol, fixed before any result was looked at (see `experiments/protocol.py`):
 
 - Data: `mtopt collect` with configs/tabletop_state.py's scripted noisy experts, 1200
-  episodes over its six tasks (reach_* and lift_*), collection seed 0:
+  episodes over its six tasks (reach_* and lift_*), collection seed 0, by one robot actor
+  (the same seed gives the same data; the report at e6ec4be collected with two):
   `default`: the config's noise (epsilon 0.3; ~68% of episodes succeed at their task);
   `hard`: epsilon 0.7 (~24% succeed).
   Labels: the simulator's ground truth, and on `default` also the success detector's
@@ -111,8 +112,9 @@ def dataset(config, ray, registry, work_dir: str, name: str, collect_seed: int,
   out = os.path.join(work_dir, "data", f"{name}_seed{collect_seed}_{episodes}")
   if not os.path.exists(os.path.join(out, "dataset_info.json")):
     print(f"collecting {episodes} episodes for {name!r}", flush=True)
-    collection.collect_dataset(config, ray, registry, out, episodes,
-                               nodes.scripted_actor_kwargs(config, registry, "scripted"))
+    collection.collect_dataset(config, ray, registry, out, episodes,  # One actor: reproducible.
+                               nodes.scripted_actor_kwargs(config, registry, "scripted"),
+                               num_actors=1)
   return out
 
 

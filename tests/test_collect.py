@@ -101,3 +101,22 @@ def test_collect_command_writes_dataset_that_tfds_loads(ray_session, tmp_path):
     again.robot_id = e.robot_id
     assert_same_episode(e, again)
     e.validate(spec, max_tasks)
+
+
+@pytest.mark.slow
+def test_one_actor_collects_the_same_dataset_from_the_same_seed(ray_session, tmp_path):
+  """The experiments collect with one actor so that their data is a function of the seed
+  (scenes kept between episodes, noise carried across calls: all in one order)."""
+  from experiments.protocol import data_sha
+  from mtopt import envs
+  from mtopt.program import collection, nodes
+  config = load_config(os.path.join(ROOT, "configs", "tabletop_goals.py"), ["seed=3"])
+  with envs.make(config.env) as env:
+    reg = TaskRegistry.from_names(int(config.max_tasks), env.task_names())
+  kwargs = nodes.scripted_actor_kwargs(config, reg, "scripted")
+  shas = []
+  for name in ("a", "b"):
+    collection.collect_dataset(config, ray_session, reg, str(tmp_path / name), 14, kwargs,
+                               num_actors=1)
+    shas.append(data_sha(str(tmp_path / name)))
+  assert shas[0] == shas[1]

@@ -25,7 +25,8 @@ def add_parser(sub):
   p.add_argument("--episodes", type=int, required=True, help="number of episodes to collect")
   p.add_argument("--out", required=True, help="new dataset directory")
   p.add_argument("--actors", type=int, default=None,
-                 help="number of robot actors (default: config actors.num_actors)")
+                 help="number of robot actors (default: config actors.num_actors); with 1 "
+                      "the dataset is a function of the config's seed")
   p.add_argument("--mixture", default="",
                  help="task weights NAME=W,...; unlisted tasks get weight 1 (implies the "
                       "weighted scheduler); e.g. lift_red=0.05 makes lift_red rare")

@@ -27,6 +27,9 @@ def collect_dataset(config: ConfigDict, ray, registry: TaskRegistry, out_dir: st
 
   Returns (episodes written, ids lost to actor crashes). The dataset is written under
   `out_dir.partial` and renamed when complete, so `out_dir` never holds half a dataset.
+  With `num_actors=1` the dataset is a function of the config's seed (one actor runs every
+  call, in order: same files, same sha); with more, which actor runs which ids, and so
+  each episode's noise and scene history, depends on timing.
   """
   from actors.fleet import Fleet
   num_actors = int(num_actors or config.actors.num_actors)
