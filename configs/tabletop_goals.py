@@ -44,6 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   # episodes (the move home between them counted as free). On the tuning data (two seeds)
   # it scored 0.20 / 0.15 against 0.30 / 0.17 without, so chained rows bootstrap only (AM).
   c.hindsight.chain_return = False
+  # True: rows chained through a successor are imitated by the behaviour head, still with no
+  # known return (replay/hindsight.py).
+  c.hindsight.chain_imitate = False
 
   c.learner.num_steps = 10000
   # The step size decays along a cosine to a tenth, as tabletop_state's: tuning data, 3 seeds,
