@@ -18,7 +18,7 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
   cube is within 3 cm of its goal position; the horizon is 50 steps per task (100 for
   two_cubes). The same goals and start states for every method and seed.
 - Methods, each 10000 gradient steps at batch 256 on the same relabelled data:
-  `am`: the config (in-episode goals + 30% chained goals, 8 artificial negatives per row,
+  `am`: the config (in-episode goals + 30% chained goals, 16 artificial negatives per row,
   the learner's MC bound and behaviour head); `am_no_negatives` (negative_actions 0);
   `am_no_chaining` (chain_prob 0); `gcbc`: goal-conditioned BC (`learners/baselines.py`
   bc on the in-episode relabelled rows: every such row reaches its goal).
