@@ -62,6 +62,7 @@ reused only by an identical run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -138,8 +139,10 @@ def summarize(per_seed: dict) -> dict:
   return s
 
 
+@contextlib.contextmanager
 def _task_learner(task_config, spec, data_dir: str, goals):
-  """(registry, replays, tspec, lcfg) of the task-conditioned learner on the dataset."""
+  """(registry, replay, tspec, lcfg) of the task-conditioned learner on the dataset; the
+  replay closes on exit."""
   from experiments.offline_tabletop import import_replays
   from learners.config import LearnerConfig
   from learners.goal_conditioned import with_goal_observation
@@ -149,8 +152,11 @@ def _task_learner(task_config, spec, data_dir: str, goals):
   replays = import_replays(task_config, spec, registry,
                            make_labeller(task_config, None, registry, ""), data_dir)
   replays["none"].close()
-  return registry, replays["all"], with_goal_observation(spec, goals), \
-      LearnerConfig.from_config(task_config)
+  try:
+    yield (registry, replays["all"], with_goal_observation(spec, goals),
+           LearnerConfig.from_config(task_config))
+  finally:
+    replays["all"].close()
 
 
 def task_curve(task_config, setup, goals, tasks, init, seed: int, eval_seed: int,
@@ -190,17 +196,14 @@ def downstream(task_config, spec, data_dir: str, goal_params: dict, seeds, goals
                eval_seed: int, per_task: int, steps=CURVE_STEPS) -> dict:
   """Learning curves of the task-conditioned learner on RARE_TASK, from scratch and from
   each seed's `am` parameters."""
-  setup = _task_learner(task_config, spec, data_dir, goals)
   curves = {}
-  try:
+  with _task_learner(task_config, spec, data_dir, goals) as setup:
     for seed in seeds:
       for start in ("scratch", "am"):
         init = goal_params[seed] if start == "am" else None
         curve = task_curve(task_config, setup, goals, [RARE_TASK], init, seed, eval_seed,
                            per_task, steps)
         curves.setdefault(str(seed), {})[start] = [c[RARE_TASK] for c in curve]
-  finally:
-    setup[1].close()
   out = {"task": RARE_TASK, "steps": list(steps), "curves": curves, "per_seed": {}}
   for seed, c in curves.items():
     target = TARGET_FRACTION * c["scratch"][-1]
@@ -216,15 +219,13 @@ def rare_task_choice(task_config, spec, data_dir: str, goals, eval_seed: int,
   """The tuning data's choice of RARE_TASK (`--dev --parts rare_choice`): the scratch
   learner (seed 0, the curves' last step) on every RARE_CANDIDATES task; the task is the
   one it learns best (ties: the rarer in the data), if that reaches RARE_MIN_SUCCESS."""
-  setup = _task_learner(task_config, spec, data_dir, goals)
-  registry, replay = setup[:2]
-  try:
-    counts = {t: replay.counts()[registry.slot(t)] for t in RARE_CANDIDATES}
-    share = {t: c["success"] / max(1, c["success"] + c["failure"]) for t, c in counts.items()}
+  with _task_learner(task_config, spec, data_dir, goals) as setup:
+    registry, replay = setup[:2]
+    counts = replay.counts()
+    share = {t: counts[registry.slot(t)]["success"]
+             / max(1, sum(counts[registry.slot(t)].values())) for t in RARE_CANDIDATES}
     final = task_curve(task_config, setup, goals, RARE_CANDIDATES, None, 0, eval_seed,
                        per_task, [steps])[-1]
-  finally:
-    replay.close()
   best = max(RARE_CANDIDATES, key=lambda t: (final[t], -share[t]))
   return {"steps": steps, "scratch_success": final, "data_success_share": share,
           "choice": best if final[best] >= RARE_MIN_SUCCESS else None}
