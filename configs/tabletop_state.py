@@ -184,6 +184,9 @@ def get_config() -> ml_collections.ConfigDict:
   # tuning data, 3 seeds, 0.827 -> 0.840, below the +0.03 fixed for adopting it
   # (results/offline_tabletop_dev_layer_norm.md).
   c.learner.network.layer_norm = False
+  # What the behaviour and terminate heads read: "observation" (the torso's inputs) or
+  # "torso" (its last hidden layer; learners/config.py NetworkConfig.heads_input).
+  c.learner.network.heads_input = "observation"
 
   c.cem = ml_collections.ConfigDict()
   c.cem.num_samples = 64

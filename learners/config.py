@@ -9,6 +9,7 @@ from mtopt.cem import check_cem_sizes
 from mtopt.config import ConfigError
 
 ARCHITECTURES = ("split", "whole")
+HEADS_INPUTS = ("observation", "torso")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,11 @@ class NetworkConfig:
     layer_norm: a LayerNorm before each torso layer's ReLU ("split": the per-state torso
       only, not the per-sample head). It bounds the features that extrapolating actions
       are scored from (Ball et al. 2023 use it in offline-to-online critics).
+    heads_input: what the behaviour and terminate heads' MLPs read: "observation" (the
+      torso's inputs: state vectors, task embedding, image features) or "torso" (its last
+      hidden layer, which the Q-function computes anyway; "split" only). With "torso" a
+      narrow head costs a fraction of one as wide as the torso, which on state
+      observations costs as many FLOPs as the rest of the update (`benchmarks.learner`).
   """
 
   architecture: str = "split"
@@ -53,6 +59,7 @@ class NetworkConfig:
   terminate_sizes: tuple[int, ...] = ()
   behaviour_modes: int = 1
   layer_norm: bool = False
+  heads_input: str = "observation"
 
   def __post_init__(self):
     if self.architecture not in ARCHITECTURES:
@@ -67,6 +74,11 @@ class NetworkConfig:
                         "(learner.network.behaviour_sizes)")
     if self.layer_norm and self.architecture != "split":
       raise ConfigError("learner.network.layer_norm needs architecture 'split'")
+    if self.heads_input not in HEADS_INPUTS:
+      raise ConfigError(f"learner.network.heads_input must be one of {HEADS_INPUTS}, got "
+                        f"{self.heads_input!r}")
+    if self.heads_input == "torso" and self.architecture != "split":
+      raise ConfigError("learner.network.heads_input 'torso' needs architecture 'split'")
     for name in ("torso_sizes", "head_sizes", "conv_channels", "behaviour_sizes",
                  "terminate_sizes"):
       sizes = tuple(int(s) for s in getattr(self, name))

@@ -199,14 +199,16 @@ class QNetwork(nn.Module):
     return self._torso(observation, task)[0]
 
   def torso_and_behaviour(self, observation: dict, task: jax.Array):
-    """(`torso`, `behaviour`) with the image encoded once for both (split)."""
+    """(`torso`, `behaviour`) with the observation encoded once for both (split)."""
     if self.config.architecture == "whole":
       return self.torso(observation, task), self.behaviour(observation, task)
-    features, vector, image = self._torso(observation, task)
-    return features, self._behaviour_of(vector, image)
+    features, heads_input = self._torso(observation, task)
+    return features, self._behaviour_of(heads_input)
 
   def _torso(self, observation: dict, task: jax.Array):
-    """(features, the state vectors and task embedding, [image features] if encoded)."""
+    """(features, what the behaviour and terminate heads read: the torso's inputs, i.e.
+    the state vectors and task embedding [and image features], or with `heads_input`
+    "torso" its last hidden layer)."""
     embedding = self._embed_task(task)
     vector = jnp.concatenate([*self._vector(observation), embedding], axis=-1)
     if self.config.architecture == "whole":
@@ -216,18 +218,20 @@ class QNetwork(nn.Module):
       # Only a terminate head needs the image encoded once per state here.
       image = [self.image_encoder(observation[IMAGE_KEY])] \
           if self.has_image and self._has_terminate_head else []
-      return self._with_terminate(features, vector, image), vector, image
+      inputs = jnp.concatenate([vector, *image], axis=-1)
+      return self._with_terminate(features, inputs), inputs
     parts = [vector]
     if self.has_image:
       parts.append(self.image_encoder(observation[IMAGE_KEY]))
-    x = jnp.concatenate(parts, axis=-1)
+    x = inputs = jnp.concatenate(parts, axis=-1)
     for i, layer in enumerate(self.torso_layers):
       x = layer(x)
       x = nn.relu(self.torso_norms[i](x) if self.config.layer_norm else x)
     features = self.merge_observation(x)  # Pre-activation: the head adds the action's half.
-    return self._with_terminate(features, vector, parts[1:]), vector, parts[1:]
+    heads_input = x if self.config.heads_input == "torso" else inputs
+    return self._with_terminate(features, heads_input), heads_input
 
-  def _with_terminate(self, features, vector, image_parts):
+  def _with_terminate(self, features, heads_input):
     """(features, Q(s, terminate) logit [B]) where the network has a terminate head.
 
     Terminating is being judged at s, so its Q is a success classifier of the state alone.
@@ -236,9 +240,10 @@ class QNetwork(nn.Module):
     """
     if not self._has_terminate_head:
       return features
-    # Its gradient stops at the shared inputs (task embedding, image features): on every
-    # row it would otherwise outweigh what the Q-head and the behaviour head need of them.
-    x = jax.lax.stop_gradient(jnp.concatenate([vector, *image_parts], axis=-1))
+    # Its gradient stops at what it shares (task embedding, image features, or the torso's
+    # layer): on every row it would otherwise outweigh what the Q-head and the behaviour
+    # head need of them.
+    x = jax.lax.stop_gradient(heads_input)
     for layer in self.terminate_layers:
       x = nn.relu(layer(x))
     return features, self.terminate_output(x)
@@ -272,14 +277,16 @@ class QNetwork(nn.Module):
 
   def behaviour(self, observation: dict, task: jax.Array) -> jax.Array:
     """The behaviour head's action in [-1, 1]^A (tanh; `learning` maps it to the bounds),
-    [B, A], or its K actions [B, K, A] with `behaviour_modes` K > 1:
-    its own MLP over the state vectors and the task embedding (and the image features)."""
+    [B, A], or its K actions [B, K, A] with `behaviour_modes` K > 1: its own MLP over the
+    state vectors and the task embedding (and the image features), or over the torso's last
+    hidden layer (`heads_input`)."""
+    if self.config.heads_input == "torso":
+      return self.torso_and_behaviour(observation, task)[1]
     vector = jnp.concatenate([*self._vector(observation), self._embed_task(task)], axis=-1)
     image = [self.image_encoder(observation[IMAGE_KEY])] if self.has_image else []
-    return self._behaviour_of(vector, image)
+    return self._behaviour_of(jnp.concatenate([vector, *image], axis=-1))
 
-  def _behaviour_of(self, vector: jax.Array, image: list) -> jax.Array:
-    x = jnp.concatenate([vector, *image], axis=-1)
+  def _behaviour_of(self, x: jax.Array) -> jax.Array:
     for layer in self.behaviour_layers:
       x = nn.relu(layer(x))
     out = jnp.tanh(self.behaviour_output(x))

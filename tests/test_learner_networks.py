@@ -43,14 +43,18 @@ def test_per_sample_head_matches_full_network(rng, spec, architecture):
 
 
 @pytest.mark.parametrize("spec", [STATE_SPEC, IMAGE_SPEC], ids=["state", "image"])
-@pytest.mark.parametrize("architecture", ["split", "whole"])
-def test_features_and_behaviour_in_one_pass_match_each_alone(rng, spec, architecture):
+@pytest.mark.parametrize("architecture,heads_input", [("split", "observation"),
+                                                      ("split", "torso"),
+                                                      ("whole", "observation")])
+def test_features_and_behaviour_in_one_pass_match_each_alone(rng, spec, architecture,
+                                                             heads_input):
   """`encode_with_behaviour` (the image encoded once) gives `encode` and the behaviour head
   as each computes them alone, terminate head included."""
   spec = EnvSpec(spec.observation, BoundedArraySpec((4,), np.float32, "action", -1.0, 1.0),
                  10, terminate_dim=3)
   net = networks.make_q_network(spec, 8, NetworkConfig(
-      architecture=architecture, behaviour_sizes=(8,), terminate_sizes=(8,), **SMALL))
+      architecture=architecture, behaviour_sizes=(8,), terminate_sizes=(8,),
+      heads_input=heads_input, **SMALL))
   params = networks.init_params(net, spec, jax.random.PRNGKey(0))
   obs, task = _inputs(spec, rng, 5)
   low, high = np.full(4, -2.0, np.float32), np.full(4, 2.0, np.float32)
@@ -60,6 +64,34 @@ def test_features_and_behaviour_in_one_pass_match_each_alone(rng, spec, architec
   for got, want in zip(jax.tree.leaves(features),
                        jax.tree.leaves(networks.encode(net, params, obs, task))):
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_heads_on_the_torso_read_its_last_layer_and_the_terminate_head_trains_only_itself(rng):
+  """heads_input "torso": both heads' first layers take the torso's last hidden layer; the
+  behaviour head's gradient reaches the torso, the terminate head's stops before it."""
+  from learners.config import ConfigError
+  spec = EnvSpec(STATE_SPEC.observation, BoundedArraySpec((4,), np.float32, "action", -1.0,
+                                                          1.0), 10, terminate_dim=3)
+  net = networks.make_q_network(spec, 8, NetworkConfig(
+      behaviour_sizes=(8,), terminate_sizes=(8,), heads_input="torso", **SMALL))
+  params = networks.init_params(net, spec, jax.random.PRNGKey(0))
+  p = params["params"]
+  width = SMALL["torso_sizes"][-1]
+  assert p["behaviour_layers_0"]["kernel"].shape[0] == width
+  assert p["terminate_layers_0"]["kernel"].shape[0] == width
+  obs, task = _inputs(spec, rng, 5)
+
+  def torso_grad(out):
+    both = networks.QNetwork.torso_and_behaviour
+    g = jax.grad(lambda q: out(net.apply(q, obs, task, method=both)))(params)
+    return float(np.abs(g["params"]["torso_layers_0"]["kernel"]).sum())
+
+  assert torso_grad(lambda fb: fb[1].sum()) > 0  # The behaviour head's.
+  assert torso_grad(lambda fb: fb[0][1].sum()) == 0  # The terminate head's.
+  with pytest.raises(ConfigError, match="heads_input"):
+    NetworkConfig(architecture="whole", heads_input="torso")
+  with pytest.raises(ConfigError, match="heads_input"):
+    NetworkConfig(heads_input="inputs")
 
 
 def test_task_slot_conditions_q(rng):
