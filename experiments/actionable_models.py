@@ -2,7 +2,7 @@
 ablations beside goal-conditioned BC, and its use downstream.
 
     python -m experiments.actionable_models [--quick] [--dev] [--seeds 0 1 2]
-        [--parts goals downstream rare_choice]
+        [--parts goals downstream rare_choice] [--curve-steps 500 1000 ...]
 
 The protocol, fixed before any result was looked at (see `experiments/protocol.py`):
 
@@ -286,6 +286,8 @@ def main(argv=None) -> dict:
                  help="rare_choice (tuning data only): choose the downstream task")
   p.add_argument("--acting", nargs="+", default=[], choices=list(ACTING),
                  help="also evaluate am's parameters acting with these CEM settings")
+  p.add_argument("--curve-steps", type=int, nargs="+", default=list(CURVE_STEPS),
+                 help="downstream: the task learner's steps at which it is evaluated")
   p.add_argument("--work-dir", default=os.path.join(ROOT, "runs", "actionable_models"))
   p.add_argument("--out", default=os.path.join(ROOT, "results"))
   p.add_argument("overrides", nargs="*", help="config overrides for every method, key=value")
@@ -293,7 +295,10 @@ def main(argv=None) -> dict:
   which = DEV if args.dev else REPORT
   if "rare_choice" in args.parts and not args.dev:
     p.error("--parts rare_choice runs on the tuning data only (--dev)")
-  episodes, per_kind, steps = EPISODES, protocol.MIN_EPISODES_PER_TASK, CURVE_STEPS
+  episodes, per_kind = EPISODES, protocol.MIN_EPISODES_PER_TASK
+  steps = tuple(args.curve_steps)
+  if list(steps) != sorted(set(steps)) or steps[0] < 1:
+    p.error(f"--curve-steps must be increasing positive steps, got {list(steps)}")
   overrides = list(args.overrides)
   if args.quick:
     episodes, per_kind, args.seeds, steps = 90, 4, args.seeds[:1], (20, 40)
