@@ -48,7 +48,10 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
   `--dev --parts downstream --seeds 0`), the report uses that design; otherwise the part
   is unmeasurable at this budget. It scored 0.00 (and from AM 0.02;
   results/actionable_models_dev_downstream_focus.md), so the batches stay over all tasks
-  and the part, still run by default, measures a task no learner here learns.
+  and the part, still run by default, measures a task no learner here learns. Third rule:
+  a curve to 32000 steps (`--curve-steps`) if the scratch learner reaches
+  RARE_MIN_SUCCESS by then on the tuning data; it reached 0.08
+  (results/actionable_models_dev_downstream32k.md), so the curve stays at 8000.
 - Acting variants (`--acting`, names from `experiments.offline_tabletop.ACTING`): `am`'s
   trained parameters also act with other CEM settings, on the same goals and start states:
   rows `am+NAME`, paired with `am`'s.
