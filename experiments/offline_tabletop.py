@@ -7,7 +7,8 @@ The protocol, fixed before any result was looked at (see `experiments/protocol.p
 
 - Data: `mtopt collect` with configs/tabletop_state.py's scripted noisy experts, 1200
   episodes over its six tasks (reach_* and lift_*), collection seed 0, by one robot actor
-  (the same seed gives the same data; the report at e6ec4be collected with two):
+  (the same seed gives the same data; the report at e6ec4be collected with two, the one
+  at 9379ce8 with one):
   `default`: the config's noise (epsilon 0.3; ~68% of episodes succeed at their task);
   `hard`: epsilon 0.7 (~24% succeed). Not in the default table, for how success falls
   with the data's noise between the two (`--blocks eps50 eps60`): `eps50`, `eps60`:
