@@ -240,11 +240,15 @@ def main(argv=None) -> dict:
   p.add_argument("--out", default=os.path.join(ROOT, "results"))
   p.add_argument("overrides", nargs="*", help="config overrides for every method, key=value")
   args = p.parse_args(argv)
+  blocks = []  # (block, dataset name, labels, the methods it runs), checked before any work.
   for block_arg in args.blocks:
-    name, _, labels = block_arg.partition(":")[0].partition("_")
+    block, _, only = block_arg.partition(":")
+    name, _, labels = block.partition("_")
     if name not in DATASETS or labels not in ("", "learned"):
       p.error(f"unknown block {block_arg!r}; known: {', '.join(DATASETS)}, each optionally "
               "NAME_learned")
+    blocks.append((block, name, labels or "ground_truth",
+                   [m for m in args.methods if not only or m in only.split(",")]))
   which = DEV if args.dev else REPORT
   episodes, per_task = EPISODES, protocol.MIN_EPISODES_PER_TASK
   overrides = list(args.overrides)
@@ -256,11 +260,7 @@ def main(argv=None) -> dict:
   os.makedirs(work_dir, exist_ok=True)
   results, stamps = {}, {}
   ray = None
-  for block_arg in args.blocks:
-    block, _, only = block_arg.partition(":")
-    methods = [m for m in args.methods if not only or m in only.split(",")]
-    name, _, labels = block.partition("_")
-    labels = labels or "ground_truth"
+  for block, name, labels, methods in blocks:
     # Offline: one behaviour action (the tabletop default's 4 is for runs that collect;
     # configs/tabletop_state.py).
     settings = ["learner.network.behaviour_modes=1", *overrides, *DATASETS[name],
